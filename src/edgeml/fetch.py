@@ -1,0 +1,166 @@
+"""Obtain dataset archives from their official URLs or from a local mirror, checksum-verified.
+
+A source is either a URL (downloaded with retries and a progress bar) or a local archive
+or folder (copied, or for a folder, hashed file by file). Nothing lands at the destination
+unless its checksum matched; the returned :class:`FetchRecord` says which source was used
+so that results from different sources are never mixed silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+from tqdm import tqdm
+
+from edgeml.io import atomic_path
+from edgeml.params import Source
+
+# Checksums of the official files, so an official URL needs no checksum in params.yaml.
+OFFICIAL_MD5 = {
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip": "90528d7ca1a48142e341f4ef8d21d0de",
+}
+CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A source that could not be obtained or failed its checksum."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchRecord:
+    """What was fetched, from where, and its checksum: written to data/sources.json."""
+
+    name: str
+    source: str
+    path: str
+    sha256: str
+    bytes: int
+    checked_against: str
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://", "ftp://"))
+
+
+def _copy_hashing(src: BinaryIO, dst: BinaryIO, total: Optional[int], desc: str) -> tuple[str, str, int]:
+    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            sha256.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return sha256.hexdigest(), md5.hexdigest(), size
+
+
+def _sha256sums_entry(path: Path) -> Optional[str]:
+    """The checksum a mirror lists for ``path`` in a SHA256SUMS file beside it or in a parent."""
+    for folder in [path.parent, *path.parent.parents][:3]:
+        sums = folder / "SHA256SUMS"
+        if sums.is_file():
+            rel = path.relative_to(folder).as_posix()
+            for line in sums.read_text().splitlines():
+                digest, _, name = line.strip().partition("  ")
+                if name.removeprefix("./") == rel:
+                    return digest
+    return None
+
+
+def tree_sha256(folder: Path) -> str:
+    """One digest for a folder: sha256 over each file's relative path and contents, sorted."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def expected_checksum(spec: Source) -> tuple[str, str]:
+    """(algorithm, hex digest) that ``spec`` must match; raise if no checksum is known."""
+    if spec.sha256:
+        return "sha256", spec.sha256.lower()
+    if spec.md5:
+        return "md5", spec.md5.lower()
+    if spec.source in OFFICIAL_MD5:
+        return "md5", OFFICIAL_MD5[spec.source]
+    if not _is_url(spec.source):
+        listed = _sha256sums_entry(Path(spec.source).resolve())
+        if listed:
+            return "sha256", listed
+    raise FetchError(
+        f"no checksum known for {spec.source!r}: set its sha256 (or md5) in params.yaml under fetch"
+    )
+
+
+def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRecord:
+    """Copy or download ``spec.source`` into ``dest_dir`` and verify it; return what was done."""
+    is_url = _is_url(spec.source)
+    if not is_url and Path(spec.source).is_dir():
+        return _fetch_folder(name, spec, dest_dir / name)
+    if not is_url and not Path(spec.source).is_file():
+        raise FetchError(
+            f"fetch.{name}.source: {spec.source!r} does not exist; point it at the official URL, "
+            f"or at a local copy of the archive or its extracted folder"
+        )
+    algo, expected = expected_checksum(spec)
+    dest = dest_dir / spec.source.rstrip("/").rsplit("/", 1)[-1]
+    for attempt in range(1, retries + 1):
+        try:
+            with atomic_path(dest) as tmp, tmp.open("wb") as out:
+                if is_url:
+                    with urllib.request.urlopen(spec.source, timeout=60) as response:
+                        total = int(response.headers.get("Content-Length") or 0) or None
+                        sha256, md5, size = _copy_hashing(response, out, total, name)
+                else:
+                    with open(spec.source, "rb") as src:
+                        sha256, md5, size = _copy_hashing(src, out, Path(spec.source).stat().st_size, name)
+                out.flush()
+                actual = sha256 if algo == "sha256" else md5
+                if actual != expected:
+                    raise FetchError(
+                        f"fetch.{name}: checksum mismatch for {spec.source!r}: {algo} is {actual}, "
+                        f"expected {expected}; the file is corrupt or not the one params.yaml names"
+                    )
+            return FetchRecord(name, spec.source, dest.as_posix(), sha256, size, f"{algo}:{expected}")
+        except FetchError:
+            raise
+        except OSError as exc:  # network errors and truncated transfers: retry with backoff
+            if attempt == retries:
+                raise FetchError(f"fetch.{name}: could not read {spec.source!r} after {retries} tries: {exc}") from exc
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _fetch_folder(name: str, spec: Source, dest: Path) -> FetchRecord:
+    """Copy an extracted dataset folder; its tree digest must match ``sha256`` when one is given."""
+    digest = tree_sha256(Path(spec.source))
+    if spec.sha256 and digest != spec.sha256.lower():
+        raise FetchError(
+            f"fetch.{name}: tree sha256 of folder {spec.source!r} is {digest}, expected {spec.sha256}"
+        )
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(spec.source, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    checked = f"tree-sha256:{spec.sha256}" if spec.sha256 else "unverified (local folder, no sha256 in params)"
+    return FetchRecord(name, spec.source, dest.as_posix(), digest, size, checked)
+
+
+def clear_dir(path: Path) -> None:
+    """Empty a stage output folder so files from an earlier source cannot linger."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)

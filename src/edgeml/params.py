@@ -1,0 +1,214 @@
+"""Typed, validated view of params.yaml.
+
+Every stage loads its section through :func:`load`, so a typo or a bad value stops the
+pipeline before any work starts, with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A key or value in params.yaml that the pipeline cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one dataset comes from: an official URL, or a local archive or folder."""
+
+    source: str
+    sha256: Optional[str] = None  # None: known checksum of the official file, or a SHA256SUMS file beside it
+    md5: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchParams:
+    cifar10: Source
+    tinyimagenet: Source
+    retries: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class OODSetSpec:
+    """An OOD set built from a fetched dataset: ODIN's random 32x32 crop, or a downsample to 32x32."""
+
+    dataset: Literal["tinyimagenet"]
+    split: Literal["test", "val"]
+    transform: Literal["crop", "resize"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    val_size: int
+    seed: int
+    ood_sets: dict[str, OODSetSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    stem: Literal["torchvision", "cifar", "conv3s2"]
+    num_classes: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    seed: int
+    threads: int
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeParams:
+    backend: Literal["fbgemm", "qnnpack"]
+    per_channel: bool
+    observer: Literal["minmax", "moving_average_minmax", "histogram"]
+    calibration_size: int
+    calibration_split: Literal["val", "train"]
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OODParams:
+    detectors: list[Literal["msp"]]
+    sets: list[str]
+    batch_size: int
+    threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchParams:
+    threads: int
+    warmup: int
+    runs: int
+    throughput_batch_size: int
+    throughput_runs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    fetch: FetchParams
+    prepare: PrepareParams
+    model: ModelParams
+    train: TrainParams
+    quantize: QuantizeParams
+    ood: OODParams
+    bench: BenchParams
+
+    def __post_init__(self) -> None:
+        for name in self.ood.sets:
+            if name not in self.prepare.ood_sets:
+                raise ParamsError(
+                    f"ood.sets: {name!r} is not built by prepare.ood_sets "
+                    f"(defined: {sorted(self.prepare.ood_sets)})"
+                )
+        positive = {
+            "prepare.val_size": self.prepare.val_size,
+            "train.epochs": self.train.epochs,
+            "train.batch_size": self.train.batch_size,
+            "train.lr": self.train.lr,
+            "train.threads": self.train.threads,
+            "quantize.calibration_size": self.quantize.calibration_size,
+            "ood.batch_size": self.ood.batch_size,
+            "ood.threads": self.ood.threads,
+            "bench.threads": self.bench.threads,
+            "bench.runs": self.bench.runs,
+            "bench.throughput_batch_size": self.bench.throughput_batch_size,
+            "bench.throughput_runs": self.bench.throughput_runs,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ParamsError(f"{key}: must be > 0, got {value!r}")
+        if not 0 <= self.train.label_smoothing < 1:
+            raise ParamsError(f"train.label_smoothing: must be in [0, 1), got {self.train.label_smoothing!r}")
+        if self.quantize.calibration_split == "val" and self.quantize.calibration_size > self.prepare.val_size:
+            raise ParamsError(
+                f"quantize.calibration_size: {self.quantize.calibration_size} exceeds prepare.val_size "
+                f"({self.prepare.val_size}); lower it or calibrate on calibration_split: train"
+            )
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint``, recursing into dataclasses and containers."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        fields = {f.name: f for f in dataclasses.fields(hint)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ParamsError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        hints = typing.get_type_hints(hint)
+        kwargs = {}
+        for name, field in fields.items():
+            sub_key = f"{key}.{name}" if key else name
+            if name in value:
+                kwargs[name] = _convert(value[name], hints[name], sub_key)
+            elif field.default is dataclasses.MISSING:
+                raise ParamsError(f"{sub_key}: missing")
+        return hint(**kwargs)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ParamsError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) or (
+        hint is int and isinstance(value, bool)
+    ):
+        raise ParamsError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def parse(raw: dict[str, Any]) -> Params:
+    """Validate a params mapping (as read from params.yaml)."""
+    try:
+        return _convert(raw, Params, "")
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. a dataclass __post_init__ check
+        raise ParamsError(str(exc)) from exc
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise :class:`ParamsError` naming the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: not found; run from the repository root") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return parse(raw)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from exc

@@ -1,0 +1,24 @@
+"""Stage fetch: copy or download each dataset archive, verify its checksum, record the source."""
+
+import dataclasses
+from pathlib import Path
+
+from edgeml import params as P
+from edgeml.fetch import clear_dir, fetch
+from edgeml.io import write_json
+from edgeml.stage import run
+
+RAW = Path("data/raw")
+
+
+def main() -> None:
+    params = P.load().fetch
+    clear_dir(RAW)
+    records = [
+        fetch(name, getattr(params, name), RAW, retries=params.retries) for name in ("cifar10", "tinyimagenet")
+    ]
+    write_json("data/sources.json", {r.name: dataclasses.asdict(r) for r in records})
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,51 @@
+"""Stage prepare: decode archives to uint8 arrays, split validation off train, build OOD sets."""
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeml import data
+from edgeml import params as P
+from edgeml.fetch import clear_dir
+from edgeml.io import atomic_path, read_json, write_json
+from edgeml.stage import run
+
+OUT = Path("data/prepared")
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def main() -> None:
+    params = P.load().prepare
+    sources = read_json("data/sources.json")
+    clear_dir(OUT)
+    cifar = data.load_cifar10(sources["cifar10"]["path"])
+    train_idx, val_idx = data.split_validation(cifar["train_y"], params.val_size, params.seed)
+    save_npz(
+        OUT / "cifar10.npz",
+        train_x=cifar["train_x"][train_idx],
+        train_y=cifar["train_y"][train_idx],
+        val_x=cifar["train_x"][val_idx],
+        val_y=cifar["train_y"][val_idx],
+        test_x=cifar["test_x"],
+        test_y=cifar["test_y"],
+        test_index=cifar["test_index"],
+    )
+    counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
+    decoded: dict[tuple[str, str], list[np.ndarray]] = {}
+    for name, spec in params.ood_sets.items():
+        key = (spec.dataset, spec.split)
+        if key not in decoded:
+            decoded[key] = data.load_tinyimagenet(sources[spec.dataset]["path"], spec.split)
+        images = decoded[key]
+        x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
+        save_npz(OUT / "ood" / f"{name}.npz", x=x)
+        counts[name] = len(x)
+    write_json("metrics/prepare.json", {"samples": counts})
+
+
+if __name__ == "__main__":
+    run(main)
