@@ -1,0 +1,119 @@
+"""Latency, throughput and size of deployable models, plus the hardware they were measured on.
+
+Latency is the median over many timed single-sample runs after warm-up, with the models
+interleaved run by run so that drift in machine load hits all of them alike. A GPU number is
+only ever a real CUDA-event measurement; without a GPU it is recorded as not measured.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+NOT_MEASURED = "not measured"
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model and the ISA flags that decide which INT8/FP32 kernels run."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            if key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "isa": {flag: flag in flags for flag in ISA_FLAGS},
+    }
+
+
+def environment(threads: int) -> dict[str, object]:
+    return {
+        "cpu": cpu_info(),
+        "threads": threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {pkg: version(pkg) for pkg in ("torch", "torchvision", "numpy")},
+        "python": platform.python_version(),
+        "quantized_engine": torch.backends.quantized.engine,
+    }
+
+
+@torch.no_grad()
+def cpu_latency_ms(models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
+    """Median ms per forward of each model on ``example``, the models interleaved run by run."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for i in tqdm(range(warmup + runs), desc=f"latency batch {len(example)}", leave=False):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+@torch.no_grad()
+def gpu_latency_ms(model: nn.Module, example: torch.Tensor, warmup: int, runs: int) -> float:
+    """Median ms per forward on the GPU, timed with CUDA events."""
+    model, example = model.cuda(), example.cuda()
+    times = []
+    for i in range(warmup + runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(example)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Size on disk in MB (10^6 bytes), as the paper reports it."""
+    return Path(path).stat().st_size / 1e6
+
+
+def bench_cpu(
+    models: dict[str, nn.Module], threads: int, warmup: int, runs: int, batch_size: int, batch_runs: int
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (ms/sample) and throughput (images/s at ``batch_size``) per model."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    single = torch.randn(1, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    batch = torch.randn(batch_size, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    latency = cpu_latency_ms(models, single, warmup, runs)
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs)
+    return {
+        name: {
+            "latency_ms": latency[name],
+            "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3),
+        }
+        for name in models
+    }
+
+
+def bench_gpu(models: dict[str, Optional[nn.Module]], warmup: int, runs: int) -> dict[str, float | str]:
+    """Batch-1 GPU latency per model; a model without a GPU path (None) is recorded as not measured."""
+    if not torch.cuda.is_available():
+        return {name: f"{NOT_MEASURED}: no CUDA GPU on this machine" for name in models}
+    example = torch.randn(1, 3, 32, 32)
+    return {
+        name: gpu_latency_ms(model, example, warmup, runs)
+        if model is not None
+        else f"{NOT_MEASURED}: PyTorch INT8 kernels (fbgemm/qnnpack) are CPU-only; GPU INT8 needs TensorRT"
+        for name, model in models.items()
+    }
+

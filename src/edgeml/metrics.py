@@ -1,0 +1,58 @@
+"""OOD detection metrics with ODIN's conventions (Liang et al. 2018).
+
+In-distribution (ID) is the positive class and a higher score means "more in-distribution".
+Every threshold is taken at the ROC's own points (each distinct score), so ties are handled
+exactly: tied scores move TPR and FPR together, never one before the other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    if len(id_scores) == 0 or len(ood_scores) == 0:
+        raise ValueError("OOD metrics need at least one ID and one OOD score")
+    if not (np.isfinite(id_scores).all() and np.isfinite(ood_scores).all()):
+        raise ValueError("OOD scores contain NaN or infinity")
+    labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    return labels, np.concatenate([id_scores, ood_scores])
+
+
+def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1), ID positive."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
+
+
+def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_level: float = 0.95) -> float:
+    """FPR at the first threshold whose TPR (ID kept) reaches ``tpr_level``."""
+    fpr, tpr = roc_points(id_scores, ood_scores)
+    return float(fpr[np.searchsorted(tpr, tpr_level - 1e-12, side="left")])
+
+
+def detection_error(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """min over thresholds of 0.5 (1 - TPR) + 0.5 FPR (equal priors), exact over the ROC points."""
+    fpr, tpr = roc_points(id_scores, ood_scores)
+    return float(np.min(0.5 * (1 - tpr) + 0.5 * fpr))
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """ODIN's table: FPR at 95% TPR, detection error, AUROC, AUPR-In, AUPR-Out (fractions, not %)."""
+    labels, scores = _labels_scores(id_scores, ood_scores)
+    return {
+        "fpr_at_95_tpr": fpr_at_tpr(id_scores, ood_scores, 0.95),
+        "detection_error": detection_error(id_scores, ood_scores),
+        "auroc": float(roc_auc_score(labels, scores)),
+        "aupr_in": float(average_precision_score(labels, scores)),
+        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+        "id_samples": int(len(id_scores)),
+        "ood_samples": int(len(ood_scores)),
+    }
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())

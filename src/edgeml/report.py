@@ -1,0 +1,164 @@
+"""Tables 1 and 2 in the paper's layout, and the plots: ROC/PR curves, score histograms, training curves.
+
+Every number comes from the metrics files the pipeline wrote; the paper's values appear only
+in clearly labelled reference columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import precision_recall_curve  # noqa: E402
+
+from edgeml.io import atomic_path  # noqa: E402
+from edgeml.metrics import roc_points  # noqa: E402
+
+MODELS = ("fp32", "int8")
+# The paper's reported values (ResNet18, CIFAR-10 vs TinyImageNet crop, MSP), for reference only.
+PAPER_TABLE1 = {
+    "Parameters (M)": (11.1, 11.1),
+    "Model size (MB)": (44.8, 12.4),
+    "CPU latency (ms/sample)": (7.91, 2.87),
+    "GPU latency (ms/sample)": (5.66, 1.56),
+}
+PAPER_TABLE2 = {
+    "Detection error (%)": (10.0, 12.5),
+    "AUROC (%)": (95.3, 89.1),
+    "AUPR-In (%)": (96.4, 93.0),
+    "AUPR-Out (%)": (93.8, 81.4),
+}
+TABLE2_KEYS = {
+    "FPR at 95% TPR (%)": "fpr_at_95_tpr",
+    "Detection error (%)": "detection_error",
+    "AUROC (%)": "auroc",
+    "AUPR-In (%)": "aupr_in",
+    "AUPR-Out (%)": "aupr_out",
+}
+PLOT_POINTS = 200
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def table1(bench: dict, evaluate: dict) -> dict[str, tuple[Any, Any]]:
+    """Rows of Table 1 (FP32, INT8), plus accuracy and throughput, which the paper does not report."""
+    rows: dict[str, tuple[Any, Any]] = {
+        "Parameters (M)": tuple(bench[m]["parameters"] / 1e6 for m in MODELS),
+        "Model size (MB)": tuple(bench[m]["size_mb"] for m in MODELS),
+        "CPU latency (ms/sample)": tuple(bench[m]["cpu_latency_ms"] for m in MODELS),
+        "GPU latency (ms/sample)": tuple(bench[m]["gpu_latency_ms"] for m in MODELS),
+        "CPU throughput (images/s)": tuple(bench[m]["cpu_throughput_images_per_s"] for m in MODELS),
+        "Top-1 accuracy (%)": tuple(100 * evaluate[f"{m}_top1"] for m in MODELS),
+    }
+    return rows
+
+
+def table2(ood: dict, detector: str, ood_set: str) -> dict[str, tuple[float, float]]:
+    """Rows of Table 2 (FP32, INT8) for one detector and OOD set, in percent."""
+    return {row: tuple(100 * ood[m][detector][ood_set][key] for m in MODELS) for row, key in TABLE2_KEYS.items()}
+
+
+def markdown_table(rows: dict[str, tuple], paper: dict[str, tuple] | None = None) -> str:
+    header = "| | FP32 | INT8 |" + (" Paper FP32 | Paper INT8 |" if paper else "")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for name, values in rows.items():
+        cells = [_fmt(v) for v in values]
+        if paper:
+            cells += [_fmt(v) for v in paper.get(name, ("", ""))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(bench: dict, evaluate: dict, ood: dict, detector: str, sets: list[str]) -> str:
+    env = bench["environment"]
+    parts = [
+        "## Table 1: model cost (FP32 vs INT8)",
+        "",
+        markdown_table(table1(bench, evaluate), PAPER_TABLE1),
+        "",
+        f"CPU: {env['cpu']['model']}, {env['threads']} threads, batch 1 (latency, median of "
+        f"{bench['settings']['runs']} runs) and batch {bench['settings']['throughput_batch_size']} "
+        f"(throughput); torch {env['versions']['torch']}, "
+        f"engine {env['quantized_engine']}. GPU: {env['gpu'] or 'none'}.",
+    ]
+    for ood_set in sets:
+        counts = ood["fp32"][detector][ood_set]
+        parts += [
+            "",
+            f"## Table 2: {detector.upper()} OOD detection, CIFAR-10 vs {ood_set}",
+            "",
+            markdown_table(table2(ood, detector, ood_set), PAPER_TABLE2 if ood_set == "tin_crop" else None),
+            "",
+            f"{counts['id_samples']} ID test images, {counts['ood_samples']} OOD images; ID is the positive class.",
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most PLOT_POINTS points along a curve, endpoints kept; for plotting only."""
+    keep = np.unique(np.linspace(0, len(x) - 1, PLOT_POINTS).round().astype(int))
+    return x[keep], y[keep]
+
+
+def curves(scores: dict[str, dict[str, np.ndarray]], ood_set: str) -> dict[str, pd.DataFrame]:
+    """ROC and PR (ID positive) curve points per model, thinned for plotting."""
+    out = {}
+    for model, s in scores.items():
+        fpr, tpr = _thin(*roc_points(s["id"], s[ood_set]))
+        labels = np.r_[np.ones(len(s["id"])), np.zeros(len(s[ood_set]))]
+        precision, recall, _ = precision_recall_curve(labels, np.r_[s["id"], s[ood_set]])
+        recall, precision = _thin(recall[::-1], precision[::-1])
+        out[model] = pd.DataFrame({"fpr": fpr, "tpr": tpr}), pd.DataFrame({"recall": recall, "precision": precision})
+    return out
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_ood(
+    scores: dict[str, dict[str, np.ndarray]], ood_set: str, detector: str, csv_dir: Path, figure_dir: Path
+) -> None:
+    """ROC/PR curves as CSV (DVC plots) and PNG, and ID-vs-OOD score histograms, FP32 vs INT8."""
+    fig, (roc_ax, pr_ax, *hist_axes) = plt.subplots(1, 2 + len(scores), figsize=(5 * (2 + len(scores)), 4))
+    for model, (roc, pr) in curves(scores, ood_set).items():
+        for name, frame in (("roc", roc), ("pr", pr)):
+            with atomic_path(csv_dir / name / model / f"{detector}_{ood_set}.csv") as tmp:
+                frame.to_csv(tmp, index=False)
+        roc_ax.plot(roc.fpr, roc.tpr, label=model.upper())
+        pr_ax.plot(pr.recall, pr.precision, label=model.upper())
+    roc_ax.set(xlabel="FPR (OOD accepted)", ylabel="TPR (ID accepted)", title=f"ROC, {detector} vs {ood_set}")
+    pr_ax.set(xlabel="Recall (ID)", ylabel="Precision (ID)", title=f"PR-In, {detector} vs {ood_set}")
+    for ax in (roc_ax, pr_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    for ax, (model, s) in zip(hist_axes, scores.items()):
+        bins = np.linspace(min(s["id"].min(), s[ood_set].min()), max(s["id"].max(), s[ood_set].max()), 50)
+        ax.hist(s["id"], bins=bins, alpha=0.6, density=True, label="CIFAR-10 test (ID)")
+        ax.hist(s[ood_set], bins=bins, alpha=0.6, density=True, label=f"{ood_set} (OOD)")
+        ax.set(xlabel=f"{detector} score", title=f"{model.upper()} scores")
+        ax.legend()
+    save_figure(fig, figure_dir / f"{detector}_{ood_set}.png")
+
+
+def plot_training(live_metrics_dir: Path, path: Path) -> None:
+    """Per-epoch loss and accuracy from dvclive's TSV files."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+            frame = pd.read_csv(live_metrics_dir / f"{split}_{metric}.tsv", sep="\t")
+            ax.plot(frame["step"] + 1, frame[f"{split}_{metric}"], label=split)
+            ax.set(xlabel="epoch", ylabel=metric)
+            ax.legend()
+            ax.grid(alpha=0.3)
+    save_figure(fig, path)

@@ -1,0 +1,33 @@
+"""Stage evaluate: top-1 accuracy of the deployable FP32 and INT8 models on the CIFAR-10 test set."""
+
+import torch
+
+from edgeml import params as P
+from edgeml.data import load_arrays
+from edgeml.io import write_json
+from edgeml.preprocess import to_tensor
+from edgeml.quantization import load_deployable
+from edgeml.stage import run
+from edgeml.training import predict_logits
+
+
+def main() -> None:
+    params = P.load()
+    arrays = load_arrays("data/prepared/cifar10.npz")
+    images, labels = to_tensor(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
+    predictions = {
+        name: predict_logits(load_deployable(f"models/deploy/{name}.pt", params.quantize.backend), images).argmax(1)
+        for name in ("fp32", "int8")
+    }
+    write_json(
+        "metrics/evaluate.json",
+        {
+            "test_samples": len(labels),
+            **{f"{name}_top1": (pred == labels).float().mean().item() for name, pred in predictions.items()},
+            "agreement": (predictions["fp32"] == predictions["int8"]).float().mean().item(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,45 @@
+"""Stage ood: score the ID test set and every OOD set with each detector, on FP32 and INT8."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeml import params as P
+from edgeml.data import load_arrays
+from edgeml.detectors import make_detector
+from edgeml.fetch import clear_dir
+from edgeml.io import atomic_path, write_json
+from edgeml.metrics import ood_metrics
+from edgeml.preprocess import to_tensor
+from edgeml.quantization import load_deployable
+from edgeml.stage import run
+
+SCORES = Path("data/scores")
+
+
+def main() -> None:
+    params = P.load()
+    torch.set_num_threads(params.ood.threads)
+    arrays = load_arrays("data/prepared/cifar10.npz")
+    fit_images, id_images = to_tensor(arrays["val_x"]), to_tensor(arrays["test_x"])
+    ood_images = {name: to_tensor(load_arrays(f"data/prepared/ood/{name}.npz")["x"]) for name in params.ood.sets}
+    clear_dir(SCORES)
+    results: dict[str, dict] = {}
+    for model_name in ("fp32", "int8"):
+        model = load_deployable(f"models/deploy/{model_name}.pt", params.quantize.backend)
+        for detector_name in params.ood.detectors:
+            detector = make_detector(detector_name, batch_size=params.ood.batch_size)
+            detector.fit(model, fit_images)
+            scores = {"id": detector.score(model, id_images)}
+            scores |= {name: detector.score(model, images) for name, images in ood_images.items()}
+            with atomic_path(SCORES / f"{model_name}_{detector_name}.npz") as tmp, tmp.open("wb") as f:
+                np.savez(f, **scores)
+            results.setdefault(model_name, {})[detector_name] = {
+                name: ood_metrics(scores["id"], scores[name]) for name in ood_images
+            }
+    write_json("metrics/ood.json", results)
+
+
+if __name__ == "__main__":
+    run(main)

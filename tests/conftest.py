@@ -1,0 +1,98 @@
+"""Tiny datasets written in the official and mirror layouts, made fresh by each test."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeml.data import CIFAR10_CLASSES
+
+
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def class_images(rng: np.random.Generator, label: int, count: int, size: int = 32) -> np.ndarray:
+    """Images whose mean colour depends on the class, so a tiny model can learn something."""
+    base = (np.array([label * 25, 255 - label * 25, (label * 70) % 255]) * 0.8).astype(np.float64)
+    noise = rng.normal(0, 20, (count, size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_sha256sums(folder: Path) -> None:
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.name}"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != "SHA256SUMS"
+    ]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def cifar_imagefolder_files(train_per_class: int, test_per_class: int, seed: int = 0) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    files = {}
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, cls in enumerate(CIFAR10_CLASSES):
+            for i, image in enumerate(class_images(rng, label, count)):
+                files[f"cifar10-jpeg/{split}/{cls}/{i:04d}.png"] = encode(image)
+    return files
+
+
+def cifar_python_files(train_per_class: int, test_per_class: int, seed: int = 0) -> dict[str, bytes]:
+    """cifar-10-batches-py as torchvision downloads it: pickled dicts with CHW-flattened rows."""
+    rng = np.random.default_rng(seed)
+
+    def batch(count: int) -> dict:
+        labels = np.repeat(np.arange(10), count)
+        images = np.concatenate([class_images(rng, label, count) for label in range(10)])
+        order = rng.permutation(len(labels))  # official batches interleave classes
+        data = images[order].transpose(0, 3, 1, 2).reshape(len(labels), -1)
+        return {b"data": data, b"labels": labels[order].tolist()}
+
+    files = {f"cifar-10-batches-py/data_batch_{i}": pickle.dumps(batch(train_per_class)) for i in range(1, 6)}
+    files["cifar-10-batches-py/test_batch"] = pickle.dumps(batch(test_per_class))
+    files["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
+    return files
+
+
+def tinyimagenet_files(count: int, seed: int = 1) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    files = {}
+    for split in ("test", "val"):
+        for i in range(count):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            if i == 0:  # Tiny ImageNet has a few grayscale JPEGs
+                files[f"tiny-imagenet-200/{split}/images/{split}_{i}.JPEG"] = encode(image[..., 0], "JPEG")
+            else:
+                files[f"tiny-imagenet-200/{split}/images/{split}_{i}.JPEG"] = encode(image, "JPEG")
+    return files
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Path:
+    """A local mirror like ../shared/datasets: ImageFolder CIFAR-10 and Tiny ImageNet tarballs plus SHA256SUMS."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    write_tar(folder / "cifar10-jpeg.tar.gz", cifar_imagefolder_files(train_per_class=12, test_per_class=4))
+    write_tar(folder / "tiny-imagenet-200-valtest.tar.gz", tinyimagenet_files(count=30))
+    write_sha256sums(folder)
+    return folder

@@ -1,0 +1,114 @@
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import (
+    cifar_imagefolder_files,
+    cifar_python_files,
+    encode,
+    tinyimagenet_files,
+    write_tar,
+)
+from edgeml.data import load_cifar10, load_tinyimagenet, odin_crop, odin_resize, split_validation
+from edgeml.preprocess import DataError, decode_image
+
+
+def check_cifar(arrays, train_per_class, test_per_class):
+    assert arrays["train_x"].shape == (10 * train_per_class, 32, 32, 3)
+    assert arrays["train_x"].dtype == np.uint8
+    assert np.bincount(arrays["train_y"]).tolist() == [train_per_class] * 10
+    assert arrays["test_x"].shape == (10 * test_per_class, 32, 32, 3)
+    # per-class index: 0..n-1 within each class, as OpenOOD's file names count
+    for label in range(10):
+        assert sorted(arrays["test_index"][arrays["test_y"] == label]) == list(range(test_per_class))
+
+
+def test_cifar_official_python_tarball(tmp_path):
+    path = write_tar(tmp_path / "cifar-10-python.tar.gz", cifar_python_files(3, 2))
+    arrays = load_cifar10(path)
+    check_cifar(arrays, 15, 2)
+    # the class-dependent colour survives the CHW -> HWC conversion
+    red_by_class = [arrays["train_x"][arrays["train_y"] == c][..., 0].mean() for c in range(10)]
+    assert red_by_class[0] < red_by_class[5] < red_by_class[9]
+
+
+def test_cifar_imagefolder_archive_and_folder(tmp_path):
+    files = cifar_imagefolder_files(3, 2)
+    archive = load_cifar10(write_tar(tmp_path / "cifar10-jpeg.tar.gz", files))
+    check_cifar(archive, 3, 2)
+    for name, data in files.items():
+        (tmp_path / "extracted" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "extracted" / name).write_bytes(data)
+    folder = load_cifar10(tmp_path / "extracted")
+    for key in archive:
+        np.testing.assert_array_equal(archive[key], folder[key])
+
+
+def test_tinyimagenet_official_zip(tmp_path):
+    path = tmp_path / "tiny-imagenet-200.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in tinyimagenet_files(12).items():
+            archive.writestr(name, data)
+        archive.writestr("tiny-imagenet-200/wnids.txt", "n01443537\n")
+    images = load_tinyimagenet(path, "test")
+    assert len(images) == 12
+    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in images)  # grayscale -> RGB
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path):
+    path = write_tar(tmp_path / "cifar10-jpeg.tar.gz", cifar_imagefolder_files(3, 2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cifar10-jpeg.tar.gz: archive is truncated or corrupt"):
+        load_cifar10(path)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    files = cifar_imagefolder_files(2, 1)
+    files["cifar10-jpeg/train/cat/0001.png"] = b"\x89PNG\r\n\x1a\n garbage"
+    with pytest.raises(DataError, match="train/cat/0001.png: cannot decode image"):
+        load_cifar10(write_tar(tmp_path / "c.tar.gz", files))
+
+
+def test_empty_archive_says_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match="found no CIFAR-10 images"):
+        load_cifar10(write_tar(tmp_path / "c.tar.gz", {"readme.txt": b"hi"}))
+
+
+def test_image_modes_are_converted_as_at_training_time():
+    gray16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(gray16).save(buffer, format="PNG")
+    converted = np.asarray(decode_image(buffer.getvalue(), "g16.png"))
+    assert converted.shape == (64, 64, 3)
+    assert converted[..., 0].max() == round(gray16.max() / 257)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    assert np.asarray(decode_image(encode(rgba), "a.png")).shape == (8, 8, 3)
+
+
+def test_odin_sets_are_deterministic():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    crops = odin_crop(images, seed=3)
+    assert crops.shape == (5, 32, 32, 3)
+    np.testing.assert_array_equal(crops, odin_crop(images, seed=3))
+    # each crop is a window of its source image
+    top_left = crops[0][0, 0]
+    assert (images[0] == top_left).all(axis=2).any()
+    resized = odin_resize(images)
+    assert resized.shape == (5, 32, 32, 3)
+    expected = images[0][:2, :2].reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(resized[0][0, 0], expected, atol=1)
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    labels = np.repeat(np.arange(10), 50)
+    train, val = split_validation(labels, 100, seed=0)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 500
+    assert np.bincount(labels[val]).tolist() == [10] * 10
+    with pytest.raises(ValueError, match="prepare.val_size"):
+        split_validation(labels, 15, seed=0)

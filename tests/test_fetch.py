@@ -1,0 +1,76 @@
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from edgeml.fetch import FetchError, fetch, tree_sha256
+from edgeml.params import Source
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_local_archive_checked_against_mirror_sha256sums(mirror, tmp_path):
+    record = fetch("cifar10", Source(str(mirror / "cifar10-jpeg.tar.gz")), tmp_path / "raw")
+    copied = Path(record.path)
+    assert copied.read_bytes() == (mirror / "cifar10-jpeg.tar.gz").read_bytes()
+    assert record.sha256 == sha256(copied)
+    assert record.checked_against == f"sha256:{record.sha256}"
+    assert record.source == str(mirror / "cifar10-jpeg.tar.gz")
+
+
+def test_checksum_mismatch_leaves_nothing(mirror, tmp_path):
+    dest = tmp_path / "raw"
+    with pytest.raises(FetchError, match="checksum mismatch.*cifar10-jpeg.tar.gz"):
+        fetch("cifar10", Source(str(mirror / "cifar10-jpeg.tar.gz"), sha256="0" * 64), dest)
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_no_known_checksum_is_an_error(tmp_path):
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"x")
+    with pytest.raises(FetchError, match="no checksum known.*set its sha256"):
+        fetch("cifar10", Source(str(archive)), tmp_path / "raw")
+
+
+def test_missing_source_names_the_param(tmp_path):
+    with pytest.raises(FetchError, match="fetch.cifar10.source: .*does not exist"):
+        fetch("cifar10", Source(str(tmp_path / "absent.tar.gz")), tmp_path / "raw")
+
+
+def test_extracted_folder_source(tmp_path):
+    folder = tmp_path / "cifar10-jpeg"
+    (folder / "train" / "cat").mkdir(parents=True)
+    (folder / "train" / "cat" / "0000.png").write_bytes(b"png")
+    digest = tree_sha256(folder)
+    record = fetch("cifar10", Source(str(folder), sha256=digest), tmp_path / "raw")
+    assert (Path(record.path) / "train" / "cat" / "0000.png").read_bytes() == b"png"
+    with pytest.raises(FetchError, match="tree sha256"):
+        fetch("cifar10", Source(str(folder), sha256="f" * 64), tmp_path / "raw2")
+
+
+@pytest.fixture
+def http_server(mirror):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_md5(http_server, mirror, tmp_path):
+    md5 = hashlib.md5((mirror / "cifar10-jpeg.tar.gz").read_bytes()).hexdigest()
+    record = fetch("cifar10", Source(f"{http_server}/cifar10-jpeg.tar.gz", md5=md5), tmp_path / "raw")
+    assert Path(record.path).read_bytes() == (mirror / "cifar10-jpeg.tar.gz").read_bytes()
+    assert record.checked_against == f"md5:{md5}"
+
+
+def test_download_failure_retries_then_names_source(http_server, tmp_path):
+    with pytest.raises(FetchError, match="after 2 tries"):
+        fetch("cifar10", Source(f"{http_server}/absent.tar.gz", md5="0" * 32), tmp_path / "raw", retries=2)
+    assert list((tmp_path / "raw").glob("*")) == []

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from edgeml.metrics import detection_error, fpr_at_tpr, ood_metrics
+
+
+def test_perfect_separation():
+    m = ood_metrics(np.array([0.9, 0.8, 0.7]), np.array([0.1, 0.2]))
+    assert m["auroc"] == 1.0 and m["aupr_in"] == 1.0 and m["aupr_out"] == 1.0
+    assert m["fpr_at_95_tpr"] == 0.0 and m["detection_error"] == 0.0
+    assert (m["id_samples"], m["ood_samples"]) == (3, 2)
+
+
+def test_hand_computed_case():
+    # ID (positive) 4, 3, 1; OOD 2, 0. Thresholds >= s, ROC points (FPR, TPR):
+    # (0,0) (0,1/3) (0,2/3) (1/2,2/3) (1/2,1) (1,1)
+    ids, oods = np.array([4.0, 3.0, 1.0]), np.array([2.0, 0.0])
+    m = ood_metrics(ids, oods)
+    assert m["auroc"] == pytest.approx(5 / 6)  # 5 of 6 (ID, OOD) pairs ordered correctly
+    # 95% TPR is first reached at TPR=1, where FPR=1/2.
+    assert m["fpr_at_95_tpr"] == pytest.approx(0.5)
+    # min 0.5(1-TPR)+0.5FPR: at (0, 2/3) -> 1/6; at (1/2, 1) -> 1/4.
+    assert m["detection_error"] == pytest.approx(1 / 6)
+    # AUPR-In (AP, ID positive): precisions at recalls 1/3, 2/3, 1 are 1, 1, 3/4.
+    assert m["aupr_in"] == pytest.approx((1 + 1 + 0.75) / 3)
+    # AUPR-Out: OOD positive with negated scores: order 0(OOD) -1(ID) -2(OOD) -> AP = (1 + 2/3)/2.
+    assert m["aupr_out"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_ties_move_tpr_and_fpr_together():
+    # All scores tied: the only thresholds give (0,0) and (1,1); a tie never counts as separated.
+    ids, oods = np.full(5, 0.5), np.full(5, 0.5)
+    assert ood_metrics(ids, oods)["auroc"] == 0.5
+    assert fpr_at_tpr(ids, oods) == 1.0
+    assert detection_error(ids, oods) == 0.5
+
+
+def test_partial_tie():
+    # ID 1, 1; OOD 1, 0: the tied pair counts half.
+    m = ood_metrics(np.array([1.0, 1.0]), np.array([1.0, 0.0]))
+    assert m["auroc"] == pytest.approx((2 * 1 + 2 * 0.5) / 4)
+    # thresholds: >=1 gives TPR 1, FPR 1/2
+    assert m["fpr_at_95_tpr"] == pytest.approx(0.5)
+    assert m["detection_error"] == pytest.approx(0.25)
+
+
+def test_scores_must_be_finite():
+    with pytest.raises(ValueError, match="NaN"):
+        ood_metrics(np.array([np.nan, 1.0]), np.array([0.0]))

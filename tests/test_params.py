@@ -1,0 +1,60 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeml.params import ParamsError, load, parse
+
+REPO_PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+
+
+def with_change(path: str, value) -> dict:
+    raw = copy.deepcopy(REPO_PARAMS)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def test_committed_params_are_valid():
+    params = parse(REPO_PARAMS)
+    assert params.model.stem in ("torchvision", "cifar", "conv3s2")
+    assert set(params.ood.sets) <= set(params.prepare.ood_sets)
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("quantize.backend", "tensorrt", r"quantize.backend: 'tensorrt' is not one of \['fbgemm', 'qnnpack'\]"),
+        ("quantize.observr", "minmax", r"quantize: unknown key\(s\) \['observr'\]"),
+        ("train.epochs", 0, r"train.epochs: must be > 0"),
+        ("train.epochs", "ten", r"train.epochs: expected int"),
+        ("train.lr", True, r"train.lr: expected float"),
+        ("quantize.per_channel", "yes", r"quantize.per_channel: expected bool"),
+        ("ood.sets", ["tin_crop", "svhn"], r"ood.sets: 'svhn' is not built by prepare.ood_sets"),
+        ("model.stem", "resnet", r"model.stem: 'resnet' is not one of"),
+        ("quantize.calibration_size", 10**6, r"quantize.calibration_size: 1000000 exceeds prepare.val_size"),
+    ],
+)
+def test_bad_values_name_the_key(path, value, message):
+    with pytest.raises(ParamsError, match=message):
+        parse(with_change(path, value))
+
+
+def test_missing_key_is_named():
+    raw = copy.deepcopy(REPO_PARAMS)
+    del raw["bench"]["runs"]
+    with pytest.raises(ParamsError, match="bench.runs: missing"):
+        parse(raw)
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("fetch: [unclosed")
+    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+        load(path)
+    with pytest.raises(ParamsError, match="not found"):
+        load(tmp_path / "absent.yaml")

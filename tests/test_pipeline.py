@@ -1,0 +1,93 @@
+"""End to end: `dvc repro` in a fresh git repo on tiny synthetic data, then a no-op second run."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[1]
+
+
+def sh(*args: str, cwd: Path) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def tiny_params(mirror: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["fetch"]["cifar10"]["source"] = str(mirror / "cifar10-jpeg.tar.gz")
+    params["fetch"]["tinyimagenet"]["source"] = str(mirror / "tiny-imagenet-200-valtest.tar.gz")
+    params["prepare"]["val_size"] = 20
+    params["train"].update(epochs=1, batch_size=16, threads=1)
+    params["quantize"]["calibration_size"] = 16
+    params["ood"].update(batch_size=32, threads=1)
+    params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2)
+    return params
+
+
+@pytest.fixture
+def project(tmp_path: Path, mirror: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(mirror)))
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    # A clone always has a commit; dvclive needs one to find the baseline revision.
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+def test_dvc_repro_end_to_end(project: Path):
+    sh("dvc", "repro", cwd=project)
+
+    sources = json.loads((project / "data/sources.json").read_text())
+    assert sources["cifar10"]["checked_against"].startswith("sha256:")
+    assert json.loads((project / "metrics/prepare.json").read_text())["samples"] == {
+        "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30,
+    }
+    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
+    assert evaluate["test_samples"] == 40 and 0 <= evaluate["int8_top1"] <= 1
+    ood = json.loads((project / "metrics/ood.json").read_text())
+    for model in ("fp32", "int8"):
+        for ood_set in ("tin_crop", "tin_resize"):
+            m = ood[model]["msp"][ood_set]
+            assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (40, 30)
+    bench = json.loads((project / "metrics/bench.json").read_text())
+    assert bench["int8"]["size_mb"] < bench["fp32"]["size_mb"] / 3.5
+    assert bench["fp32"]["parameters"] == 11_181_642
+    report = (project / "metrics/report.md").read_text()
+    assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
+    for figure in ("msp_tin_crop.png", "msp_tin_resize.png", "training.png"):
+        assert (project / "plots/figures" / figure).stat().st_size > 1000
+    assert (project / "plots/ood/roc/int8/msp_tin_crop.csv").read_text().startswith("fpr,tpr")
+
+    # A second run changes nothing and runs nothing.
+    second = sh("dvc", "repro", cwd=project)
+    assert "Running stage" not in second
+    assert "up to date" in sh("dvc", "status", cwd=project)
+
+    # A quantization variant re-runs only what depends on the recipe.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["quantize"]["observer"] = "minmax"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    variant = sh("dvc", "repro", cwd=project)
+    assert "Running stage 'quantize'" in variant and "Running stage 'train'" not in variant
+
+
+def test_bad_params_stop_before_any_work(project: Path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["quantize"]["backend"] = "tensorrt"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(["dvc", "repro", "fetch"], cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack']" in result.stderr + result.stdout
+    assert not (project / "data/raw").exists()
