@@ -14,9 +14,7 @@ RAW = Path("data/raw")
 def main() -> None:
     params = P.load().fetch
     clear_dir(RAW)
-    records = [
-        fetch(name, getattr(params, name), RAW, retries=params.retries) for name in ("cifar10", "tinyimagenet")
-    ]
+    records = [fetch(name, source, RAW, retries=params.retries) for name, source in params.sources().items()]
     write_json("data/sources.json", {r.name: dataclasses.asdict(r) for r in records})
 
 

@@ -35,13 +35,16 @@ def main() -> None:
         test_index=cifar["test_index"],
     )
     counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
-    decoded: dict[tuple[str, str], list[np.ndarray]] = {}
+    decoded: dict[str, list[np.ndarray]] = {}
     for name, spec in params.ood_sets.items():
-        key = (spec.dataset, spec.split)
-        if key not in decoded:
-            decoded[key] = data.load_tinyimagenet(sources[spec.dataset]["path"], spec.split)
-        images = decoded[key]
-        x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
+        path = sources[spec.dataset]["path"]
+        if spec.transform == "none":
+            x = data.load_image_set(path)
+        else:
+            if spec.split not in decoded:
+                decoded[spec.split] = data.load_tinyimagenet(path, spec.split)
+            images = decoded[spec.split]
+            x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
         save_npz(OUT / "ood" / f"{name}.npz", x=x)
         counts[name] = len(x)
     write_json("metrics/prepare.json", {"samples": counts})

@@ -10,7 +10,14 @@ from conftest import (
     tinyimagenet_files,
     write_tar,
 )
-from edgeml.data import load_cifar10, load_tinyimagenet, odin_crop, odin_resize, split_validation
+from edgeml.data import (
+    load_cifar10,
+    load_image_set,
+    load_tinyimagenet,
+    odin_crop,
+    odin_resize,
+    split_validation,
+)
 from edgeml.preprocess import DataError, decode_image
 
 
@@ -112,3 +119,14 @@ def test_validation_split_is_stratified_and_disjoint():
     assert np.bincount(labels[val]).tolist() == [10] * 10
     with pytest.raises(ValueError, match="prepare.val_size"):
         split_validation(labels, 15, seed=0)
+
+
+def test_odin_released_archive(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    files = {f"Imagenet/test/{i}.png": encode(image) for i, image in enumerate(images)}
+    loaded = load_image_set(write_tar(tmp_path / "Imagenet.tar.gz", files))
+    np.testing.assert_array_equal(loaded, images)
+    files["Imagenet/test/9.png"] = encode(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match="9.png: expected a 32x32 image"):
+        load_image_set(write_tar(tmp_path / "bad.tar.gz", files))

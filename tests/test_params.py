@@ -44,6 +44,26 @@ def test_bad_values_name_the_key(path, value, message):
         parse(with_change(path, value))
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"dataset": "tinyimagenet", "transform": "none"}, "Tiny ImageNet sets need split"),
+        ({"dataset": "odin_imagenet_crop", "transform": "crop"}, "used as released"),
+        ({"dataset": "odin_imagenet_crop", "transform": "none"}, "fetch.odin_imagenet_crop has no source"),
+    ],
+)
+def test_ood_set_specs_are_checked(spec, message):
+    raw = with_change("prepare.ood_sets.extra", spec)
+    with pytest.raises(ParamsError, match=f"prepare.ood_sets.extra: .*{message}"):
+        parse(raw)
+
+
+def test_odin_archive_set_with_its_source_is_accepted():
+    raw = with_change("prepare.ood_sets.odin_crop", {"dataset": "odin_imagenet_crop", "transform": "none"})
+    raw["fetch"]["odin_imagenet_crop"] = {"source": "https://www.dropbox.com/s/avgm2u562itwpkl/Imagenet.tar.gz"}
+    assert "odin_imagenet_crop" in parse(raw).fetch.sources()
+
+
 def test_missing_key_is_named():
     raw = copy.deepcopy(REPO_PARAMS)
     del raw["bench"]["runs"]

@@ -129,6 +129,20 @@ def load_tinyimagenet(path: str | Path, split: str) -> list[np.ndarray]:
     return [image for _, image in found]
 
 
+def load_image_set(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Every image in an archive or folder (e.g. ODIN's ``Imagenet/test/*.jpg``), sorted by name."""
+    found = sorted(iter_files(path, lambda n: n.lower().endswith((".jpg", ".jpeg", ".png"))))
+    if not found:
+        raise DataError(f"{path}: no .jpg/.jpeg/.png images found")
+    images = []
+    for name, data in found:
+        image = decode_image(data, f"{path}:{name}")
+        if image.size != (size, size):
+            raise DataError(f"{path}:{name}: expected a {size}x{size} image, got {image.size}")
+        images.append(np.asarray(image))
+    return np.stack(images)
+
+
 def odin_crop(images: list[np.ndarray], seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """ODIN's TinyImageNet (crop): one random ``size`` x ``size`` crop per image, fixed seed."""
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeml.params import ParamsError
 from edgeml.training import predict_logits
 
 
@@ -56,5 +57,5 @@ DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (MSP,)}
 
 def make_detector(name: str, **options: object) -> Detector:
     if name not in DETECTORS:
-        raise ValueError(f"ood.detectors: {name!r} is not one of {sorted(DETECTORS)}")
+        raise ParamsError(f"ood.detectors: {name!r} is not one of {sorted(DETECTORS)}")
     return DETECTORS[name](**options)

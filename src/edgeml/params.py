@@ -32,16 +32,28 @@ class Source:
 class FetchParams:
     cifar10: Source
     tinyimagenet: Source
+    # ODIN's released OOD sets ("Imagenet" = crop, "Imagenet_resize"), already 32x32; optional.
+    odin_imagenet_crop: Optional[Source] = None
+    odin_imagenet_resize: Optional[Source] = None
     retries: int = 3
+
+    def sources(self) -> dict[str, Source]:
+        """The datasets to fetch, by name."""
+        return {
+            name: source
+            for name in ("cifar10", "tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize")
+            if (source := getattr(self, name)) is not None
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
-    """An OOD set built from a fetched dataset: ODIN's random 32x32 crop, or a downsample to 32x32."""
+    """An OOD set: built from Tiny ImageNet (ODIN's random 32x32 crop, or a downsample to
+    32x32), or taken as is (``transform: none``) from one of ODIN's released archives."""
 
-    dataset: Literal["tinyimagenet"]
-    split: Literal["test", "val"]
-    transform: Literal["crop", "resize"]
+    dataset: Literal["tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize"]
+    transform: Literal["crop", "resize", "none"]
+    split: Optional[Literal["test", "val"]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,15 @@ class Params:
     bench: BenchParams
 
     def __post_init__(self) -> None:
+        for name, spec in self.prepare.ood_sets.items():
+            key = f"prepare.ood_sets.{name}"
+            if spec.dataset == "tinyimagenet" and (spec.transform == "none" or spec.split is None):
+                raise ParamsError(f"{key}: Tiny ImageNet sets need split (test | val) and transform (crop | resize)")
+            if spec.dataset != "tinyimagenet":
+                if spec.transform != "none" or spec.split is not None:
+                    raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none, no split")
+                if getattr(self.fetch, spec.dataset) is None:
+                    raise ParamsError(f"{key}: uses {spec.dataset}, but fetch.{spec.dataset} has no source")
         for name in self.ood.sets:
             if name not in self.prepare.ood_sets:
                 raise ParamsError(

@@ -19,7 +19,7 @@ from torchvision.models.quantization import resnet as quantizable_resnet
 from tqdm import tqdm
 
 from edgeml.io import atomic_path
-from edgeml.params import QuantizeParams
+from edgeml.params import ParamsError, QuantizeParams
 from edgeml.preprocess import normalize
 
 
@@ -88,9 +88,9 @@ BACKENDS = {"fbgemm": EagerQuantizer, "qnnpack": EagerQuantizer}
 
 def make_quantizer(params: QuantizeParams) -> Quantizer:
     if params.backend not in BACKENDS:
-        raise ValueError(f"quantize.backend: {params.backend!r} is not one of {sorted(BACKENDS)}")
+        raise ParamsError(f"quantize.backend: {params.backend!r} is not one of {sorted(BACKENDS)}")
     if params.backend not in torch.backends.quantized.supported_engines:
-        raise ValueError(
+        raise ParamsError(
             f"quantize.backend: {params.backend!r} is not supported by this torch build "
             f"(supported: {torch.backends.quantized.supported_engines})"
         )
