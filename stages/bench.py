@@ -1,15 +1,19 @@
 """Stage bench: parameters, size on disk, CPU (and GPU when present) latency and throughput."""
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 from edgeml import benchmark
 from edgeml import params as P
+from edgeml.data import load_arrays
 from edgeml.io import write_json
 from edgeml.models import load_checkpoint, parameter_count
 from edgeml.quantization import load_deployable
 from edgeml.stage import run
 
 DEPLOYABLE = {"fp32": "models/deploy/fp32.pt", "int8": "models/deploy/int8.pt"}
+ARTIFACT = "models/edgeml_int8.pt"
 
 
 def main() -> None:
@@ -21,6 +25,11 @@ def main() -> None:
         deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
     )
     gpu = benchmark.bench_gpu({"fp32": float_model, "int8": None}, bench.warmup, bench.runs)
+    images = load_arrays("data/prepared/cifar10.npz")["test_x"][: bench.artifact_images]
+    with tempfile.TemporaryDirectory() as workdir:
+        artifact = benchmark.bench_artifact(
+            ARTIFACT, images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
+        )
     write_json(
         "metrics/bench.json",
         {
@@ -34,6 +43,7 @@ def main() -> None:
             }
             for name, path in DEPLOYABLE.items()
         }
+        | {"artifact": artifact}
         | {"environment": benchmark.environment(bench.threads), "settings": dataclasses.asdict(bench)},
     )
 

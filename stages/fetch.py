@@ -4,8 +4,8 @@ import dataclasses
 from pathlib import Path
 
 from edgeml import params as P
-from edgeml.fetch import clear_dir, fetch
-from edgeml.io import write_json
+from edgeml.fetch import fetch
+from edgeml.io import clear_dir, write_json
 from edgeml.stage import run
 
 RAW = Path("data/raw")

@@ -2,14 +2,12 @@
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.detectors import make_detector
-from edgeml.fetch import clear_dir
-from edgeml.io import atomic_path, write_json
+from edgeml.io import clear_dir, write_json, write_npz
 from edgeml.metrics import ood_metrics
 from edgeml.preprocess import to_tensor
 from edgeml.quantization import load_deployable
@@ -33,8 +31,7 @@ def main() -> None:
             detector.fit(model, fit_images)
             scores = {"id": detector.score(model, id_images)}
             scores |= {name: detector.score(model, images) for name, images in ood_images.items()}
-            with atomic_path(SCORES / f"{model_name}_{detector_name}.npz") as tmp, tmp.open("wb") as f:
-                np.savez(f, **scores)
+            write_npz(SCORES / f"{model_name}_{detector_name}.npz", **scores)
             results.setdefault(model_name, {})[detector_name] = {
                 name: ood_metrics(scores["id"], scores[name]) for name in ood_images
             }

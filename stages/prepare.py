@@ -6,16 +6,10 @@ import numpy as np
 
 from edgeml import data
 from edgeml import params as P
-from edgeml.fetch import clear_dir
-from edgeml.io import atomic_path, read_json, write_json
+from edgeml.io import clear_dir, read_json, write_json, write_npz
 from edgeml.stage import run
 
 OUT = Path("data/prepared")
-
-
-def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)
 
 
 def main() -> None:
@@ -24,7 +18,7 @@ def main() -> None:
     clear_dir(OUT)
     cifar = data.load_cifar10(sources["cifar10"]["path"])
     train_idx, val_idx = data.split_validation(cifar["train_y"], params.val_size, params.seed)
-    save_npz(
+    write_npz(
         OUT / "cifar10.npz",
         train_x=cifar["train_x"][train_idx],
         train_y=cifar["train_y"][train_idx],
@@ -45,7 +39,7 @@ def main() -> None:
                 decoded[spec.split] = data.load_tinyimagenet(path, spec.split)
             images = decoded[spec.split]
             x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
-        save_npz(OUT / "ood" / f"{name}.npz", x=x)
+        write_npz(OUT / "ood" / f"{name}.npz", x=x)
         counts[name] = len(x)
     write_json("metrics/prepare.json", {"samples": counts})
 

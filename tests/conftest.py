@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from edgeml.data import CIFAR10_CLASSES
+from edgeml.models import build_resnet18
+from edgeml.preprocess import normalize
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -96,3 +99,19 @@ def mirror(tmp_path: Path) -> Path:
     write_tar(folder / "tiny-imagenet-200-valtest.tar.gz", tinyimagenet_files(count=30))
     write_sha256sums(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def float_model_and_images():
+    """A ResNet18 whose batch-norm statistics match its input, as after training."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    model = build_resnet18("torchvision")
+    model.train()
+    with torch.no_grad():
+        for momentum in (1.0, None):  # one pass to set, one cumulative pass to average
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.momentum = momentum
+            model(normalize(images))
+    return model.eval(), images

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeml.deploy import EdgeModel
+
 REPO = Path(__file__).parents[1]
 
 
@@ -25,7 +27,7 @@ def tiny_params(mirror: Path) -> dict:
     params["train"].update(epochs=1, batch_size=16, threads=1)
     params["quantize"]["calibration_size"] = 16
     params["ood"].update(batch_size=32, threads=1)
-    params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2)
+    params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2, artifact_images=8)
     return params
 
 
@@ -64,6 +66,11 @@ def test_dvc_repro_end_to_end(project: Path):
     bench = json.loads((project / "metrics/bench.json").read_text())
     assert bench["int8"]["size_mb"] < bench["fp32"]["size_mb"] / 3.5
     assert bench["fp32"]["parameters"] == 11_181_642
+    package = json.loads((project / "metrics/package.json").read_text())
+    assert package["val_tpr"] >= 0.95 and set(package["test_fpr"]) == {"tin_crop", "tin_resize"}
+    artifact = EdgeModel.load(project / "models/edgeml_int8.pt")
+    assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
+    assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
     for figure in ("msp_tin_crop.png", "msp_tin_resize.png", "training.png"):
@@ -80,7 +87,8 @@ def test_dvc_repro_end_to_end(project: Path):
     params["quantize"]["observer"] = "minmax"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     variant = sh("dvc", "repro", cwd=project)
-    assert "Running stage 'quantize'" in variant and "Running stage 'train'" not in variant
+    assert "Running stage 'quantize'" in variant and "Running stage 'package'" in variant
+    assert "Running stage 'train'" not in variant
 
 
 def test_bad_params_stop_before_any_work(project: Path):

@@ -1,28 +1,11 @@
 import pytest
 import torch
 
-from edgeml.models import build_resnet18
 from edgeml.params import QuantizeParams
 from edgeml.preprocess import normalize
 from edgeml.quantization import export, load_deployable, make_quantizer
 
 RECIPE = dict(backend="fbgemm", per_channel=True, observer="histogram", calibration_size=64, calibration_split="val", seed=0)
-
-
-@pytest.fixture(scope="module")
-def float_model_and_images():
-    """A ResNet18 whose batch-norm statistics match its input, as after training."""
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
-    model = build_resnet18("torchvision")
-    model.train()
-    with torch.no_grad():
-        for momentum in (1.0, None):  # one pass to set, one cumulative pass to average
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.momentum = momentum
-            model(normalize(images))
-    return model.eval(), images
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -13,11 +13,15 @@ import statistics
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
+
+from edgeml.deploy import EdgeModel
 
 NOT_MEASURED = "not measured"
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
@@ -79,6 +83,41 @@ def gpu_latency_ms(model: nn.Module, example: torch.Tensor, warmup: int, runs: i
         if i >= warmup:
             times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_artifact(
+    artifact: str | Path, images: np.ndarray, workdir: Path, threads: int, batch_size: int, repeats: int
+) -> dict[str, float]:
+    """The whole `edgeml predict` path on real PNG files: load, then file -> decode -> model -> decision."""
+    torch.set_num_threads(threads)
+    files = []
+    for i, image in enumerate(images):
+        files.append(workdir / f"{i:05d}.png")
+        Image.fromarray(image).save(files[-1])
+    load_s = _median_seconds(lambda: EdgeModel.load(artifact), repeats)
+    model = EdgeModel.load(artifact)
+    list(model.predict(files[:10], batch_size=1))  # warm-up
+    latencies = []
+    for file in tqdm(files, desc="artifact latency", leave=False):
+        start = time.perf_counter()
+        list(model.predict([file], batch_size=1))
+        latencies.append(time.perf_counter() - start)
+    batch_s = _median_seconds(lambda: list(model.predict(files, batch_size)), repeats)
+    return {
+        "artifact_load_ms": 1e3 * load_s,
+        "artifact_size_mb": file_size_mb(artifact),
+        "artifact_latency_ms": 1e3 * statistics.median(latencies),
+        "artifact_throughput_images_per_s": len(files) / batch_s,
+    }
 
 
 def file_size_mb(path: str | Path) -> float:

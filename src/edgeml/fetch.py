@@ -158,9 +158,3 @@ def _fetch_folder(name: str, spec: Source, dest: Path) -> FetchRecord:
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     checked = f"tree-sha256:{spec.sha256}" if spec.sha256 else "unverified (local folder, no sha256 in params)"
     return FetchRecord(name, spec.source, dest.as_posix(), digest, size, checked)
-
-
-def clear_dir(path: Path) -> None:
-    """Empty a stage output folder so files from an earlier source cannot linger."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)

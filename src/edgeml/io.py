@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -39,3 +42,14 @@ def write_text(path: str | Path, text: str) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def clear_dir(path: str | Path) -> None:
+    """Empty a stage output folder so files from an earlier run cannot linger."""
+    shutil.rmtree(path, ignore_errors=True)
+    Path(path).mkdir(parents=True)

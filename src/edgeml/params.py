@@ -101,12 +101,21 @@ class OODParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PackageParams:
+    """The deployable artifact: which detector it carries and where its threshold sits."""
+
+    detector: Literal["msp"]
+    id_tpr: float  # threshold keeps this fraction of ID validation images
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchParams:
     threads: int
     warmup: int
     runs: int
     throughput_batch_size: int
     throughput_runs: int
+    artifact_images: int  # image files pushed through the whole `edgeml predict` path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +126,7 @@ class Params:
     train: TrainParams
     quantize: QuantizeParams
     ood: OODParams
+    package: PackageParams
     bench: BenchParams
 
     def __post_init__(self) -> None:
@@ -148,10 +158,18 @@ class Params:
             "bench.runs": self.bench.runs,
             "bench.throughput_batch_size": self.bench.throughput_batch_size,
             "bench.throughput_runs": self.bench.throughput_runs,
+            "bench.artifact_images": self.bench.artifact_images,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ParamsError(f"{key}: must be > 0, got {value!r}")
+        if self.package.detector not in self.ood.detectors:
+            raise ParamsError(
+                f"package.detector: {self.package.detector!r} must be one of ood.detectors {self.ood.detectors}, "
+                f"so its OOD metrics are measured"
+            )
+        if not 0 < self.package.id_tpr <= 1:
+            raise ParamsError(f"package.id_tpr: must be in (0, 1], got {self.package.id_tpr!r}")
         if not 0 <= self.train.label_smoothing < 1:
             raise ParamsError(f"train.label_smoothing: must be in [0, 1), got {self.train.label_smoothing!r}")
         if self.quantize.calibration_split == "val" and self.quantize.calibration_size > self.prepare.val_size:

@@ -45,7 +45,8 @@ PLOT_POINTS = 200
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+    """Numbers to fixed digits; a "not measured: reason" string to its first part (the reason is a footnote)."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value).split(":")[0]
 
 
 def table1(bench: dict, evaluate: dict) -> dict[str, tuple[Any, Any]]:
@@ -58,6 +59,11 @@ def table1(bench: dict, evaluate: dict) -> dict[str, tuple[Any, Any]]:
         "CPU throughput (images/s)": tuple(bench[m]["cpu_throughput_images_per_s"] for m in MODELS),
         "Top-1 accuracy (%)": tuple(100 * evaluate[f"{m}_top1"] for m in MODELS),
     }
+    if "artifact" in bench:  # the deployable INT8 artifact (`edgeml predict`), from image file to decision
+        artifact = bench["artifact"]
+        rows["Artifact load (ms)"] = ("", artifact["artifact_load_ms"])
+        rows["`edgeml predict` latency, file to decision (ms/image)"] = ("", artifact["artifact_latency_ms"])
+        rows["`edgeml predict` throughput (images/s)"] = ("", artifact["artifact_throughput_images_per_s"])
     return rows
 
 
@@ -88,6 +94,11 @@ def render_markdown(bench: dict, evaluate: dict, ood: dict, detector: str, sets:
         f"{bench['settings']['runs']} runs) and batch {bench['settings']['throughput_batch_size']} "
         f"(throughput); torch {env['versions']['torch']}, "
         f"engine {env['quantized_engine']}. GPU: {env['gpu'] or 'none'}.",
+    ]
+    parts += [
+        f"\nGPU latency, {model.upper()}: {bench[model]['gpu_latency_ms']}."
+        for model in MODELS
+        if isinstance(bench[model]["gpu_latency_ms"], str)
     ]
     for ood_set in sets:
         counts = ood["fp32"][detector][ood_set]

@@ -6,10 +6,12 @@ import sys
 from collections.abc import Callable
 
 from edgeml.preprocess import DataError
+from edgeml.deploy import ArtifactError
 from edgeml.fetch import FetchError
 from edgeml.params import ParamsError
+from edgeml.preprocess import DataError
 
-EXPECTED_ERRORS = (ParamsError, FetchError, DataError, FileNotFoundError)
+EXPECTED_ERRORS = (ParamsError, FetchError, DataError, ArtifactError, FileNotFoundError)
 
 
 def run(stage: Callable[[], None]) -> None:

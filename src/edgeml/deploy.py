@@ -1,0 +1,188 @@
+"""The deployable edge artifact: one TorchScript file that classifies and says "out of distribution".
+
+The file holds preprocessing (uint8 RGB 32x32 -> normalised), the INT8 model, the OOD
+detector's score and, as metadata (``edgeml.json``), the class names, input spec, detector
+name and decision threshold. It loads with ``torch.jit.load`` alone; a ``.sha256`` file beside
+it guards against a truncated or tampered copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from edgeml.io import atomic_path, write_text
+from edgeml.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, DataError, decode_image, normalize, to_tensor
+from edgeml.quantization import load_deployable
+
+FORMAT = "edgeml-artifact/1"
+METADATA = "edgeml.json"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, tampered or unreadable artifact."""
+
+
+class _Pipeline(nn.Module):
+    """uint8 NCHW images -> (class probabilities, OOD score); traced into the artifact."""
+
+    def __init__(self, model: nn.Module, score_logits: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.score_logits = score_logits
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(normalize(images))
+        return logits.softmax(dim=1), self.score_logits(logits)
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
+    """The highest threshold that keeps at least ``tpr`` of the ID scores (score >= threshold is ID)."""
+    ordered = np.sort(np.asarray(id_scores))[::-1]
+    return float(ordered[int(np.ceil(tpr * len(ordered))) - 1])
+
+
+def build_artifact(
+    int8_path: str | Path,
+    backend: str,
+    score_logits: Callable[[torch.Tensor], torch.Tensor],
+    metadata: dict[str, Any],
+    out_path: str | Path,
+) -> str:
+    """Trace preprocessing + INT8 model + detector into one file with metadata; write its .sha256; return the digest."""
+    model = load_deployable(int8_path, backend)
+    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript deprecation and constant-capture notices
+        traced = torch.jit.freeze(torch.jit.trace(_Pipeline(model, score_logits).eval(), example))
+    meta = {"format": FORMAT, **metadata}
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={METADATA: json.dumps(meta)})
+    digest = sha256_file(out_path)
+    write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
+    return digest
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The artifact's metadata, read from the TorchScript zip without loading the model
+    (the quantization engine must be set before the model is loaded)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
+            metadata = json.loads(archive.read(name))
+    except (zipfile.BadZipFile, StopIteration, ValueError) as exc:
+        raise ArtifactError(f"{path}: not an EdgeML artifact (no readable {METADATA})") from exc
+    if metadata.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: unsupported artifact format {metadata.get('format')!r}; expected {FORMAT}")
+    return metadata
+
+
+def input_metadata() -> dict[str, Any]:
+    return {
+        "size": IMAGE_SIZE,
+        "color": "RGB",
+        "dtype": "uint8 NCHW",
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "resize": f"bilinear to {IMAGE_SIZE}x{IMAGE_SIZE} when the image is another size",
+    }
+
+
+@dataclasses.dataclass
+class EdgeModel:
+    """A loaded artifact: ``predict`` turns image files into one record each."""
+
+    module: torch.jit.ScriptModule
+    metadata: dict[str, Any]
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path, sha256: Optional[str] = None) -> "EdgeModel":
+        """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load."""
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: artifact not found; build it with `dvc repro package`")
+        if sha256 is None:
+            sidecar = path.with_name(path.name + ".sha256")
+            if not sidecar.is_file():
+                raise ArtifactError(f"{sidecar}: checksum file not found; pass the expected sha256 explicitly")
+            sha256 = sidecar.read_text().split()[0]
+        actual = sha256_file(path)
+        if actual != sha256.lower():
+            raise ArtifactError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or was modified")
+        metadata = read_metadata(path)
+        try:
+            module = load_deployable(path, metadata["backend"])
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: cannot load the model ({exc})") from exc
+        return cls(module, metadata, actual)
+
+    @torch.no_grad()
+    def predict_images(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Records for uint8 HWC RGB 32x32 images."""
+        probs, scores = self.module(to_tensor(images))
+        confidence, label = probs.max(dim=1)
+        threshold = self.metadata["threshold"]
+        return [
+            {
+                "class": self.metadata["classes"][int(k)],
+                "confidence": round(float(c), 6),
+                "ood_score": round(float(s), 6),
+                "in_distribution": bool(s >= threshold),
+            }
+            for k, c, s in zip(label, confidence, scores)
+        ]
+
+    def predict(self, files: Iterable[Path], batch_size: int = 64) -> Iterator[dict[str, Any]]:
+        """One record per file, in order; an unreadable file gives an error record and the rest go on."""
+        batch: list[tuple[Path, Optional[np.ndarray], Optional[str]]] = []
+        for file in files:
+            batch.append((file, *load_image(file)))
+            if len(batch) == batch_size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def _run(self, batch: list[tuple[Path, Optional[np.ndarray], Optional[str]]]) -> Iterator[dict[str, Any]]:
+        good = [image for _, image, _ in batch if image is not None]
+        results = iter(self.predict_images(np.stack(good)) if good else [])
+        for file, image, error in batch:
+            yield {"file": str(file), **(next(results) if image is not None else {"error": error})}
+
+
+def load_image(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """(uint8 32x32 RGB array, None), or (None, reason) for a file that is not a usable image."""
+    try:
+        image = decode_image(path.read_bytes(), str(path))
+    except (DataError, OSError) as exc:
+        return None, str(exc)
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return np.asarray(image), None
+
+
+def list_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, and every file under folders named, sorted; a missing path is an error record later."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
+

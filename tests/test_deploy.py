@@ -1,0 +1,141 @@
+"""The deployable artifact and `edgeml predict`: round trip, bad inputs, tampering."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgeml.cli import main
+from edgeml.data import CIFAR10_CLASSES
+from edgeml.deploy import (
+    ArtifactError,
+    EdgeModel,
+    build_artifact,
+    input_metadata,
+    sha256_file,
+    threshold_at_tpr,
+)
+from edgeml.detectors import MSP
+from edgeml.params import QuantizeParams
+from edgeml.quantization import export, load_deployable, make_quantizer
+
+RECIPE = QuantizeParams("fbgemm", True, "histogram", 64, "val", 0)
+
+
+@pytest.fixture(scope="module")
+def artifact(float_model_and_images, tmp_path_factory):
+    """(artifact path, in-pipeline INT8 model path, threshold) built from a small calibrated ResNet18."""
+    model, images = float_model_and_images
+    folder = tmp_path_factory.mktemp("artifact")
+    int8 = make_quantizer(RECIPE).run(model, images[:64])
+    export(int8, folder / "int8.pt", torch.zeros(1, 3, 32, 32))
+    scores = MSP().score(load_deployable(folder / "int8.pt"), images)
+    threshold = threshold_at_tpr(scores, 0.95)
+    metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp",
+                "threshold": threshold, "backend": "fbgemm"}
+    build_artifact(folder / "int8.pt", "fbgemm", MSP().score_logits, metadata, folder / "edgeml_int8.pt")
+    return folder / "edgeml_int8.pt", folder / "int8.pt", threshold
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, list[dict], str]:
+    code = main(["predict", *args])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_threshold_keeps_the_requested_fraction():
+    scores = np.arange(100) / 100
+    threshold = threshold_at_tpr(scores, 0.95)
+    assert threshold == pytest.approx(0.05) and (scores >= threshold).mean() == 0.95
+    assert threshold_at_tpr(scores, 1.0) == 0.0
+
+
+def test_artifact_round_trips(artifact, float_model_and_images):
+    path, int8_path, threshold = artifact
+    _, images = float_model_and_images
+    loaded = EdgeModel.load(path)
+    assert loaded.metadata["threshold"] == threshold and loaded.metadata["classes"][0] == "airplane"
+    int8 = load_deployable(int8_path)
+    with torch.no_grad():
+        probs, scores = loaded.module(images)
+    np.testing.assert_allclose(scores.numpy(), MSP().score(int8, images), rtol=1e-6)
+    records = loaded.predict_images(images.permute(0, 2, 3, 1).numpy())
+    assert [r["class"] for r in records] == [CIFAR10_CLASSES[k] for k in probs.argmax(1)]
+    assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()
+
+
+def test_cli_on_a_mixed_folder(artifact, tmp_path, capsys):
+    path, _, _ = artifact
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a_good.png").write_bytes(png(rgb))
+    (folder / "b_corrupt.png").write_bytes(png(rgb)[:40])
+    (folder / "c_notes.txt").write_text("not an image")
+    (folder / "d_gray.png").write_bytes(png(rgb[..., 0]))
+    (folder / "e_rgba.png").write_bytes(png(np.dstack([rgb, np.full((32, 32), 255, np.uint8)])))
+    (folder / "f_gray16.png").write_bytes(png((rgb[..., 0].astype(np.uint16) * 257)))
+    (folder / "g_odd_size.png").write_bytes(png(rng.integers(0, 256, (47, 61, 3), dtype=np.uint8)))
+
+    code, records, _ = run_cli(capsys, str(folder), "--artifact", str(path), "--batch-size", "3", "--threads", "1")
+    assert code == 1  # some files failed
+    by_name = {r["file"].rsplit("/", 1)[-1]: r for r in records}
+    assert list(by_name) == sorted(by_name)  # one record per file, in order
+    for bad in ("b_corrupt.png", "c_notes.txt"):
+        assert bad in by_name[bad]["error"] and "class" not in by_name[bad]
+    for good in ("a_good.png", "d_gray.png", "e_rgba.png", "f_gray16.png", "g_odd_size.png"):
+        record = by_name[good]
+        assert record["class"] in CIFAR10_CLASSES and 0 < record["confidence"] <= 1
+        assert isinstance(record["in_distribution"], bool) and "error" not in record
+    # RGBA with an opaque alpha is the same picture as RGB; 16-bit gray matches its 8-bit version
+    assert by_name["e_rgba.png"]["ood_score"] == by_name["a_good.png"]["ood_score"]
+    assert by_name["f_gray16.png"]["ood_score"] == by_name["d_gray.png"]["ood_score"]
+
+    code, records, _ = run_cli(capsys, str(folder / "a_good.png"), "--artifact", str(path))
+    assert code == 0 and len(records) == 1
+
+
+def test_tampered_or_missing_artifact_is_refused(artifact, tmp_path, capsys):
+    path, _, _ = artifact
+    tampered = tmp_path / "edgeml_int8.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    (tmp_path / "edgeml_int8.pt.sha256").write_text(path.with_name(path.name + ".sha256").read_text())
+    code, records, err = run_cli(capsys, str(tmp_path), "--artifact", str(tampered))
+    assert code == 2 and records == [] and "sha256 is" in err and "modified" in err
+    code, _, err = run_cli(capsys, str(tmp_path), "--artifact", str(tmp_path / "absent.pt"))
+    assert code == 2 and "artifact not found" in err
+    (tmp_path / "edgeml_int8.pt.sha256").unlink()
+    with pytest.raises(ArtifactError, match="checksum file not found"):
+        EdgeModel.load(tampered)
+
+
+def test_a_plain_model_file_is_not_an_artifact(artifact):
+    _, int8_path, _ = artifact
+    with pytest.raises(ArtifactError, match="not an EdgeML artifact"):
+        EdgeModel.load(int8_path, sha256=sha256_file(int8_path))
+
+
+def test_installed_command(artifact, tmp_path):
+    path, _, _ = artifact
+    image = tmp_path / "x.png"
+    image.write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeml.cli", "predict", str(image), "--artifact", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["file"] == str(image)
