@@ -5,7 +5,7 @@ from pathlib import Path
 
 from edgeml import params as P
 from edgeml.fetch import fetch
-from edgeml.io import clear_dir, write_json
+from edgeml.io import atomic_dir, write_json
 from edgeml.stage import run
 
 RAW = Path("data/raw")
@@ -13,9 +13,13 @@ RAW = Path("data/raw")
 
 def main() -> None:
     params = P.load().fetch
-    clear_dir(RAW)
-    records = [fetch(name, source, RAW, retries=params.retries) for name, source in params.sources().items()]
-    write_json("data/sources.json", {r.name: dataclasses.asdict(r) for r in records})
+    with atomic_dir(RAW) as tmp:
+        records = [fetch(name, source, tmp, retries=params.retries) for name, source in params.sources().items()]
+    # Record where each file ends up after the folder is moved into place.
+    write_json(
+        "data/sources.json",
+        {r.name: dataclasses.asdict(r) | {"path": (RAW / Path(r.path).name).as_posix()} for r in records},
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 
 from edgeml import data
 from edgeml import params as P
-from edgeml.io import clear_dir, read_json, write_json, write_npz
+from edgeml.io import atomic_dir, read_json, write_json, write_npz
 from edgeml.stage import run
 
 OUT = Path("data/prepared")
@@ -15,32 +15,32 @@ OUT = Path("data/prepared")
 def main() -> None:
     params = P.load().prepare
     sources = read_json("data/sources.json")
-    clear_dir(OUT)
-    cifar = data.load_cifar10(sources["cifar10"]["path"])
-    train_idx, val_idx = data.split_validation(cifar["train_y"], params.val_size, params.seed)
-    write_npz(
-        OUT / "cifar10.npz",
-        train_x=cifar["train_x"][train_idx],
-        train_y=cifar["train_y"][train_idx],
-        val_x=cifar["train_x"][val_idx],
-        val_y=cifar["train_y"][val_idx],
-        test_x=cifar["test_x"],
-        test_y=cifar["test_y"],
-        test_index=cifar["test_index"],
-    )
-    counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
-    decoded: dict[str, list[np.ndarray]] = {}
-    for name, spec in params.ood_sets.items():
-        path = sources[spec.dataset]["path"]
-        if spec.transform == "none":
-            x = data.load_image_set(path)
-        else:
-            if spec.split not in decoded:
-                decoded[spec.split] = data.load_tinyimagenet(path, spec.split)
-            images = decoded[spec.split]
-            x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
-        write_npz(OUT / "ood" / f"{name}.npz", x=x)
-        counts[name] = len(x)
+    with atomic_dir(OUT) as out:
+        cifar = data.load_cifar10(sources["cifar10"]["path"])
+        train_idx, val_idx = data.split_validation(cifar["train_y"], params.val_size, params.seed)
+        write_npz(
+            out / "cifar10.npz",
+            train_x=cifar["train_x"][train_idx],
+            train_y=cifar["train_y"][train_idx],
+            val_x=cifar["train_x"][val_idx],
+            val_y=cifar["train_y"][val_idx],
+            test_x=cifar["test_x"],
+            test_y=cifar["test_y"],
+            test_index=cifar["test_index"],
+        )
+        counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
+        tinyimagenet: dict[str, list[np.ndarray]] = {}  # decoded once per split
+        for name, spec in params.ood_sets.items():
+            path = sources[spec.dataset]["path"]
+            if spec.transform == "none":
+                x = data.load_image_set(path)
+            else:
+                if spec.split not in tinyimagenet:
+                    tinyimagenet[spec.split] = data.load_tinyimagenet(path, spec.split)
+                images = tinyimagenet[spec.split]
+                x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
+            write_npz(out / "ood" / f"{name}.npz", x=x)
+            counts[name] = len(x)
     write_json("metrics/prepare.json", {"samples": counts})
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tinyimagenet_files, write_sha256sums, write_tar
 from edgeml.deploy import EdgeModel
 
 REPO = Path(__file__).parents[1]
@@ -99,3 +100,16 @@ def test_bad_params_stop_before_any_work(project: Path):
     assert result.returncode != 0
     assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack']" in result.stderr + result.stdout
     assert not (project / "data/raw").exists()
+
+
+def test_failed_stage_leaves_no_partial_output(project: Path, mirror: Path):
+    # CIFAR-10 decodes fine, then one Tiny ImageNet image is corrupt: nothing may be left behind.
+    files = tinyimagenet_files(count=30)
+    files["tiny-imagenet-200/test/images/test_7.JPEG"] = b"\xff\xd8\xff not a jpeg"
+    write_tar(mirror / "tiny-imagenet-200-valtest.tar.gz", files)
+    write_sha256sums(mirror)
+    result = subprocess.run(["dvc", "repro", "prepare"], cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "test_7.JPEG: cannot decode image" in result.stderr + result.stdout
+    assert not (project / "data/prepared").exists()
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["raw", "sources.json"]

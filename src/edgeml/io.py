@@ -49,7 +49,17 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def clear_dir(path: str | Path) -> None:
-    """Empty a stage output folder so files from an earlier run cannot linger."""
-    shutil.rmtree(path, ignore_errors=True)
-    Path(path).mkdir(parents=True)
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success,
+    so a failed stage leaves neither a half-filled folder nor files from an earlier run."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
