@@ -6,7 +6,7 @@ import numpy as np
 
 from edgeml import params as P
 from edgeml.data import load_arrays
-from edgeml.io import write_json
+from edgeml.io import atomic_dir, write_json
 from edgeml.models import load_checkpoint
 from edgeml.preprocess import normalize, to_tensor
 from edgeml.quantization import export, make_quantizer
@@ -25,11 +25,12 @@ def main() -> None:
     fp32 = load_checkpoint("models/fp32.pt")
     int8 = quantizer.run(fp32, calibration)
     example = normalize(calibration[:1])
-    export(fp32, f"{DEPLOY}/fp32.pt", example)
-    export(int8, f"{DEPLOY}/int8.pt", example)
+    with atomic_dir(DEPLOY) as out:
+        export(fp32, out / "fp32.pt", example)
+        export(int8, out / "int8.pt", example)
     write_json(
         "metrics/quantize.json",
-        {"recipe": dataclasses.asdict(params), "calibration_images": len(calibration), "calibration_split": params.calibration_split},
+        {"recipe": dataclasses.asdict(params), "calibration_images": len(calibration)},
     )
 
 

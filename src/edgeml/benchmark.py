@@ -1,7 +1,7 @@
 """Latency, throughput and size of deployable models, plus the hardware they were measured on.
 
 Latency is the median over many timed single-sample runs after warm-up, with the models
-interleaved run by run so that drift in machine load hits all of them alike. A GPU number is
+interleaved in short blocks so that drift in machine load hits all of them alike. A GPU number is
 only ever a real CUDA-event measurement; without a GPU it is recorded as not measured.
 """
 
@@ -57,14 +57,23 @@ def environment(threads: int) -> dict[str, object]:
 
 
 @torch.no_grad()
-def cpu_latency_ms(models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
-    """Median ms per forward of each model on ``example``, the models interleaved run by run."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for i in tqdm(range(warmup + runs), desc=f"latency batch {len(example)}", leave=False):
-        for name, model in models.items():
-            start = time.perf_counter()
+def cpu_latency_ms(
+    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 10
+) -> dict[str, float]:
+    """Median ms per forward of each model on ``example``.
+
+    The models take turns in blocks of ``block`` runs, so drift in machine load hits all of
+    them alike, while each block still sees its own kernels warm in cache (alternating every
+    single call would charge each model for the other's cache and thread-pool state)."""
+    for model in models.values():
+        for _ in range(warmup):
             model(example)
-            if i >= warmup:
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in tqdm(range(-(-runs // block)), desc=f"latency batch {len(example)}", leave=False):
+        for name, model in models.items():
+            for _ in range(block):
+                start = time.perf_counter()
+                model(example)
                 times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
@@ -131,10 +140,12 @@ def bench_cpu(
     """Batch-1 latency (ms/sample) and throughput (images/s at ``batch_size``) per model."""
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
-    single = torch.randn(1, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
-    batch = torch.randn(batch_size, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    # Plain contiguous NCHW, as a caller passes it (a channels-last batch of one sends the
+    # frozen FP32 TorchScript model down a slow path, ~5x here).
+    single = torch.randn(1, 3, 32, 32, generator=generator)
+    batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
     latency = cpu_latency_ms(models, single, warmup, runs)
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs)
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=1)
     return {
         name: {
             "latency_ms": latency[name],

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from edgeml.io import atomic_path, write_text
@@ -172,8 +172,12 @@ def load_image(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
     """(uint8 32x32 RGB array, None), or (None, reason) for a file that is not a usable image."""
     try:
         image = decode_image(path.read_bytes(), str(path))
-    except (DataError, OSError) as exc:
+    except DataError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):  # PIL's message names an in-memory buffer
+            return None, f"{path}: not an image file (no known image format)"
         return None, str(exc)
+    except OSError as exc:  # missing or unreadable file
+        return None, f"{path}: {exc.strerror or exc}"
     if image.size != (IMAGE_SIZE, IMAGE_SIZE):
         image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
     return np.asarray(image), None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from edgeml.preprocess import DataError
 from edgeml.deploy import ArtifactError
 from edgeml.fetch import FetchError
 from edgeml.params import ParamsError
