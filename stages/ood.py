@@ -6,12 +6,13 @@ import torch
 
 from edgeml import params as P
 from edgeml.data import load_arrays
-from edgeml.detectors import make_detector
+from edgeml.detectors import LogitDetector, make_detector
 from edgeml.io import atomic_dir, write_json, write_npz
 from edgeml.metrics import ood_metrics
 from edgeml.preprocess import to_tensor
 from edgeml.quantization import load_deployable
 from edgeml.stage import run
+from edgeml.training import predict_logits
 
 SCORES = Path("data/scores")
 
@@ -22,15 +23,20 @@ def main() -> None:
     arrays = load_arrays("data/prepared/cifar10.npz")
     fit_images, id_images = to_tensor(arrays["val_x"]), to_tensor(arrays["test_x"])
     ood_images = {name: to_tensor(load_arrays(f"data/prepared/ood/{name}.npz")["x"]) for name in params.ood.sets}
+    images = {"id": id_images, **ood_images}
     results: dict[str, dict] = {}
     with atomic_dir(SCORES) as out:
         for model_name in ("fp32", "int8"):
             model = load_deployable(f"models/deploy/{model_name}.pt", params.quantize.backend)
+            logits = {}  # computed once per model, shared by every logit-based detector
             for detector_name in params.ood.detectors:
                 detector = make_detector(detector_name, batch_size=params.ood.batch_size)
                 detector.fit(model, fit_images)
-                scores = {"id": detector.score(model, id_images)}
-                scores |= {name: detector.score(model, images) for name, images in ood_images.items()}
+                if isinstance(detector, LogitDetector):
+                    logits = logits or {k: predict_logits(model, v, params.ood.batch_size) for k, v in images.items()}
+                    scores = {k: detector.score_logits(v).numpy() for k, v in logits.items()}
+                else:
+                    scores = {k: detector.score(model, v) for k, v in images.items()}
                 write_npz(out / f"{model_name}_{detector_name}.npz", **scores)
                 results.setdefault(model_name, {})[detector_name] = {
                     name: ood_metrics(scores["id"], scores[name]) for name in ood_images

@@ -32,6 +32,7 @@ def main() -> None:
         scores = {model: load_arrays(f"data/scores/{model}_{detector}.npz") for model in report.MODELS}
         for ood_set in params.sets:
             report.plot_ood(scores, ood_set, detector, PLOTS / "ood", PLOTS / "figures")
+    report.plot_auroc_change(ood, params.sets, PLOTS / "figures" / "auroc_change.png")
     report.plot_training(PLOTS / "train" / "plots" / "metrics", PLOTS / "figures" / "training.png")
 
 

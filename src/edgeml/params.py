@@ -94,7 +94,7 @@ class QuantizeParams:
 
 @dataclasses.dataclass(frozen=True)
 class OODParams:
-    detectors: list[Literal["msp"]]
+    detectors: list[Literal["msp", "maxlogit", "energy", "gen"]]
     sets: list[str]
     batch_size: int
     threads: int
@@ -104,7 +104,7 @@ class OODParams:
 class PackageParams:
     """The deployable artifact: which detector it carries and where its threshold sits."""
 
-    detector: Literal["msp"]
+    detector: Literal["msp", "maxlogit", "energy", "gen"]
     id_tpr: float  # threshold keeps this fraction of ID validation images
 
 
@@ -163,6 +163,8 @@ class Params:
         for key, value in positive.items():
             if value <= 0:
                 raise ParamsError(f"{key}: must be > 0, got {value!r}")
+        if "msp" not in self.ood.detectors:
+            raise ParamsError(f"ood.detectors: must include 'msp', the paper's baseline (Table 2); got {self.ood.detectors}")
         if self.package.detector not in self.ood.detectors:
             raise ParamsError(
                 f"package.detector: {self.package.detector!r} must be one of ood.detectors {self.ood.detectors}, "
