@@ -18,7 +18,7 @@ def main() -> None:
     # Record where each file ends up after the folder is moved into place.
     write_json(
         "data/sources.json",
-        {r.name: dataclasses.asdict(r) | {"path": (RAW / Path(r.path).name).as_posix()} for r in records},
+        {r.name: dataclasses.asdict(r) | {"path": (RAW / r.name / Path(r.path).name).as_posix()} for r in records},
     )
 
 

@@ -8,7 +8,7 @@ from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.detectors import LogitDetector, make_detector
 from edgeml.io import atomic_dir, write_json, write_npz
-from edgeml.metrics import ood_metrics
+from edgeml.metrics import group_means, ood_metrics
 from edgeml.preprocess import to_tensor
 from edgeml.quantization import load_deployable
 from edgeml.stage import run
@@ -38,9 +38,8 @@ def main() -> None:
                 else:
                     scores = {k: detector.score(model, v) for k, v in images.items()}
                 write_npz(out / f"{model_name}_{detector_name}.npz", **scores)
-                results.setdefault(model_name, {})[detector_name] = {
-                    name: ood_metrics(scores["id"], scores[name]) for name in ood_images
-                }
+                per_set = {name: ood_metrics(scores["id"], scores[name]) for name in ood_images}
+                results.setdefault(model_name, {})[detector_name] = per_set | group_means(per_set, params.ood.groups)
     write_json("metrics/ood.json", results)
 
 

@@ -29,16 +29,9 @@ def main() -> None:
             test_index=cifar["test_index"],
         )
         counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
-        tinyimagenet: dict[str, list[np.ndarray]] = {}  # decoded once per split
+        tinyimagenet: dict[str, dict[int, np.ndarray]] = {}  # decoded once per split
         for name, spec in params.ood_sets.items():
-            path = sources[spec.dataset]["path"]
-            if spec.transform == "none":
-                x = data.load_image_set(path)
-            else:
-                if spec.split not in tinyimagenet:
-                    tinyimagenet[spec.split] = data.load_tinyimagenet(path, spec.split)
-                images = tinyimagenet[spec.split]
-                x = data.odin_crop(images, params.seed) if spec.transform == "crop" else data.odin_resize(images)
+            x = data.build_ood_set(spec, sources, params.seed, tinyimagenet)
             write_npz(out / "ood" / f"{name}.npz", x=x)
             counts[name] = len(x)
     write_json("metrics/prepare.json", {"samples": counts})

@@ -14,7 +14,7 @@ PLOTS = Path("plots")
 def main() -> None:
     params = P.load().ood
     bench, evaluate, ood = (read_json(f"metrics/{name}.json") for name in ("bench", "evaluate", "ood"))
-    write_text("metrics/report.md", report.render_markdown(bench, evaluate, ood, "msp", params.sets))
+    write_text("metrics/report.md", report.render_markdown(bench, evaluate, ood, "msp", params.sets, params.groups))
     write_json(
         "metrics/tables.json",
         {

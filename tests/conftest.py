@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import pickle
@@ -43,11 +44,22 @@ def write_tar(path: Path, files: dict[str, bytes]) -> Path:
 
 def write_sha256sums(folder: Path) -> None:
     lines = [
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.name}"
-        for p in sorted(folder.iterdir())
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(folder).as_posix()}"
+        for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != "SHA256SUMS"
     ]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def idx_images_gz(images: np.ndarray) -> bytes:
+    """An idx3 image file, gzipped, as MNIST ships it."""
+    count, rows, cols = images.shape
+    header = b"".join(v.to_bytes(4, "big") for v in (2051, count, rows, cols))
+    return gzip.compress(header + images.astype(np.uint8).tobytes())
+
+
+def openood_tin_list(numbers: list[int], split: str = "val") -> str:
+    return "".join(f"tin/{split}/images/{split}_{n}.JPEG -1\n" for n in numbers)
 
 
 def cifar_imagefolder_files(train_per_class: int, test_per_class: int, seed: int = 0) -> dict[str, bytes]:
@@ -92,11 +104,20 @@ def tinyimagenet_files(count: int, seed: int = 1) -> dict[str, bytes]:
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> Path:
-    """A local mirror like ../shared/datasets: ImageFolder CIFAR-10 and Tiny ImageNet tarballs plus SHA256SUMS."""
+    """A local mirror like ../shared/datasets: ImageFolder CIFAR-10 and Tiny ImageNet tarballs, MNIST and
+    Fashion-MNIST idx files, an OpenOOD image list, and SHA256SUMS."""
     folder = tmp_path / "mirror"
     folder.mkdir()
     write_tar(folder / "cifar10-jpeg.tar.gz", cifar_imagefolder_files(train_per_class=12, test_per_class=4))
     write_tar(folder / "tiny-imagenet-200-valtest.tar.gz", tinyimagenet_files(count=30))
+    rng = np.random.default_rng(2)
+    for name in ("mnist", "fashion-mnist"):
+        (folder / name).mkdir()
+        (folder / name / "t10k-images-idx3-ubyte.gz").write_bytes(
+            idx_images_gz(rng.integers(0, 256, (25, 28, 28), dtype=np.uint8))
+        )
+    (folder / "openood-imglist").mkdir()
+    (folder / "openood-imglist" / "test_tin.txt").write_text(openood_tin_list([2, 3, 5, 7, 11, 13]))
     write_sha256sums(folder)
     return folder
 

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import (
     cifar_imagefolder_files,
+    idx_images_gz,
+    openood_tin_list,
     cifar_python_files,
     encode,
     tinyimagenet_files,
@@ -15,9 +17,14 @@ from edgeml.data import (
     load_image_set,
     load_tinyimagenet,
     odin_crop,
-    odin_resize,
+    build_ood_set,
+    load_idx_images,
+    noise_images,
+    read_openood_tin_list,
+    resize_rgb,
     split_validation,
 )
+from edgeml.params import OODSetSpec
 from edgeml.preprocess import DataError, decode_image
 
 
@@ -59,8 +66,8 @@ def test_tinyimagenet_official_zip(tmp_path):
             archive.writestr(name, data)
         archive.writestr("tiny-imagenet-200/wnids.txt", "n01443537\n")
     images = load_tinyimagenet(path, "test")
-    assert len(images) == 12
-    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in images)  # grayscale -> RGB
+    assert list(images) == list(range(12))  # by file number, in order
+    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in images.values())  # gray -> RGB
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path):
@@ -106,7 +113,7 @@ def test_odin_sets_are_deterministic():
     # each crop is a window of its source image
     top_left = crops[0][0, 0]
     assert (images[0] == top_left).all(axis=2).any()
-    resized = odin_resize(images)
+    resized = resize_rgb(images)
     assert resized.shape == (5, 32, 32, 3)
     expected = images[0][:2, :2].reshape(-1, 3).mean(0)
     np.testing.assert_allclose(resized[0][0, 0], expected, atol=1)
@@ -130,3 +137,54 @@ def test_odin_released_archive(tmp_path):
     files["Imagenet/test/9.png"] = encode(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(DataError, match="9.png: expected a 32x32 image"):
         load_image_set(write_tar(tmp_path / "bad.tar.gz", files))
+
+
+def test_idx_images_and_their_errors(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    (tmp_path / "ok.gz").write_bytes(idx_images_gz(images))
+    np.testing.assert_array_equal(load_idx_images(tmp_path / "ok.gz"), images)
+    data = idx_images_gz(images)
+    (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.gz: cannot read idx file"):
+        load_idx_images(tmp_path / "cut.gz")
+    import gzip
+
+    (tmp_path / "labels.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + bytes(12)))
+    with pytest.raises(DataError, match="bad magic number"):
+        load_idx_images(tmp_path / "labels.gz")
+
+
+def test_grayscale_digits_become_32x32_rgb():
+    digits = np.zeros((2, 28, 28), np.uint8)
+    digits[:, 10:18, 10:18] = 255
+    rgb = resize_rgb(digits)
+    assert rgb.shape == (2, 32, 32, 3)
+    assert (rgb[..., 0] == rgb[..., 2]).all() and rgb.max() == 255 and rgb[0, 0, 0, 0] == 0
+
+
+def test_noise_sets_follow_odin():
+    gaussian = noise_images("gaussian_noise", 200, seed=0)
+    uniform = noise_images("uniform_noise", 200, seed=0)
+    assert gaussian.shape == uniform.shape == (200, 32, 32, 3)
+    # N(0.5, 1) clipped: about 31% of pixels at each bound; U(0, 1): none piled up at the bounds
+    assert 0.28 < (gaussian == 0).mean() < 0.34 and 0.28 < (gaussian == 255).mean() < 0.34
+    assert (uniform == 0).mean() < 0.01 and abs(uniform.mean() - 127.5) < 2
+    np.testing.assert_array_equal(gaussian, noise_images("gaussian_noise", 200, seed=0))
+
+
+def test_openood_list_selects_tinyimagenet_images(tmp_path):
+    files = tinyimagenet_files(count=10)
+    archive = write_tar(tmp_path / "tin.tar.gz", files)
+    (tmp_path / "list.txt").write_text(openood_tin_list([7, 2, 9]))
+    assert read_openood_tin_list(tmp_path / "list.txt", "val") == [7, 2, 9]
+    sources = {"tinyimagenet": {"path": archive}, "openood_tin_list": {"path": tmp_path / "list.txt"}}
+    spec = OODSetSpec(dataset="tinyimagenet", transform="resize", split="val", imglist="openood_tin_list")
+    selected = build_ood_set(spec, sources, seed=0, tinyimagenet={})
+    all_val = load_tinyimagenet(archive, "val")
+    np.testing.assert_array_equal(selected, resize_rgb([all_val[7], all_val[2], all_val[9]]))
+    (tmp_path / "list.txt").write_text(openood_tin_list([3, 42]))
+    with pytest.raises(DataError, match="1 images named by openood_tin_list are missing, e.g. val_42"):
+        build_ood_set(spec, sources, seed=0, tinyimagenet={})
+    (tmp_path / "list.txt").write_text("cifar10/test/cat/0001.png 3\n")
+    with pytest.raises(DataError, match="list.txt:1: expected"):
+        read_openood_tin_list(tmp_path / "list.txt", "val")

@@ -37,6 +37,10 @@ def test_committed_params_are_valid():
         ("ood.sets", ["tin_crop", "svhn"], r"ood.sets: 'svhn' is not built by prepare.ood_sets"),
         ("model.stem", "resnet", r"model.stem: 'resnet' is not one of"),
         ("quantize.calibration_size", 10**6, r"quantize.calibration_size: 1000000 exceeds prepare.val_size"),
+        ("ood.groups", {"near": ["nope"]}, r"ood.groups.near: 'nope' is not in ood.sets"),
+        ("ood.detectors", ["energy"], r"ood.detectors: must include 'msp'"),
+        ("prepare.ood_sets.gaussian.count", 0, r"prepare.ood_sets.gaussian: noise sets need .* a positive count"),
+        ("fetch.mnist", None, r"prepare.ood_sets.mnist: uses mnist, but fetch.mnist has no source"),
     ],
 )
 def test_bad_values_name_the_key(path, value, message):

@@ -24,6 +24,11 @@ def tiny_params(mirror: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["fetch"]["cifar10"]["source"] = str(mirror / "cifar10-jpeg.tar.gz")
     params["fetch"]["tinyimagenet"]["source"] = str(mirror / "tiny-imagenet-200-valtest.tar.gz")
+    params["fetch"]["mnist"]["source"] = str(mirror / "mnist/t10k-images-idx3-ubyte.gz")
+    params["fetch"]["fashion_mnist"]["source"] = str(mirror / "fashion-mnist/t10k-images-idx3-ubyte.gz")
+    params["fetch"]["openood_tin_list"]["source"] = str(mirror / "openood-imglist/test_tin.txt")
+    for noise in ("gaussian", "uniform"):
+        params["prepare"]["ood_sets"][noise]["count"] = 12
     params["prepare"]["val_size"] = 20
     params["train"].update(epochs=1, batch_size=16, threads=1)
     params["quantize"]["calibration_size"] = 16
@@ -55,26 +60,30 @@ def test_dvc_repro_end_to_end(project: Path):
     sources = json.loads((project / "data/sources.json").read_text())
     assert sources["cifar10"]["checked_against"].startswith("sha256:")
     assert json.loads((project / "metrics/prepare.json").read_text())["samples"] == {
-        "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30,
+        "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30, "tin_openood": 6,
+        "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12,
     }
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluate["test_samples"] == 40 and 0 <= evaluate["int8_top1"] <= 1
     ood = json.loads((project / "metrics/ood.json").read_text())
     for model in ("fp32", "int8"):
-        for ood_set in ("tin_crop", "tin_resize"):
-            m = ood[model]["msp"][ood_set]
-            assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (40, 30)
+        for detector in ("msp", "maxlogit", "energy", "gen"):
+            for ood_set in ("tin_crop", "tin_resize"):
+                m = ood[model][detector][ood_set]
+                assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (40, 30)
+            far = [ood[model][detector][s]["auroc"] for s in ("mnist", "fashion_mnist", "gaussian", "uniform")]
+            assert ood[model][detector]["mean_far"]["auroc"] == pytest.approx(sum(far) / 4)
     bench = json.loads((project / "metrics/bench.json").read_text())
     assert bench["int8"]["size_mb"] < bench["fp32"]["size_mb"] / 3.5
     assert bench["fp32"]["parameters"] == 11_181_642
     package = json.loads((project / "metrics/package.json").read_text())
-    assert package["val_tpr"] >= 0.95 and set(package["test_fpr"]) == {"tin_crop", "tin_resize"}
+    assert package["val_tpr"] >= 0.95 and "tin_openood" in package["test_fpr"]
     artifact = EdgeModel.load(project / "models/edgeml_int8.pt")
     assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
     assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
-    for figure in ("msp_tin_crop.png", "msp_tin_resize.png", "training.png"):
+    for figure in ("msp_tin_crop.png", "energy_mnist.png", "auroc_change.png", "training.png"):
         assert (project / "plots/figures" / figure).stat().st_size > 1000
     assert (project / "plots/ood/roc/int8/msp_tin_crop.csv").read_text().startswith("fpr,tpr")
 

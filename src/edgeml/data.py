@@ -11,6 +11,7 @@ name CIFAR-10 test images.
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import re
 import tarfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgeml.params import NOISE, OODSetSpec
 from edgeml.preprocess import IMAGE_SIZE, DataError, decode_image
 
 CIFAR10_CLASSES = (
@@ -116,17 +118,63 @@ def _cifar10_from_folders(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_tinyimagenet(path: str | Path, split: str) -> list[np.ndarray]:
-    """Tiny ImageNet ``split`` ("test" or "val") images as RGB uint8 arrays, in file-number order."""
+def load_tinyimagenet(path: str | Path, split: str) -> dict[int, np.ndarray]:
+    """Tiny ImageNet ``split`` ("test" or "val") images as RGB uint8 arrays, by file number, in order."""
     pattern = re.compile(rf"(^|/)tiny-imagenet-200/{split}/images/{split}_(\d+)\.jpe?g$", re.IGNORECASE)
-    found = [
-        (int(pattern.search(name).group(2)), np.asarray(decode_image(data, f"{path}:{name}")))
+    found = {
+        int(pattern.search(name).group(2)): np.asarray(decode_image(data, f"{path}:{name}"))
         for name, data in iter_files(path, lambda n: bool(pattern.search(n)))
-    ]
+    }
     if not found:
         raise DataError(f"{path}: no tiny-imagenet-200/{split}/images/*.JPEG found")
-    found.sort(key=lambda item: item[0])
-    return [image for _, image in found]
+    return dict(sorted(found.items()))
+
+
+def read_openood_tin_list(path: str | Path, split: str) -> list[int]:
+    """File numbers of the Tiny ImageNet images an OpenOOD image list selects (``tin/<split>/images/<split>_N.JPEG <label>``)."""
+    pattern = re.compile(rf"^tin/{split}/images/{split}_(\d+)\.JPEG\s+-?\d+$")
+    numbers = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            match = pattern.match(line.strip())
+            if not match:
+                raise DataError(f"{path}:{line_no}: expected 'tin/{split}/images/{split}_N.JPEG <label>', got {line!r}")
+            numbers.append(int(match.group(1)))
+    return numbers
+
+
+def load_idx_images(path: str | Path) -> np.ndarray:
+    """Images of a (gzipped) idx3 file, as MNIST and Fashion-MNIST ship: (N, rows, cols) uint8."""
+    try:
+        with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read idx file ({exc})") from exc
+    if len(data) < 16 or int.from_bytes(data[:4], "big") != 2051:
+        raise DataError(f"{path}: not an idx3 image file (bad magic number)")
+    count, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
+    if len(data) != 16 + count * rows * cols:
+        raise DataError(f"{path}: truncated idx file: header says {count}x{rows}x{cols}, {len(data) - 16} bytes follow")
+    return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
+
+
+def resize_rgb(images: list[np.ndarray] | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Each image to ``size`` x ``size`` RGB: area average when shrinking (ODIN's resize), bilinear
+    when enlarging (OpenOOD's for MNIST); grayscale is copied to the three channels."""
+    out = []
+    for image in images:
+        pil = Image.fromarray(image).convert("RGB")
+        method = Image.BOX if min(pil.size) >= size else Image.BILINEAR
+        out.append(np.asarray(pil.resize((size, size), method)))
+    return np.stack(out)
+
+
+def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """ODIN's synthetic OOD sets: i.i.d. N(0.5, 1) or U(0, 1) pixels, clipped to [0, 1], as uint8."""
+    rng = np.random.default_rng(seed)
+    shape = (count, size, size, 3)
+    pixels = rng.normal(0.5, 1.0, shape) if kind == "gaussian_noise" else rng.uniform(0.0, 1.0, shape)
+    return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
 def load_image_set(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -154,9 +202,34 @@ def odin_crop(images: list[np.ndarray], seed: int, size: int = IMAGE_SIZE) -> np
     return np.stack(crops)
 
 
-def odin_resize(images: list[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
-    """ODIN's TinyImageNet (resize): downsample each image to ``size`` x ``size`` (area average)."""
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX)) for im in images])
+def build_ood_set(
+    spec: OODSetSpec, sources: dict[str, dict], seed: int, tinyimagenet: dict[str, dict[int, np.ndarray]]
+) -> np.ndarray:
+    """One OOD set as (N, 32, 32, 3) uint8. ``tinyimagenet`` caches decoded splits across sets."""
+    if spec.dataset in NOISE:
+        return noise_images(spec.dataset, spec.count, seed)
+    path = sources[spec.dataset]["path"]
+    if spec.dataset == "tinyimagenet":
+        if spec.split not in tinyimagenet:
+            tinyimagenet[spec.split] = load_tinyimagenet(path, spec.split)
+        by_number = tinyimagenet[spec.split]
+        if spec.imglist:
+            listed = read_openood_tin_list(sources[spec.imglist]["path"], spec.split)
+            missing = sorted(set(listed) - set(by_number))
+            if missing:
+                raise DataError(f"{path}: {len(missing)} images named by {spec.imglist} are missing, e.g. {spec.split}_{missing[0]}")
+            images = [by_number[n] for n in listed]
+        else:
+            images = list(by_number.values())
+    elif spec.dataset in ("mnist", "fashion_mnist"):
+        images = load_idx_images(path)
+    else:
+        images = load_image_set(path)
+    if spec.transform == "crop":
+        return odin_crop(images, seed)
+    if spec.transform == "resize":
+        return resize_rgb(images)
+    return np.stack(images)
 
 
 def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,11 @@ from edgeml.params import Source
 OFFICIAL_MD5 = {
     "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     "http://cs231n.stanford.edu/tiny-imagenet-200.zip": "90528d7ca1a48142e341f4ef8d21d0de",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "http://yann.lecun.com/exdb/mnist/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-images-idx3-ubyte.gz": (
+        "bef4ecab320f06d8554ea6380940ec79"
+    ),
 }
 CHUNK = 1 << 20
 
@@ -102,10 +107,12 @@ def expected_checksum(spec: Source) -> tuple[str, str]:
 
 
 def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRecord:
-    """Copy or download ``spec.source`` into ``dest_dir`` and verify it; return what was done."""
+    """Copy or download ``spec.source`` into ``dest_dir``/``name`` (sources may share a file
+    name) and verify it; return what was done."""
     is_url = _is_url(spec.source)
+    dest_dir = dest_dir / name
     if not is_url and Path(spec.source).is_dir():
-        return _fetch_folder(name, spec, dest_dir / name)
+        return _fetch_folder(name, spec, dest_dir / Path(spec.source).name)
     if not is_url and not Path(spec.source).is_file():
         raise FetchError(
             f"fetch.{name}.source: {spec.source!r} does not exist; point it at the official URL, "

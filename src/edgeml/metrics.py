@@ -54,5 +54,11 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
     }
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+def group_means(per_set: dict[str, dict[str, float]], groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Mean of each metric over the OOD sets of each group (e.g. near / far), keyed ``mean_<group>``."""
+    keys = ("fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out")
+    return {
+        f"mean_{group}": {key: float(np.mean([per_set[name][key] for name in members])) for key in keys}
+        for group, members in groups.items()
+    }
+

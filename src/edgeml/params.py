@@ -32,28 +32,42 @@ class Source:
 class FetchParams:
     cifar10: Source
     tinyimagenet: Source
-    # ODIN's released OOD sets ("Imagenet" = crop, "Imagenet_resize"), already 32x32; optional.
+    # Optional sources, needed only by the OOD sets that name them:
+    # ODIN's released OOD sets ("Imagenet" = crop, "Imagenet_resize"), already 32x32;
     odin_imagenet_crop: Optional[Source] = None
     odin_imagenet_resize: Optional[Source] = None
+    # MNIST / Fashion-MNIST test images (t10k-images-idx3-ubyte.gz);
+    mnist: Optional[Source] = None
+    fashion_mnist: Optional[Source] = None
+    # an OpenOOD image list (`<path> <label>` lines) selecting Tiny ImageNet images.
+    openood_tin_list: Optional[Source] = None
     retries: int = 3
 
     def sources(self) -> dict[str, Source]:
         """The datasets to fetch, by name."""
         return {
-            name: source
-            for name in ("cifar10", "tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize")
-            if (source := getattr(self, name)) is not None
+            field.name: source
+            for field in dataclasses.fields(self)
+            if isinstance(source := getattr(self, field.name), Source)
         }
+
+
+DATASET_IMAGES = ("tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize", "mnist", "fashion_mnist")
+NOISE = ("gaussian_noise", "uniform_noise")
 
 
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
-    """An OOD set: built from Tiny ImageNet (ODIN's random 32x32 crop, or a downsample to
-    32x32), or taken as is (``transform: none``) from one of ODIN's released archives."""
+    """An OOD set: images of a fetched dataset, made 32x32 RGB by ``transform`` (ODIN's random
+    crop, a resize, or none for sets released at 32x32), or synthetic noise as ODIN made it.
+    Tiny ImageNet needs a ``split``; ``imglist`` names a fetched OpenOOD list that selects images."""
 
-    dataset: Literal["tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize"]
+    dataset: Literal["tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize", "mnist", "fashion_mnist",
+                     "gaussian_noise", "uniform_noise"]
     transform: Literal["crop", "resize", "none"]
     split: Optional[Literal["test", "val"]] = None
+    imglist: Optional[Literal["openood_tin_list"]] = None
+    count: Optional[int] = None  # noise images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +110,7 @@ class QuantizeParams:
 class OODParams:
     detectors: list[Literal["msp", "maxlogit", "energy", "gen"]]
     sets: list[str]
+    groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
     batch_size: int
     threads: int
 
@@ -134,17 +149,28 @@ class Params:
             key = f"prepare.ood_sets.{name}"
             if spec.dataset == "tinyimagenet" and (spec.transform == "none" or spec.split is None):
                 raise ParamsError(f"{key}: Tiny ImageNet sets need split (test | val) and transform (crop | resize)")
-            if spec.dataset != "tinyimagenet":
-                if spec.transform != "none" or spec.split is not None:
-                    raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none, no split")
-                if getattr(self.fetch, spec.dataset) is None:
-                    raise ParamsError(f"{key}: uses {spec.dataset}, but fetch.{spec.dataset} has no source")
+            if spec.dataset != "tinyimagenet" and (spec.split is not None or spec.imglist is not None):
+                raise ParamsError(f"{key}: split and imglist apply to Tiny ImageNet only")
+            if spec.dataset.startswith("odin_") and spec.transform != "none":
+                raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none")
+            if spec.dataset in NOISE:
+                if spec.transform != "none" or not spec.count or spec.count <= 0:
+                    raise ParamsError(f"{key}: noise sets need transform: none and a positive count")
+            elif spec.count is not None:
+                raise ParamsError(f"{key}: count applies to noise sets only")
+            for source in (spec.dataset, spec.imglist):
+                if source in DATASET_IMAGES + ("openood_tin_list",) and getattr(self.fetch, source) is None:
+                    raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
         for name in self.ood.sets:
             if name not in self.prepare.ood_sets:
                 raise ParamsError(
                     f"ood.sets: {name!r} is not built by prepare.ood_sets "
                     f"(defined: {sorted(self.prepare.ood_sets)})"
                 )
+        for group, members in self.ood.groups.items():
+            for name in members:
+                if name not in self.ood.sets:
+                    raise ParamsError(f"ood.groups.{group}: {name!r} is not in ood.sets {self.ood.sets}")
         positive = {
             "prepare.val_size": self.prepare.val_size,
             "train.epochs": self.train.epochs,
