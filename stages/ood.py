@@ -33,7 +33,8 @@ def main() -> None:
                 detector = make_detector(detector_name, batch_size=params.ood.batch_size)
                 detector.fit(model, fit_images)
                 if isinstance(detector, LogitDetector):
-                    logits = logits or {k: predict_logits(model, v, params.ood.batch_size) for k, v in images.items()}
+                    if not logits:
+                        logits = {k: predict_logits(model, v, params.ood.batch_size) for k, v in images.items()}
                     scores = {k: detector.score_logits(v).numpy() for k, v in logits.items()}
                 else:
                     scores = {k: detector.score(model, v) for k, v in images.items()}

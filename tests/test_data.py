@@ -1,7 +1,10 @@
+import gzip
+import io
 import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import (
     cifar_imagefolder_files,
@@ -92,9 +95,6 @@ def test_empty_archive_says_what_was_expected(tmp_path):
 
 def test_image_modes_are_converted_as_at_training_time():
     gray16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
-    from PIL import Image
-    import io
-
     buffer = io.BytesIO()
     Image.fromarray(gray16).save(buffer, format="PNG")
     converted = np.asarray(decode_image(buffer.getvalue(), "g16.png"))
@@ -147,8 +147,6 @@ def test_idx_images_and_their_errors(tmp_path):
     (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="cut.gz: cannot read idx file"):
         load_idx_images(tmp_path / "cut.gz")
-    import gzip
-
     (tmp_path / "labels.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + bytes(12)))
     with pytest.raises(DataError, match="bad magic number"):
         load_idx_images(tmp_path / "labels.gz")
