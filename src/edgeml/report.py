@@ -89,7 +89,7 @@ def render_markdown(
 ) -> str:
     env = bench["environment"]
     parts = [
-        "## Table 1: model cost (FP32 vs INT8)",
+        "#### Table 1: model cost (FP32 vs INT8)",
         "",
         markdown_table(table1(bench, evaluate), PAPER_TABLE1),
         "",
@@ -107,7 +107,7 @@ def render_markdown(
         counts = ood["fp32"][detector][ood_set]
         parts += [
             "",
-            f"## Table 2: {detector.upper()} OOD detection, CIFAR-10 vs {ood_set}",
+            f"#### Table 2: {detector.upper()} OOD detection, CIFAR-10 vs {ood_set}",
             "",
             markdown_table(table2(ood, detector, ood_set), PAPER_TABLE2 if ood_set == "tin_crop" else None),
             "",
@@ -116,7 +116,7 @@ def render_markdown(
     group_text = "; ".join(f"mean_{g}: {', '.join(members)}" for g, members in groups.items())
     parts += [
         "",
-        "## Table 2 extended: AUROC (%) of every detector, FP32 → INT8 (change)",
+        "#### Table 2 extended: AUROC (%) of every detector, FP32 → INT8 (change)",
         "",
         detector_table(ood, sets + [f"mean_{g}" for g in groups]),
         "",
