@@ -7,6 +7,7 @@ from pathlib import Path
 from edgeml import benchmark
 from edgeml import params as P
 from edgeml.data import load_arrays
+from edgeml.detectors import make_detector
 from edgeml.io import write_json
 from edgeml.models import load_checkpoint, parameter_count
 from edgeml.quantization import load_deployable
@@ -25,6 +26,8 @@ def main() -> None:
         deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
     )
     gpu = benchmark.bench_gpu({"fp32": float_model, "int8": None}, bench.warmup, bench.runs)
+    detectors = {name: make_detector(name) for name in params.ood.detectors}
+    detector_cost = benchmark.detector_cost_us(deployed["int8"], detectors, bench.runs)
     images = load_arrays("data/prepared/cifar10.npz")["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
         artifact = benchmark.bench_artifact(
@@ -43,7 +46,7 @@ def main() -> None:
             }
             for name, path in DEPLOYABLE.items()
         }
-        | {"artifact": artifact}
+        | {"artifact": artifact, "detector_cost_us": detector_cost}
         | {"environment": benchmark.environment(bench.threads), "settings": dataclasses.asdict(bench)},
     )
 

@@ -19,6 +19,9 @@ def test_hand_computed_case():
     assert m["auroc"] == pytest.approx(5 / 6)  # 5 of 6 (ID, OOD) pairs ordered correctly
     # 95% TPR is first reached at TPR=1, where FPR=1/2.
     assert m["fpr_at_95_tpr"] == pytest.approx(0.5)
+    # OpenOOD (OOD positive, lower score = OOD): catching both OOD inputs needs threshold <= 2,
+    # which also rejects the ID input scored 1: 1 of 3 ID inputs rejected.
+    assert m["openood_fpr95_ood_positive"] == pytest.approx(1 / 3)
     # min 0.5(1-TPR)+0.5FPR: at (0, 2/3) -> 1/6; at (1/2, 1) -> 1/4.
     assert m["detection_error"] == pytest.approx(1 / 6)
     # AUPR-In (AP, ID positive): precisions at recalls 1/3, 2/3, 1 are 1, 1, 3/4.

@@ -81,6 +81,8 @@ def test_dvc_repro_end_to_end(project: Path):
     artifact = EdgeModel.load(project / "models/edgeml_int8.pt")
     assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
     assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
+    assert set(bench["detector_cost_us"]) == {"msp", "maxlogit", "energy", "gen"}
+    assert 0 <= ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] <= 1
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
     for figure in ("msp_tin_crop.png", "energy_mnist.png", "auroc_change.png", "training.png"):

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeml.deploy import EdgeModel
+from edgeml.detectors import LogitDetector
 
 NOT_MEASURED = "not measured"
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
@@ -126,6 +127,16 @@ def bench_artifact(
         "artifact_size_mb": file_size_mb(artifact),
         "artifact_latency_ms": 1e3 * statistics.median(latencies),
         "artifact_throughput_images_per_s": len(files) / batch_s,
+    }
+
+
+@torch.no_grad()
+def detector_cost_us(model: nn.Module, detectors: dict[str, LogitDetector], runs: int) -> dict[str, float]:
+    """What each logit detector adds per sample on top of ``model`` (median µs at batch 1)."""
+    logits = model(torch.randn(1, 3, 32, 32))
+    return {
+        name: 1e6 * _median_seconds(lambda d=detector: d.score_logits(logits), runs)
+        for name, detector in detectors.items()
     }
 
 

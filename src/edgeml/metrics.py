@@ -41,10 +41,13 @@ def detection_error(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """ODIN's table: FPR at 95% TPR, detection error, AUROC, AUPR-In, AUPR-Out (fractions, not %)."""
+    """ODIN's table: FPR at 95% TPR, detection error, AUROC, AUPR-In, AUPR-Out (fractions, not %),
+    plus OpenOOD's FPR95, which takes OOD as the positive class: the fraction of ID inputs
+    rejected when 95% of OOD inputs are caught."""
     labels, scores = _labels_scores(id_scores, ood_scores)
     return {
         "fpr_at_95_tpr": fpr_at_tpr(id_scores, ood_scores, 0.95),
+        "openood_fpr95_ood_positive": fpr_at_tpr(-np.asarray(ood_scores), -np.asarray(id_scores), 0.95),
         "detection_error": detection_error(id_scores, ood_scores),
         "auroc": float(roc_auc_score(labels, scores)),
         "aupr_in": float(average_precision_score(labels, scores)),
@@ -56,7 +59,7 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
 
 def group_means(per_set: dict[str, dict[str, float]], groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     """Mean of each metric over the OOD sets of each group (e.g. near / far), keyed ``mean_<group>``."""
-    keys = ("fpr_at_95_tpr", "detection_error", "auroc", "aupr_in", "aupr_out")
+    keys = ("fpr_at_95_tpr", "openood_fpr95_ood_positive", "detection_error", "auroc", "aupr_in", "aupr_out")
     return {
         f"mean_{group}": {key: float(np.mean([per_set[name][key] for name in members])) for key in keys}
         for group, members in groups.items()

@@ -41,6 +41,7 @@ TABLE2_KEYS = {
     "AUROC (%)": "auroc",
     "AUPR-In (%)": "aupr_in",
     "AUPR-Out (%)": "aupr_out",
+    "OpenOOD FPR95, OOD positive (%)": "openood_fpr95_ood_positive",
 }
 PLOT_POINTS = 200
 
@@ -122,6 +123,9 @@ def render_markdown(
         "",
         f"Groups: {group_text}. Sample counts per set in `metrics/ood.json`.",
     ]
+    if "detector_cost_us" in bench:
+        costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
+        parts += ["", f"Added cost per sample on top of the INT8 model (CPU, batch 1, median): {costs}."]
     return "\n".join(parts) + "\n"
 
 
