@@ -52,8 +52,7 @@ class FetchParams:
         }
 
 
-DATASET_IMAGES = ("tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize", "mnist", "fashion_mnist")
-NOISE = ("gaussian_noise", "uniform_noise")
+NOISE = ("gaussian_noise", "uniform_noise")  # generated, not fetched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +157,8 @@ class Params:
                     raise ParamsError(f"{key}: noise sets need transform: none and a positive count")
             elif spec.count is not None:
                 raise ParamsError(f"{key}: count applies to noise sets only")
-            for source in (spec.dataset, spec.imglist):
-                if source in DATASET_IMAGES + ("openood_tin_list",) and getattr(self.fetch, source) is None:
+            for source in (spec.dataset, spec.imglist):  # every other name is a fetch.<name> field
+                if source and source not in NOISE and getattr(self.fetch, source) is None:
                     raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
         for name in self.ood.sets:
             if name not in self.prepare.ood_sets:
