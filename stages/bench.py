@@ -1,52 +1,64 @@
-"""Stage bench: parameters, size on disk, CPU (and GPU when present) latency and throughput."""
+"""Stage bench: parameters, size on disk, CPU (and GPU when present) latency and throughput,
+against every FP32 path and this machine's compute floor."""
 
 import dataclasses
 import tempfile
 from pathlib import Path
 
+import torch
+
 from edgeml import benchmark
 from edgeml import params as P
 from edgeml.data import load_arrays
+from edgeml.deploy import ARTIFACT_DIR, find_artifact
 from edgeml.detectors import make_detector
 from edgeml.io import write_json
 from edgeml.models import load_checkpoint, parameter_count
-from edgeml.quantization import load_deployable
+from edgeml.quantization import int8_path, load_deployable
 from edgeml.stage import run
 
-DEPLOYABLE = {"fp32": "models/deploy/fp32.pt", "int8": "models/deploy/int8.pt"}
-ARTIFACT = "models/edgeml_int8.pt"
+FP32_PATHS = {"fp32_torchscript": Path("models/deploy/fp32.pt"), "fp32_onnxruntime": Path("models/deploy/fp32.onnx")}
 
 
 def main() -> None:
     params = P.load()
-    bench = params.bench
+    bench, backend = params.bench, params.quantize.backend
+    torch.set_num_threads(bench.threads)  # before loading: ONNX Runtime sessions take torch's thread count
     float_model = load_checkpoint("models/fp32.pt")
-    deployed = {name: load_deployable(path, params.quantize.backend) for name, path in DEPLOYABLE.items()}
+    files = {**FP32_PATHS, "int8": int8_path(backend)}
+    deployed = {name: load_deployable(path, backend) for name, path in files.items()}
     cpu = benchmark.bench_cpu(
         deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
     )
-    gpu = benchmark.bench_gpu({"fp32": float_model, "int8": None}, bench.warmup, bench.runs)
+    example = torch.zeros(1, 3, 32, 32)
+    compute = benchmark.compare_to_floor(
+        cpu, list(FP32_PATHS), benchmark.count_macs(float_model, example), benchmark.gemm_peak_gmacs(bench.threads)
+    )
+    gpu = benchmark.bench_gpu(float_model, files["int8"] if files["int8"].suffix == ".onnx" else None, bench.warmup, bench.runs)
     detectors = {name: make_detector(name) for name in params.ood.detectors}
     detector_cost = benchmark.detector_cost_us(deployed["int8"], detectors, bench.runs)
     images = load_arrays("data/prepared/cifar10.npz")["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
         artifact = benchmark.bench_artifact(
-            ARTIFACT, images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
+            find_artifact(ARTIFACT_DIR), images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
         )
+    # Table 1 compares INT8 with the fastest FP32 path measured in this run.
+    table_models = {"fp32": compute["fastest_fp32_path"], "int8": "int8"}
     write_json(
         "metrics/bench.json",
         {
             name: {
+                "path": backend if name == "int8" else source.removeprefix("fp32_"),
                 # Quantization changes storage, not the number of weights.
                 "parameters": parameter_count(float_model),
-                "size_mb": benchmark.file_size_mb(path),
-                "cpu_latency_ms": cpu[name]["latency_ms"],
-                "cpu_throughput_images_per_s": cpu[name]["throughput_images_per_s"],
+                "size_mb": benchmark.file_size_mb(files[source]),
+                "cpu_latency_ms": cpu[source]["latency_ms"],
+                "cpu_throughput_images_per_s": cpu[source]["throughput_images_per_s"],
                 "gpu_latency_ms": gpu[name],
             }
-            for name, path in DEPLOYABLE.items()
+            for name, source in table_models.items()
         }
-        | {"artifact": artifact, "detector_cost_us": detector_cost}
+        | {"cpu_paths": cpu, "compute": compute, "artifact": artifact, "detector_cost_us": detector_cost}
         | {"environment": benchmark.environment(bench.threads), "settings": dataclasses.asdict(bench)},
     )
 

@@ -6,7 +6,7 @@ from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.io import write_json
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import load_deployable
+from edgeml.quantization import deployed_models
 from edgeml.stage import run
 from edgeml.training import predict_logits
 
@@ -16,8 +16,7 @@ def main() -> None:
     arrays = load_arrays("data/prepared/cifar10.npz")
     images, labels = to_tensor(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
     predictions = {
-        name: predict_logits(load_deployable(f"models/deploy/{name}.pt", params.quantize.backend), images).argmax(1)
-        for name in ("fp32", "int8")
+        name: predict_logits(model, images).argmax(1) for name, model in deployed_models(params.quantize.backend).items()
     }
     write_json(
         "metrics/evaluate.json",

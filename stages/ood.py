@@ -10,7 +10,7 @@ from edgeml.detectors import LogitDetector, make_detector
 from edgeml.io import atomic_dir, write_json, write_npz
 from edgeml.metrics import group_means, ood_metrics
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import load_deployable
+from edgeml.quantization import deployed_models
 from edgeml.stage import run
 from edgeml.training import predict_logits
 
@@ -26,8 +26,7 @@ def main() -> None:
     images = {"id": id_images, **ood_images}
     results: dict[str, dict] = {}
     with atomic_dir(SCORES) as out:
-        for model_name in ("fp32", "int8"):
-            model = load_deployable(f"models/deploy/{model_name}.pt", params.quantize.backend)
+        for model_name, model in deployed_models(params.quantize.backend).items():
             logits = {}  # computed once per model, shared by every logit-based detector
             for detector_name in params.ood.detectors:
                 detector = make_detector(detector_name, batch_size=params.ood.batch_size)

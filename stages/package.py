@@ -7,16 +7,13 @@ import torch
 
 from edgeml import params as P
 from edgeml.data import CIFAR10_CLASSES, load_arrays
-from edgeml.deploy import EdgeModel, build_artifact, input_metadata, sha256_file, threshold_at_tpr
+from edgeml.deploy import ARTIFACT_DIR, EdgeModel, artifact_path, build_artifact, input_metadata, sha256_file, threshold_at_tpr
 from edgeml.detectors import LogitDetector, make_detector
-from edgeml.io import write_json
+from edgeml.io import atomic_dir, write_json
 from edgeml.params import ParamsError
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import load_deployable
+from edgeml.quantization import int8_path, load_deployable
 from edgeml.stage import run
-
-INT8 = "models/deploy/int8.pt"
-ARTIFACT = "models/edgeml_int8.pt"
 
 
 def main() -> None:
@@ -25,30 +22,25 @@ def main() -> None:
     if not isinstance(detector, LogitDetector):
         raise ParamsError(f"package.detector: {params.package.detector!r} needs more than logits; the artifact carries logit detectors")
     val_x = to_tensor(load_arrays("data/prepared/cifar10.npz")["val_x"])
-    int8 = load_deployable(INT8, params.quantize.backend)
+    backend = params.quantize.backend
+    int8 = load_deployable(int8_path(backend), backend)
     val_scores = detector.fit(int8, val_x).score(int8, val_x)
     threshold = threshold_at_tpr(val_scores, params.package.id_tpr)
-    digest = build_artifact(
-        INT8,
-        params.quantize.backend,
-        detector.score_logits,
-        {
-            "classes": list(CIFAR10_CLASSES),
-            "input": input_metadata(),
-            "detector": params.package.detector,
-            "threshold": threshold,
-            "threshold_rule": f"keeps {params.package.id_tpr:.0%} of {len(val_x)} ID validation images",
-            "backend": params.quantize.backend,
-            "quantize": dataclasses.asdict(params.quantize),
-            "int8_model_sha256": sha256_file(INT8),
-        },
-        ARTIFACT,
-    )
-    # The artifact must score exactly as the pipeline's INT8 model + detector did.
-    artifact = EdgeModel.load(ARTIFACT)
-    with torch.no_grad():
-        _, artifact_scores = artifact.module(val_x)
-    np.testing.assert_allclose(artifact_scores.numpy(), val_scores, rtol=1e-5, atol=1e-6)
+    metadata = {
+        "classes": list(CIFAR10_CLASSES),
+        "input": input_metadata(),
+        "detector": params.package.detector,
+        "threshold": threshold,
+        "threshold_rule": f"keeps {params.package.id_tpr:.0%} of {len(val_x)} ID validation images",
+        "quantize": dataclasses.asdict(params.quantize),
+        "int8_model_sha256": sha256_file(int8_path(backend)),
+    }
+    with atomic_dir(ARTIFACT_DIR) as out:
+        digest = build_artifact(int8_path(backend), backend, detector.score_logits, metadata, artifact_path(backend, out))
+        # The artifact must score exactly as the pipeline's INT8 model + detector did.
+        with torch.no_grad():
+            _, artifact_scores = EdgeModel.load(out).module(val_x)
+        np.testing.assert_allclose(artifact_scores.numpy(), val_scores, rtol=1e-5, atol=1e-6)
 
     scores = load_arrays(f"data/scores/int8_{params.package.detector}.npz")
     write_json(

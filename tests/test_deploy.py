@@ -15,6 +15,7 @@ from edgeml.data import CIFAR10_CLASSES
 from edgeml.deploy import (
     ArtifactError,
     EdgeModel,
+    artifact_path,
     build_artifact,
     input_metadata,
     sha256_file,
@@ -22,24 +23,25 @@ from edgeml.deploy import (
 )
 from edgeml.detectors import MSP
 from edgeml.params import QuantizeParams
-from edgeml.quantization import export, load_deployable, make_quantizer
+from edgeml.quantization import int8_path, load_deployable, make_quantizer
 
-RECIPE = QuantizeParams("fbgemm", True, "histogram", 64, "val", 0)
+BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 
 
-@pytest.fixture(scope="module")
-def artifact(float_model_and_images, tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def artifact(request, float_model_and_images, tmp_path_factory):
     """(artifact path, in-pipeline INT8 model path, threshold) built from a small calibrated ResNet18."""
     model, images = float_model_and_images
-    folder = tmp_path_factory.mktemp("artifact")
-    int8 = make_quantizer(RECIPE).run(model, images[:64])
-    export(int8, folder / "int8.pt", torch.zeros(1, 3, 32, 32))
-    scores = MSP().score(load_deployable(folder / "int8.pt"), images)
-    threshold = threshold_at_tpr(scores, 0.95)
-    metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp",
-                "threshold": threshold, "backend": "fbgemm"}
-    build_artifact(folder / "int8.pt", "fbgemm", MSP().score_logits, metadata, folder / "edgeml_int8.pt")
-    return folder / "edgeml_int8.pt", folder / "int8.pt", threshold
+    backend = request.param
+    folder = tmp_path_factory.mktemp(f"artifact-{backend}")
+    observer = "minmax" if backend == "onnxruntime" else "histogram"
+    quantizer = make_quantizer(QuantizeParams(backend=backend, observer=observer, calibration_size=64))
+    int8 = quantizer.run(model, images[:64], int8_path(backend, folder))
+    threshold = threshold_at_tpr(MSP().score(int8, images), 0.95)
+    metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp", "threshold": threshold}
+    path = artifact_path(backend, folder)
+    build_artifact(int8_path(backend, folder), backend, MSP().score_logits, metadata, path)
+    return path, int8_path(backend, folder), threshold
 
 
 def png(array: np.ndarray) -> bytes:
@@ -64,12 +66,12 @@ def test_threshold_keeps_the_requested_fraction():
 def test_artifact_round_trips(artifact, float_model_and_images):
     path, int8_path, threshold = artifact
     _, images = float_model_and_images
-    loaded = EdgeModel.load(path)
+    loaded = EdgeModel.load(path.parent)  # the folder, as the package stage writes it
     assert loaded.metadata["threshold"] == threshold and loaded.metadata["classes"][0] == "airplane"
-    int8 = load_deployable(int8_path)
+    int8 = load_deployable(int8_path, loaded.metadata["backend"])
     with torch.no_grad():
         probs, scores = loaded.module(images)
-    np.testing.assert_allclose(scores.numpy(), MSP().score(int8, images), rtol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), MSP().score(int8, images), rtol=1e-5, atol=1e-6)
     records = loaded.predict_images(images.permute(0, 2, 3, 1).numpy())
     assert [r["class"] for r in records] == [CIFAR10_CLASSES[k] for k in probs.argmax(1)]
     assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()
@@ -109,16 +111,17 @@ def test_cli_on_a_mixed_folder(artifact, tmp_path, capsys):
 
 def test_tampered_or_missing_artifact_is_refused(artifact, tmp_path, capsys):
     path, _, _ = artifact
-    tampered = tmp_path / "edgeml_int8.pt"
+    tampered = tmp_path / path.name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tampered.write_bytes(bytes(data))
-    (tmp_path / "edgeml_int8.pt.sha256").write_text(path.with_name(path.name + ".sha256").read_text())
+    sidecar = tmp_path / f"{path.name}.sha256"
+    sidecar.write_text(path.with_name(path.name + ".sha256").read_text())
     code, records, err = run_cli(capsys, str(tmp_path), "--artifact", str(tampered))
     assert code == 2 and records == [] and "sha256 is" in err and "modified" in err
     code, _, err = run_cli(capsys, str(tmp_path), "--artifact", str(tmp_path / "absent.pt"))
     assert code == 2 and "artifact not found" in err
-    (tmp_path / "edgeml_int8.pt.sha256").unlink()
+    sidecar.unlink()
     with pytest.raises(ArtifactError, match="checksum file not found"):
         EdgeModel.load(tampered)
 

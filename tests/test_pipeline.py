@@ -32,6 +32,10 @@ def tiny_params(mirror: Path) -> dict:
     params["prepare"]["val_size"] = 20
     params["train"].update(epochs=1, batch_size=16, threads=1)
     params["quantize"]["calibration_size"] = 16
+    params["sweep"]["recipes"] = {  # one per deployable format
+        "fbgemm_histogram": {"backend": "fbgemm", "calibration_size": 16},
+        "onnxruntime_minmax": {"backend": "onnxruntime", "observer": "minmax", "calibration_size": 16},
+    }
     params["ood"].update(batch_size=32, threads=1)
     params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2, artifact_images=8)
     return params
@@ -78,7 +82,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert bench["fp32"]["parameters"] == 11_181_642
     package = json.loads((project / "metrics/package.json").read_text())
     assert package["val_tpr"] >= 0.95 and "tin_openood" in package["test_fpr"]
-    artifact = EdgeModel.load(project / "models/edgeml_int8.pt")
+    artifact = EdgeModel.load(project / "models/artifact")
     assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
     assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
     assert set(bench["detector_cost_us"]) == {"msp", "maxlogit", "energy", "gen"}
@@ -88,19 +92,24 @@ def test_dvc_repro_end_to_end(project: Path):
     for figure in ("msp_tin_crop.png", "energy_mnist.png", "auroc_change.png", "training.png"):
         assert (project / "plots/figures" / figure).stat().st_size > 1000
     assert (project / "plots/ood/roc/int8/msp_tin_crop.csv").read_text().startswith("fpr,tpr")
+    assert bench["compute"]["fastest_fp32_path"] in bench["cpu_paths"] and bench["compute"]["macs_per_sample"] > 3e7
+    sweep = json.loads((project / "metrics/quant_sweep.json").read_text())
+    assert set(sweep["recipes"]) == {"fbgemm_histogram", "onnxruntime_minmax"} and sweep["best"] in sweep["recipes"]
+    assert sweep["recipes"]["onnxruntime_minmax"]["size_ratio"] > 3.5
+    assert "onnxruntime_minmax" in (project / "metrics/quant_sweep.md").read_text()
 
     # A second run changes nothing and runs nothing.
     second = sh("dvc", "repro", cwd=project)
     assert "Running stage" not in second
     assert "up to date" in sh("dvc", "status", cwd=project)
 
-    # A quantization variant re-runs only what depends on the recipe.
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["quantize"]["observer"] = "minmax"
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    variant = sh("dvc", "repro", cwd=project)
-    assert "Running stage 'quantize'" in variant and "Running stage 'package'" in variant
-    assert "Running stage 'train'" not in variant
+    # Every backend runs as an experiment, re-running only what depends on the recipe.
+    for backend, observer in [("qnnpack", "histogram"), ("pt2e_x86", "histogram"), ("onnxruntime", "minmax")]:
+        variant = sh("dvc", "exp", "run", "-S", f"quantize.backend={backend}", "-S", f"quantize.observer={observer}", cwd=project)
+        assert "Running stage 'quantize'" in variant and "Running stage 'package'" in variant
+        assert "Running stage 'train'" not in variant and "Running stage 'sweep" not in variant
+        assert EdgeModel.load(project / "models/artifact").metadata["backend"] == backend
+        assert json.loads((project / "metrics/bench.json").read_text())["int8"]["path"] == backend
 
 
 def test_bad_params_stop_before_any_work(project: Path):
@@ -109,7 +118,7 @@ def test_bad_params_stop_before_any_work(project: Path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(["dvc", "repro", "fetch"], cwd=project, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack']" in result.stderr + result.stdout
+    assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime']" in result.stderr + result.stdout
     assert not (project / "data/raw").exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from edgeml.deploy import ArtifactError, EdgeModel, list_files
 
-DEFAULT_ARTIFACT = "models/edgeml_int8.pt"
+DEFAULT_ARTIFACT = "models/artifact"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
         "or file and error for a file that is not a usable image. Exit code 1 if any file failed.",
     )
     predict.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    predict.add_argument("--artifact", default=DEFAULT_ARTIFACT, help=f"artifact file (default: {DEFAULT_ARTIFACT})")
+    predict.add_argument("--artifact", default=DEFAULT_ARTIFACT, help=f"artifact file, or the folder holding one (default: {DEFAULT_ARTIFACT})")
     predict.add_argument("--sha256", help="expected sha256 of the artifact (default: read from ARTIFACT.sha256)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     predict.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")

@@ -1,9 +1,10 @@
-"""The deployable edge artifact: one TorchScript file that classifies and says "out of distribution".
+"""The deployable edge artifact: one file that classifies and says "out of distribution".
 
 The file holds preprocessing (uint8 RGB 32x32 -> normalised), the INT8 model, the OOD
 detector's score and, as metadata (``edgeml.json``), the class names, input spec, detector
-name and decision threshold. It loads with ``torch.jit.load`` alone; a ``.sha256`` file beside
-it guards against a truncated or tampered copy.
+name and decision threshold. Its format is the quantization backend's: TorchScript (``.pt``,
+loads with ``torch.jit.load``), torch.export (``.pt2``) or ONNX (``.onnx``, runs with
+onnxruntime alone). A ``.sha256`` file beside it guards against a truncated or tampered copy.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from torch import nn
 
 from edgeml.io import atomic_path, write_text
 from edgeml.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, DataError, decode_image, normalize, to_tensor
-from edgeml.quantization import load_deployable
+from edgeml.quantization import load_deployable, quantizer_class
 
 FORMAT = "edgeml-artifact/1"
 METADATA = "edgeml.json"
+ARTIFACT_DIR = Path("models/artifact")
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ArtifactError(RuntimeError):
@@ -35,9 +38,9 @@ class ArtifactError(RuntimeError):
 
 
 class _Pipeline(nn.Module):
-    """uint8 NCHW images -> (class probabilities, OOD score); traced into the artifact."""
+    """uint8 NCHW images -> (class probabilities, OOD score): what the artifact computes."""
 
-    def __init__(self, model: nn.Module, score_logits: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, model: nn.Module, score_logits: ScoreFn):
         super().__init__()
         self.model = model
         self.score_logits = score_logits
@@ -45,6 +48,27 @@ class _Pipeline(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(normalize(images))
         return logits.softmax(dim=1), self.score_logits(logits)
+
+
+class _Scores(nn.Module):
+    """logits -> (class probabilities, OOD score): the ONNX artifact's tail."""
+
+    def __init__(self, score_logits: ScoreFn):
+        super().__init__()
+        self.score_logits = score_logits
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.softmax(dim=1), self.score_logits(logits)
+
+
+class _Normalize(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images)
+
+
+def artifact_path(backend: str, folder: str | Path = ARTIFACT_DIR) -> Path:
+    """Where the package stage writes the artifact for ``backend`` (its suffix is the backend's format)."""
+    return Path(folder) / f"edgeml_int8{quantizer_class(backend).suffix}"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -59,35 +83,80 @@ def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
 
 
 def build_artifact(
-    int8_path: str | Path,
-    backend: str,
-    score_logits: Callable[[torch.Tensor], torch.Tensor],
-    metadata: dict[str, Any],
-    out_path: str | Path,
+    int8_path: str | Path, backend: str, score_logits: ScoreFn, metadata: dict[str, Any], out_path: str | Path
 ) -> str:
-    """Trace preprocessing + INT8 model + detector into one file with metadata; write its .sha256; return the digest."""
-    model = load_deployable(int8_path, backend)
-    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript deprecation and constant-capture notices
-        traced = torch.jit.freeze(torch.jit.trace(_Pipeline(model, score_logits).eval(), example))
-    meta = {"format": FORMAT, **metadata}
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={METADATA: json.dumps(meta)})
+    """Preprocessing + INT8 model + detector in one file of the backend's format, with metadata; write its .sha256; return the digest."""
+    int8_path, out_path = Path(int8_path), Path(out_path)
+    meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
+    writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(out_path) as tmp:
+        warnings.simplefilter("ignore")  # TorchScript/ONNX exporter deprecation and constant-capture notices
+        writers[int8_path.suffix](int8_path, backend, score_logits, meta, tmp)
     digest = sha256_file(out_path)
     write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
     return digest
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The artifact's metadata, read from the TorchScript zip without loading the model
-    (the quantization engine must be set before the model is loaded)."""
+def _example_images(batch: int = 2) -> torch.Tensor:
+    return torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+
+
+def _write_torchscript(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+    pipeline = _Pipeline(load_deployable(int8_path, backend), score_logits).eval()
+    traced = torch.jit.freeze(torch.jit.trace(pipeline, _example_images()))
+    torch.jit.save(traced, str(out), _extra_files={METADATA: meta})
+
+
+def _write_exported(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+    from edgeml.quantization.pt2e import export_program
+
+    pipeline = _Pipeline(torch.export.load(str(int8_path)).module(), score_logits)
+    torch.export.save(export_program(pipeline, _example_images()), str(out), extra_files={METADATA: meta})
+
+
+def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+    """The INT8 graph, unchanged, between a normalisation head and a detector tail (onnx.compose)."""
+    import onnx
+    import onnx.compose
+
+    from edgeml.quantization.onnxrt import export_onnx
+
+    model = onnx.load(str(int8_path))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    head_path, tail_path = out.with_suffix(".head.onnx"), out.with_suffix(".tail.onnx")
     try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
-            metadata = json.loads(archive.read(name))
-    except (zipfile.BadZipFile, StopIteration, ValueError) as exc:
+        export_onnx(_Normalize(), head_path, _example_images(), ["images"], ["normalized"], opset)
+        export_onnx(_Scores(score_logits), tail_path, torch.zeros(2, 10), ["logits"], ["probabilities", "ood_score"], opset)
+        head, tail = onnx.load(str(head_path)), onnx.load(str(tail_path))
+    finally:
+        head_path.unlink(missing_ok=True)
+        tail_path.unlink(missing_ok=True)
+    head.ir_version = tail.ir_version = model.ir_version
+    (model_input,), (model_output,) = model.graph.input, model.graph.output
+    merged = onnx.compose.merge_models(head, model, io_map=[("normalized", model_input.name)], prefix2="model/")
+    merged = onnx.compose.merge_models(merged, tail, io_map=[(f"model/{model_output.name}", "logits")], prefix2="detector/")
+    for output in merged.graph.output:  # plain output names, as the other formats have
+        merged.graph.node.append(onnx.helper.make_node("Identity", [output.name], [output.name.removeprefix("detector/")]))
+        output.name = output.name.removeprefix("detector/")
+    onnx.helper.set_model_props(merged, {METADATA: meta})
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(out))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The artifact's metadata, read without loading the model (the quantization engine must be set first)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            metadata = json.loads(props[METADATA])
+        else:
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
+                metadata = json.loads(archive.read(name))
+    except (zipfile.BadZipFile, StopIteration, KeyError, ValueError, OSError) as exc:
         raise ArtifactError(f"{path}: not an EdgeML artifact (no readable {METADATA})") from exc
     if metadata.get("format") != FORMAT:
         raise ArtifactError(f"{path}: unsupported artifact format {metadata.get('format')!r}; expected {FORMAT}")
@@ -116,9 +185,7 @@ class EdgeModel:
     @classmethod
     def load(cls, path: str | Path, sha256: Optional[str] = None) -> "EdgeModel":
         """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load."""
-        path = Path(path)
-        if not path.is_file():
-            raise ArtifactError(f"{path}: artifact not found; build it with `dvc repro package`")
+        path = find_artifact(path)
         if sha256 is None:
             sidecar = path.with_name(path.name + ".sha256")
             if not sidecar.is_file():
@@ -129,8 +196,8 @@ class EdgeModel:
             raise ArtifactError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or was modified")
         metadata = read_metadata(path)
         try:
-            module = load_deployable(path, metadata["backend"])
-        except RuntimeError as exc:
+            module = load_deployable(path, metadata["backend"])  # images in, (probabilities, score) out
+        except (RuntimeError, ValueError) as exc:
             raise ArtifactError(f"{path}: cannot load the model ({exc})") from exc
         return cls(module, metadata, actual)
 
@@ -166,6 +233,19 @@ class EdgeModel:
         results = iter(self.predict_images(np.stack(good)) if good else [])
         for file, image, error in batch:
             yield {"file": str(file), **(next(results) if image is not None else {"error": error})}
+
+
+def find_artifact(path: str | Path) -> Path:
+    """``path`` itself, or the one artifact in the folder ``path`` (as the package stage writes it)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in path.glob("edgeml_int8.*") if p.suffix != ".sha256")
+        if len(found) != 1:
+            raise ArtifactError(f"{path}: expected one edgeml_int8.* artifact, found {[p.name for p in found]}")
+        path = found[0]
+    if not path.is_file():
+        raise ArtifactError(f"{path}: artifact not found; build it with `dvc repro package`")
+    return path
 
 
 def load_image(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:

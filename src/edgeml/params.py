@@ -97,12 +97,28 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeParams:
-    backend: Literal["fbgemm", "qnnpack"]
-    per_channel: bool
-    observer: Literal["minmax", "moving_average_minmax", "histogram"]
-    calibration_size: int
-    calibration_split: Literal["val", "train"]
-    seed: int
+    """One quantization recipe. Which observers, activation types and QAT each backend offers
+    is checked by :mod:`edgeml.quantization`; the defaults are the recipe a sweep entry starts from."""
+
+    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime"] = "fbgemm"
+    per_channel: bool = True
+    observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
+    reduce_range: bool = True  # 7-bit activations: u8*s8 pairs cannot overflow int16 on CPUs without VNNI
+    activations: Literal["uint8", "int8"] = "uint8"
+    calibration_size: int = 1000
+    calibration_split: Literal["val", "train"] = "val"  # never test
+    qat_epochs: int = 0  # > 0: quantization-aware fine-tuning from the FP32 checkpoint first
+    qat_images: int = 10000  # training images per QAT epoch
+    qat_batch_size: int = 128
+    qat_lr: float = 0.001
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepParams:
+    """Quantization recipes compared side by side; each overrides :class:`QuantizeParams` defaults."""
+
+    recipes: dict[str, QuantizeParams]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +155,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     quantize: QuantizeParams
+    sweep: SweepParams
     ood: OODParams
     package: PackageParams
     bench: BenchParams
@@ -176,7 +193,6 @@ class Params:
             "train.batch_size": self.train.batch_size,
             "train.lr": self.train.lr,
             "train.threads": self.train.threads,
-            "quantize.calibration_size": self.quantize.calibration_size,
             "ood.batch_size": self.ood.batch_size,
             "ood.threads": self.ood.threads,
             "bench.threads": self.bench.threads,
@@ -199,9 +215,19 @@ class Params:
             raise ParamsError(f"package.id_tpr: must be in (0, 1], got {self.package.id_tpr!r}")
         if not 0 <= self.train.label_smoothing < 1:
             raise ParamsError(f"train.label_smoothing: must be in [0, 1), got {self.train.label_smoothing!r}")
-        if self.quantize.calibration_split == "val" and self.quantize.calibration_size > self.prepare.val_size:
+        self._check_recipe("quantize", self.quantize)
+        for name, recipe in self.sweep.recipes.items():
+            self._check_recipe(f"sweep.recipes.{name}", recipe)
+
+    def _check_recipe(self, key: str, recipe: QuantizeParams) -> None:
+        for name in ("calibration_size", "qat_images", "qat_batch_size", "qat_lr"):
+            if getattr(recipe, name) <= 0:
+                raise ParamsError(f"{key}.{name}: must be > 0, got {getattr(recipe, name)!r}")
+        if recipe.qat_epochs < 0:
+            raise ParamsError(f"{key}.qat_epochs: must be >= 0, got {recipe.qat_epochs!r}")
+        if recipe.calibration_split == "val" and recipe.calibration_size > self.prepare.val_size:
             raise ParamsError(
-                f"quantize.calibration_size: {self.quantize.calibration_size} exceeds prepare.val_size "
+                f"{key}.calibration_size: {recipe.calibration_size} exceeds prepare.val_size "
                 f"({self.prepare.val_size}); lower it or calibrate on calibration_split: train"
             )
 

@@ -96,9 +96,22 @@ def render_markdown(
         "",
         f"CPU: {env['cpu']['model']}, {env['threads']} threads, batch 1 (latency, median of "
         f"{bench['settings']['runs']} runs) and batch {bench['settings']['throughput_batch_size']} "
-        f"(throughput); torch {env['versions']['torch']}, "
-        f"engine {env['quantized_engine']}. GPU: {env['gpu'] or 'none'}.",
+        f"(throughput); torch {env['versions']['torch']}, onnxruntime {env['versions'].get('onnxruntime')}. "
+        f"GPU: {env['gpu'] or 'none'}.",
     ]
+    if "compute" in bench:
+        compute, paths = bench["compute"], bench["cpu_paths"]
+        peaks = compute["gemm_peak_gmacs"]
+        parts += [
+            "",
+            f"FP32 column: the fastest FP32 path measured in this run ({bench['fp32']['path']}; all paths, batch-1 ms: "
+            + ", ".join(f"{name} {p['latency_ms']:.3f}" for name, p in paths.items())
+            + f"). INT8: {bench['int8']['path']} backend, {compute['int8_speedup_vs_fastest_fp32']:.2f}x faster at batch 1. "
+            f"Compute floor ({compute['macs_per_sample'] / 1e6:.1f} M MACs per image / measured GEMM peak, FP32 "
+            f"{peaks['fp32']['best']:.0f} and INT8 {peaks['int8']['best']:.0f} GMAC/s): FP32 runs at "
+            f"{compute['latency_over_floor'][compute['fastest_fp32_path']]:.1f}x its floor, INT8 at "
+            f"{compute['latency_over_floor']['int8']:.1f}x.",
+        ]
     parts += [
         f"\nGPU latency, {model.upper()}: {bench[model]['gpu_latency_ms']}."
         for model in MODELS
@@ -217,3 +230,98 @@ def plot_training(live_metrics_dir: Path, path: Path) -> None:
             ax.legend()
             ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+# Issue 3's goal for an INT8 recipe, against its FP32 twin measured in the same run.
+SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 1.8}
+
+
+def sweep_summary(results: dict[str, dict], sets: list[str]) -> dict[str, Any]:
+    """One row per recipe (size, speed, accuracy, MSP AUROC per OOD set, which goals it meets) and the best recipe:
+    the fastest of those that meet the size, accuracy and OOD goals, else the one losing the least AUROC."""
+    rows = {}
+    for name, r in results.items():
+        fastest = r["fastest_fp32_path"]
+        q = r["quality"]
+        drops = {s: 100 * (q["fp32"]["msp_auroc"][s] - q["int8"]["msp_auroc"][s]) for s in sets}
+        worst = max(drops, key=drops.get)
+        row = {
+            "backend": r["recipe"]["backend"],
+            "recipe": r["recipe"],
+            "size_mb": r["size_mb"]["int8"],
+            "size_ratio": r["size_mb"]["fp32"] / r["size_mb"]["int8"],
+            "latency_ms": r["cpu"]["int8"]["latency_ms"],
+            "fastest_fp32_path": fastest,
+            "fastest_fp32_latency_ms": r["cpu"][fastest]["latency_ms"],
+            "speedup": r["int8_speedup_vs_fastest_fp32"],
+            "latency_over_floor": r["latency_over_floor"]["int8"],
+            "throughput_images_per_s": r["cpu"]["int8"]["throughput_images_per_s"],
+            "top1": {m: 100 * q[m]["top1"] for m in MODELS},
+            "top1_drop_points": 100 * (q["fp32"]["top1"] - q["int8"]["top1"]),
+            "msp_auroc": {s: {m: 100 * q[m]["msp_auroc"][s] for m in MODELS} for s in sets},
+            "max_auroc_drop_points": drops[worst],
+            "worst_set": worst,
+            "quantize_seconds": r["quantize_seconds"],
+        }
+        row["meets"] = {
+            "size_ratio": row["size_ratio"] >= SWEEP_GOALS["size_ratio"],
+            "top1_drop_points": row["top1_drop_points"] <= SWEEP_GOALS["top1_drop_points"],
+            "auroc_drop_points": row["max_auroc_drop_points"] <= SWEEP_GOALS["auroc_drop_points"],
+            "speedup": row["speedup"] >= SWEEP_GOALS["speedup"],
+        }
+        rows[name] = row
+    quality = [n for n, row in rows.items() if all(row["meets"][k] for k in ("size_ratio", "top1_drop_points", "auroc_drop_points"))]
+    if quality:
+        best, rule = max(quality, key=lambda n: rows[n]["speedup"]), "fastest of the recipes meeting the size, top-1 and AUROC goals"
+    else:
+        best, rule = min(rows, key=lambda n: rows[n]["max_auroc_drop_points"]), "no recipe meets the quality goals: smallest AUROC loss"
+    any_result = next(iter(results.values()))
+    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule, "recipes": rows,
+            "compute": {k: any_result[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
+            "environment": any_result["environment"]}
+
+
+def render_sweep(summary: dict[str, Any], sets: list[str]) -> str:
+    goals, rows = summary["goals"], summary["recipes"]
+    mark = lambda ok: "" if ok else " ✗"  # noqa: E731
+    lines = [
+        "#### Quantization recipes (MSP baseline, committed FP32 model)",
+        "",
+        "| recipe | backend | size MB (x smaller) | INT8 batch-1 ms | fastest FP32 ms (path) | speed-up | x compute floor "
+        "| INT8 images/s | top-1 FP32 → INT8 | worst AUROC loss (set) |",
+        "|---" * 10 + "|",
+    ]
+    for name, r in rows.items():
+        m = r["meets"]
+        lines.append(
+            f"| {'**' + name + '**' if name == summary['best'] else name} | {r['backend']} "
+            f"| {r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])}) | {r['latency_ms']:.3f} "
+            f"| {r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')}) "
+            f"| {r['speedup']:.2f}x{mark(m['speedup'])} | {r['latency_over_floor']:.1f} | {r['throughput_images_per_s']:.0f} "
+            f"| {r['top1']['fp32']:.2f} → {r['top1']['int8']:.2f} ({-r['top1_drop_points']:+.2f}{mark(m['top1_drop_points'])}) "
+            f"| {r['max_auroc_drop_points']:.2f} ({r['worst_set']}){mark(m['auroc_drop_points'])} |"
+        )
+    lines += [
+        "",
+        f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} top-1 points and "
+        f"≤{goals['auroc_drop_points']} AUROC points lost on every OOD set, ≥{goals['speedup']}x faster at batch 1 "
+        f"than the fastest FP32 path measured in the same run. Best: **{summary['best']}** ({summary['best_rule']}).",
+        "",
+        "#### MSP AUROC (%) per OOD set, INT8 (change from FP32)",
+        "",
+        "| recipe | " + " | ".join(sets) + " |",
+        "|---" * (1 + len(sets)) + "|",
+    ]
+    for name, r in rows.items():
+        cells = [f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in (r["msp_auroc"][s] for s in sets)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    env, compute = summary["environment"], summary["compute"]
+    peaks = compute["gemm_peak_gmacs"]
+    lines += [
+        "",
+        f"CPU: {env['cpu']['model']}, {env['threads']} threads. Compute floor = {compute['macs_per_sample'] / 1e6:.1f} M "
+        f"MACs per image / GEMM peak (FP32 {peaks['fp32']['best']:.0f}, INT8 {peaks['int8']['best']:.0f} GMAC/s measured "
+        f"here). Size is the deployable file on disk (TorchScript .pt, torch.export .pt2 or ONNX); FP32 size "
+        f"is the TorchScript file.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""INT8 quantization recipes behind one interface (:class:`~edgeml.quantization.base.Quantizer`).
+
+One module per backend; each is imported only when its recipe is used, so a machine without
+onnxruntime or torchao still runs the others. A new backend is one module plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeml.params import ParamsError, QuantizeParams
+from edgeml.preprocess import to_tensor
+from edgeml.quantization.base import Quantizer
+
+BACKENDS = {  # quantize.backend -> "module:class"
+    "fbgemm": "edgeml.quantization.eager:Fbgemm",
+    "qnnpack": "edgeml.quantization.eager:Qnnpack",
+    "pt2e_x86": "edgeml.quantization.pt2e:PT2EX86Quantizer",
+    "onnxruntime": "edgeml.quantization.onnxrt:OnnxRuntimeQuantizer",
+}
+
+
+def quantizer_class(backend: str) -> type[Quantizer]:
+    if backend not in BACKENDS:
+        raise ParamsError(f"quantize.backend: {backend!r} is not one of {sorted(BACKENDS)}")
+    module, name = BACKENDS[backend].split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ParamsError(
+            f"quantize.backend: {backend!r} needs {exc.name!r}, which is not installed; "
+            f"`pip install -e .` installs every backend's package"
+        ) from exc
+
+
+def make_quantizer(params: QuantizeParams) -> Quantizer:
+    """The backend for ``params``; an unknown backend or unsupported combination raises ParamsError before any work."""
+    return quantizer_class(params.backend)(params)
+
+
+def quantize(quantizer: Quantizer, model: nn.Module, arrays: Mapping[str, np.ndarray], path: Path) -> nn.Module:
+    """Quantize the float ``model`` by ``quantizer``'s recipe into the deployable file ``path``.
+
+    Calibration images are drawn (seeded) from the recipe's calibration split, val or train,
+    never test; QAT, when on, fine-tunes on the train split."""
+    recipe = quantizer.params
+    pool = arrays[f"{recipe.calibration_split}_x"]
+    chosen = np.sort(np.random.default_rng(recipe.seed).choice(len(pool), recipe.calibration_size, replace=False))
+    train = (to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"])) if recipe.qat_epochs else None
+    return quantizer.run(model, to_tensor(pool[chosen]), path, train)
+
+
+def int8_path(backend: str, folder: str | Path = "models/deploy") -> Path:
+    """Where the quantize stage writes the INT8 deployable file of ``backend``."""
+    return Path(folder) / f"int8{quantizer_class(backend).suffix}"
+
+
+def load_deployable(path: str | Path, backend: str = "fbgemm") -> nn.Module:
+    """A deployable file as a module (normalised float NCHW in, logits out), loaded by the backend
+    whose format its suffix names, ``backend`` first (TorchScript INT8 needs its engine)."""
+    path = Path(path)
+    for name in dict.fromkeys([backend, *BACKENDS]):
+        cls = quantizer_class(name)
+        if cls.suffix == path.suffix:
+            return cls.load(path)
+    raise ValueError(f"{path}: unknown deployable format {path.suffix!r}")
+
+
+def deployed_models(backend: str, folder: str | Path = "models/deploy") -> dict[str, nn.Module]:
+    """The quantize stage's FP32 reference (TorchScript) and INT8 model, as compared in accuracy and OOD metrics."""
+    return {"fp32": load_deployable(Path(folder) / "fp32.pt"), "int8": load_deployable(int8_path(backend, folder), backend)}

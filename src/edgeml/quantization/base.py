@@ -1,0 +1,101 @@
+"""The one interface every quantization backend implements: prepare, calibrate, convert, export, load.
+
+A backend module subclasses :class:`Quantizer` and declares what it supports (observers,
+activation types, QAT); :meth:`Quantizer.check` turns an unsupported recipe into a
+:class:`~edgeml.params.ParamsError` naming the param and the allowed values before any work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgeml.params import ParamsError, QuantizeParams
+from edgeml.preprocess import normalize
+
+
+class Quantizer(ABC):
+    """prepare -> (QAT) -> calibrate -> convert -> export; :meth:`run` chains them."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]  # of the deployable file: .pt (TorchScript), .pt2 (torch.export), .onnx
+    observers: ClassVar[tuple[str, ...]]
+    activations: ClassVar[tuple[str, ...]] = ("uint8",)
+    supports_qat: ClassVar[bool] = False
+
+    def __init__(self, params: QuantizeParams):
+        self.check(params)
+        self.params = params
+
+    @classmethod
+    def check(cls, params: QuantizeParams) -> None:
+        """Refuse a recipe this backend cannot run, naming the param and what it allows."""
+        if params.observer not in cls.observers:
+            raise ParamsError(
+                f"quantize.observer: {params.observer!r} is not offered by backend {cls.name!r}; "
+                f"allowed: {list(cls.observers)}"
+            )
+        if params.activations not in cls.activations:
+            raise ParamsError(
+                f"quantize.activations: {params.activations!r} is not offered by backend {cls.name!r}; "
+                f"allowed: {list(cls.activations)}"
+            )
+        if params.qat_epochs and not cls.supports_qat:
+            raise ParamsError(
+                f"quantize.qat_epochs: backend {cls.name!r} has no quantization-aware training here; "
+                f"set it to 0, or use a backend that has it"
+            )
+
+    @abstractmethod
+    def prepare(self, model: nn.Module) -> Any:
+        """A copy of the float ``model`` ready to observe activations (``model`` is not changed)."""
+
+    def fine_tune(self, prepared: Any, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Quantization-aware training of ``prepared`` (backends with ``supports_qat`` override it)."""
+        raise NotImplementedError(f"{self.name} has no quantization-aware training")
+
+    @abstractmethod
+    def calibrate(self, prepared: Any, images: torch.Tensor) -> None:
+        """Feed uint8 NCHW calibration images (never test images) through the observers."""
+
+    @abstractmethod
+    def convert(self, prepared: Any) -> Any:
+        """The INT8 model, from a calibrated prepared one."""
+
+    @abstractmethod
+    def export(self, converted: Any, path: Path) -> None:
+        """Write the deployable file (its size on disk is the reported model size)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> nn.Module:
+        """The deployable file as a module: normalised float NCHW in, logits out."""
+
+    def run(
+        self,
+        model: nn.Module,
+        calibration: torch.Tensor,
+        path: Path,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> nn.Module:
+        """Quantize ``model`` (fine-tuning on uint8 ``train`` images first when QAT is on), export to ``path``, load it back."""
+        prepared = self.prepare(model)
+        if self.params.qat_epochs:
+            if train is None:
+                raise ValueError("quantize.qat_epochs > 0 needs training images")
+            self.fine_tune(prepared, *train)
+        self.calibrate(prepared, calibration)
+        self.export(self.convert(prepared), path)
+        return self.load(path)
+
+
+def normalized_batches(images: torch.Tensor, batch_size: int, desc: str) -> Iterator[torch.Tensor]:
+    """uint8 NCHW images as normalised, contiguous float batches, with a progress bar."""
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        yield normalize(images[start : start + batch_size]).contiguous()

@@ -1,0 +1,167 @@
+"""PyTorch eager-mode static quantization: fbgemm (x86) or qnnpack (ARM), deployed as TorchScript.
+
+The recipe follows torchvision's quantizable models: fuse conv-bn-relu, insert observers (or
+fake-quant modules for QAT), calibrate on held-out training images, convert, trace and freeze.
+``torch.ao.quantization`` is deprecated in favour of torchao; it is confined to this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.quantization import resnet as quantizable_resnet
+from tqdm import tqdm
+
+from edgeml.io import atomic_path
+from edgeml.params import ParamsError, QuantizeParams
+from edgeml.preprocess import normalize
+from edgeml.quantization.base import Quantizer, normalized_batches
+from edgeml.training import augment
+
+q = torch.ao.quantization
+ACTIVATION_OBSERVERS = {
+    "minmax": q.MinMaxObserver,
+    "moving_average_minmax": q.MovingAverageMinMaxObserver,
+    "histogram": q.HistogramObserver,
+}
+
+
+class EagerQuantizer(Quantizer):
+    """fbgemm / qnnpack kernels through ``torch.ao.quantization``; QAT from the FP32 checkpoint."""
+
+    suffix = ".pt"
+    observers = tuple(ACTIVATION_OBSERVERS)
+    supports_qat = True
+
+    @classmethod
+    def check(cls, params: QuantizeParams) -> None:
+        super().check(params)
+        if cls.name not in torch.backends.quantized.supported_engines:
+            raise ParamsError(
+                f"quantize.backend: {cls.name!r} is not supported by this torch build "
+                f"(supported engines: {torch.backends.quantized.supported_engines})"
+            )
+        if params.qat_epochs and params.observer == "histogram":
+            raise ParamsError(
+                "quantize.observer: QAT tracks activation ranges with fake-quant modules; "
+                "allowed with qat_epochs > 0: ['minmax', 'moving_average_minmax']"
+            )
+
+    def qconfig(self) -> q.QConfig:
+        p = self.params
+        if p.per_channel:
+            weight_observer, weight_scheme = q.PerChannelMinMaxObserver, torch.per_channel_symmetric
+        else:
+            weight_observer, weight_scheme = q.MinMaxObserver, torch.per_tensor_symmetric
+        activation = ACTIVATION_OBSERVERS[p.observer].with_args(reduce_range=p.reduce_range)
+        weight = weight_observer.with_args(dtype=torch.qint8, qscheme=weight_scheme)
+        if not p.qat_epochs:
+            return q.QConfig(activation=activation, weight=weight)
+        return q.QConfig(
+            activation=q.FakeQuantize.with_args(
+                observer=ACTIVATION_OBSERVERS[p.observer], quant_min=0, quant_max=127 if p.reduce_range else 255,
+                dtype=torch.quint8,
+            ),
+            weight=q.FakeQuantize.with_args(
+                observer=weight_observer, quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=weight_scheme
+            ),
+        )
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        torch.backends.quantized.engine = self.name
+        quantizable = quantizable_copy(model)
+        qat = bool(self.params.qat_epochs)
+        quantizable.train(qat)
+        quantizable.fuse_model(is_qat=qat)
+        quantizable.qconfig = self.qconfig()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return (q.prepare_qat if qat else q.prepare)(quantizable)
+
+    def fine_tune(self, prepared: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """A few epochs of SGD through the fake-quant model, BN statistics frozen (a small-lr fine-tune)."""
+        p = self.params
+        generator = torch.Generator().manual_seed(p.seed)
+        steps_per_epoch = min(p.qat_images, len(images)) // p.qat_batch_size
+        total = p.qat_epochs * steps_per_epoch
+        optimizer = torch.optim.SGD(prepared.parameters(), lr=p.qat_lr, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+        prepared.train()
+        prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+        bar = tqdm(range(total), desc="QAT", leave=False)
+        for step in bar:
+            if step % steps_per_epoch == 0:
+                order = torch.randperm(len(images), generator=generator)
+            idx = order[(step % steps_per_epoch) * p.qat_batch_size : (step % steps_per_epoch + 1) * p.qat_batch_size]
+            loss = F.cross_entropy(prepared(normalize(augment(images[idx], generator))), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        prepared.eval()
+
+    @torch.no_grad()
+    def calibrate(self, prepared: nn.Module, images: torch.Tensor) -> None:
+        prepared.eval()
+        for batch in normalized_batches(images, 250, "calibrate"):
+            prepared(batch)
+
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return q.convert(prepared.eval())
+
+    def export(self, converted: nn.Module, path: Path) -> None:
+        export_torchscript(converted, path)
+
+    @classmethod
+    def load(cls, path: Path) -> nn.Module:
+        return load_torchscript(path, engine=cls.name)
+
+
+class Fbgemm(EagerQuantizer):
+    """x86 server/desktop CPUs."""
+
+    name = "fbgemm"
+
+
+class Qnnpack(EagerQuantizer):
+    """ARM edge CPUs (runs on x86 too, slower)."""
+
+    name = "qnnpack"
+
+
+def quantizable_copy(model: nn.Module) -> nn.Module:
+    """torchvision's quantizable ResNet18 (quant/dequant stubs, fusable blocks) with ``model``'s stem and weights."""
+    quantizable = quantizable_resnet.QuantizableResNet(
+        quantizable_resnet.QuantizableBasicBlock, [2, 2, 2, 2], num_classes=model.fc.out_features
+    )
+    quantizable.conv1 = copy.deepcopy(model.conv1)
+    quantizable.maxpool = copy.deepcopy(model.maxpool)
+    quantizable.load_state_dict(model.state_dict())
+    return quantizable.eval()
+
+
+def export_torchscript(model: nn.Module, path: str | Path) -> None:
+    """Save a deployable TorchScript file (loads with ``torch.jit.load``, no project code needed)."""
+    example = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.freeze(torch.jit.trace(model.eval(), example))
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp))
+
+
+def load_torchscript(path: str | Path, engine: str = "fbgemm") -> torch.jit.ScriptModule:
+    """Load a TorchScript file; INT8 kernels need the quantization engine it was built for."""
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu").eval()

@@ -1,0 +1,132 @@
+"""PT2E export quantization with torchao's X86 Inductor quantizer, deployed as a torch.export ``.pt2`` file.
+
+The float model is captured with ``torch.export`` (dynamic batch), annotated by
+``X86InductorQuantizer``, calibrated and converted to a graph of quantize/dequantize ops
+that Inductor lowers to oneDNN INT8 kernels when the loaded program is compiled (with
+weight freezing, which pre-packs the INT8 weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchao.quantization import pt2e as observers
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+from torchvision.models.resnet import BasicBlock
+
+from edgeml.io import atomic_path
+from edgeml.quantization.base import Quantizer, normalized_batches
+
+ACTIVATION_OBSERVERS = {
+    "minmax": observers.MinMaxObserver,
+    "moving_average_minmax": observers.MovingAverageMinMaxObserver,
+    "histogram": observers.HistogramObserver,
+}
+EPS = 2**-12  # the X86 Inductor default configuration's observer eps
+
+
+class _UnsharedReluBlock(BasicBlock):
+    """torchvision's BasicBlock applies one ReLU module twice; the quantizer matches conv-add-relu
+    patterns per module, so the block's output ReLU needs a module of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu_out(self.bn2(self.conv2(out)) + identity)
+
+
+def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` with a dynamic batch dimension (the example needs a batch of at least 2)."""
+    batch = torch.export.Dim("batch", max=65536)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
+class PT2EX86Quantizer(Quantizer):
+    name = "pt2e_x86"
+    suffix = ".pt2"
+    observers = tuple(ACTIVATION_OBSERVERS)
+
+    def config(self) -> x86.QuantizationConfig:
+        p = self.params
+        config = x86.get_default_x86_inductor_quantization_config(reduce_range=p.reduce_range)
+        activation = dataclasses.replace(
+            config.input_activation, observer_or_fake_quant_ctr=ACTIVATION_OBSERVERS[p.observer].with_args(eps=EPS)
+        )
+        weight = config.weight
+        if not p.per_channel:
+            weight = dataclasses.replace(
+                weight,
+                observer_or_fake_quant_ctr=observers.MinMaxObserver.with_args(eps=EPS),
+                qscheme=torch.per_tensor_symmetric,
+                ch_axis=None,
+            )
+        return dataclasses.replace(config, input_activation=activation, output_activation=activation, weight=weight)
+
+    def prepare(self, model: nn.Module) -> torch.fx.GraphModule:
+        model = copy.deepcopy(model).eval()
+        for block in model.modules():
+            if isinstance(block, BasicBlock):
+                block.__class__ = _UnsharedReluBlock
+                block.relu_out = nn.ReLU()
+        quantizer = x86.X86InductorQuantizer().set_global(self.config())
+        return prepare_pt2e(export_program(model, torch.zeros(2, 3, 32, 32)).module(), quantizer)
+
+    @torch.no_grad()
+    def calibrate(self, prepared: torch.fx.GraphModule, images: torch.Tensor) -> None:
+        for batch in normalized_batches(images, 250, "calibrate"):
+            prepared(batch)
+
+    def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        converted = convert_pt2e(prepared)
+        _drop_unused_tensors(converted)  # the float weights the INT8 constants replaced
+        return converted
+
+    def export(self, converted: torch.fx.GraphModule, path: Path) -> None:
+        program = export_program(converted, torch.zeros(2, 3, 32, 32))
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> nn.Module:
+        return CompiledProgram(torch.export.load(str(path)))
+
+
+def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
+    """Delete parameters and buffers the graph no longer reads, so they are not exported (4x the size)."""
+    used = {node.target for node in module.graph.nodes if node.op == "get_attr"}
+    tensors = [name for name, _ in (*module.named_parameters(), *module.named_buffers())]
+    for name in tensors:
+        if name not in used:
+            owner, _, attribute = name.rpartition(".")
+            delattr(module.get_submodule(owner), attribute)
+    module.delete_all_unused_submodules()
+
+
+class CompiledProgram(nn.Module):
+    """An exported program compiled by Inductor, behind the ``nn.Module`` call the pipeline uses.
+
+    Exported programs are always in inference mode and refuse ``train()``/``eval()``; here those
+    are no-ops. Compiles with weight freezing (INT8 weights pre-packed once, quantize/dequantize
+    pairs fused into oneDNN INT8 kernels) on the first call."""
+
+    def __init__(self, program: torch.export.ExportedProgram):
+        super().__init__()
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        self.__dict__["_compiled"] = torch.compile(program.module(), dynamic=True)  # not a child module
+
+    def train(self, mode: bool = True) -> "CompiledProgram":
+        return self
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._compiled(*inputs)
+

@@ -1,0 +1,18 @@
+"""Stage sweep_report: every recipe of the sweep side by side (metrics/quant_sweep.md + .json) and the best one."""
+
+from edgeml import params as P
+from edgeml import report
+from edgeml.io import read_json, write_json, write_text
+from edgeml.stage import run
+
+
+def main() -> None:
+    params = P.load()
+    results = {name: read_json(f"metrics/sweep/{name}.json") for name in params.sweep.recipes}
+    summary = report.sweep_summary(results, params.ood.sets)
+    write_json("metrics/quant_sweep.json", summary)
+    write_text("metrics/quant_sweep.md", report.render_sweep(summary, params.ood.sets))
+
+
+if __name__ == "__main__":
+    run(main)
