@@ -11,7 +11,7 @@ from edgeml import benchmark
 from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.deploy import ARTIFACT_DIR, find_artifact
-from edgeml.detectors import make_detector
+from edgeml.detectors import fit_set, make_detector, predict_outputs
 from edgeml.io import write_json
 from edgeml.models import load_checkpoint, parameter_count
 from edgeml.quantization import int8_path, load_deployable
@@ -35,9 +35,13 @@ def main() -> None:
         cpu, list(FP32_PATHS), benchmark.count_macs(float_model, example), benchmark.gemm_peak_gmacs(bench.threads)
     )
     gpu = benchmark.bench_gpu(float_model, files["int8"] if files["int8"].suffix == ".onnx" else None, bench.warmup, bench.runs)
-    detectors = {name: make_detector(name) for name in params.ood.detectors}
-    detector_cost = benchmark.detector_cost_us(deployed["int8"], detectors, bench.runs)
-    images = load_arrays("data/prepared/cifar10.npz")["test_x"][: bench.artifact_images]
+    int8_with_features = load_deployable(files["int8"], backend, features=True)
+    arrays = load_arrays("data/prepared/cifar10.npz")
+    fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
+    fit = predict_outputs(int8_with_features, fit_images, params.ood.batch_size)
+    detectors = {name: make_detector(name, float_model.fc).fit(fit, fit_labels) for name in params.ood.detectors}
+    detector_cost = benchmark.detector_cost_us(int8_with_features, detectors, bench.runs)
+    images = arrays["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
         artifact = benchmark.bench_artifact(
             find_artifact(ARTIFACT_DIR), images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3

@@ -14,17 +14,18 @@ from edgeml.params import ParamsError
 from edgeml.preprocess import to_tensor
 from edgeml.quantization import int8_path, load_deployable
 from edgeml.stage import run
+from edgeml.training import predict_logits
 
 
 def main() -> None:
     params = P.load()
-    detector = make_detector(params.package.detector, batch_size=params.ood.batch_size)
+    detector = make_detector(params.package.detector)
     if not isinstance(detector, LogitDetector):
         raise ParamsError(f"package.detector: {params.package.detector!r} needs more than logits; the artifact carries logit detectors")
     val_x = to_tensor(load_arrays("data/prepared/cifar10.npz")["val_x"])
     backend = params.quantize.backend
     int8 = load_deployable(int8_path(backend), backend)
-    val_scores = detector.fit(int8, val_x).score(int8, val_x)
+    val_scores = detector.score_logits(predict_logits(int8, val_x, params.ood.batch_size)).numpy()
     threshold = threshold_at_tpr(val_scores, params.package.id_tpr)
     metadata = {
         "classes": list(CIFAR10_CLASSES),

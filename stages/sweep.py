@@ -18,7 +18,7 @@ from edgeml.metrics import ood_metrics
 from edgeml.models import load_checkpoint
 from edgeml.params import ParamsError
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import int8_path, load_deployable, make_quantizer, quantize
+from edgeml.quantization import WithFeatures, int8_path, load_deployable, make_quantizer, quantize
 from edgeml.quantization.eager import export_torchscript
 from edgeml.quantization.onnxrt import export_onnx
 from edgeml.stage import run
@@ -38,11 +38,12 @@ def main() -> None:
     out_dir = Path("models/sweep") / name
     with tempfile.TemporaryDirectory() as tmp, atomic_dir(out_dir) as out:
         fp32_files = {"fp32_torchscript": Path(tmp) / "fp32.pt", "fp32_onnxruntime": Path(tmp) / "fp32.onnx"}
-        export_torchscript(fp32, fp32_files["fp32_torchscript"])
-        export_onnx(fp32, fp32_files["fp32_onnxruntime"])
+        export_torchscript(WithFeatures(fp32), fp32_files["fp32_torchscript"])
+        export_onnx(WithFeatures(fp32), fp32_files["fp32_onnxruntime"])
         start = time.perf_counter()
-        int8 = quantize(quantizer, fp32, arrays, int8_path(recipe.backend, out))
+        quantize(quantizer, fp32, arrays, int8_path(recipe.backend, out))
         quantize_seconds = time.perf_counter() - start
+        int8 = load_deployable(int8_path(recipe.backend, out), recipe.backend)
         models = {key: load_deployable(path, recipe.backend) for key, path in fp32_files.items()} | {"int8": int8}
         fp32_size = benchmark.file_size_mb(fp32_files["fp32_torchscript"])
         int8_size = benchmark.file_size_mb(int8_path(recipe.backend, out))

@@ -24,6 +24,7 @@ from edgeml.deploy import (
 from edgeml.detectors import MSP
 from edgeml.params import QuantizeParams
 from edgeml.quantization import int8_path, load_deployable, make_quantizer
+from edgeml.training import predict_logits
 
 BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 
@@ -36,8 +37,8 @@ def artifact(request, float_model_and_images, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"artifact-{backend}")
     observer = "minmax" if backend == "onnxruntime" else "histogram"
     quantizer = make_quantizer(QuantizeParams(backend=backend, observer=observer, calibration_size=64))
-    int8 = quantizer.run(model, images[:64], int8_path(backend, folder))
-    threshold = threshold_at_tpr(MSP().score(int8, images), 0.95)
+    quantizer.run(model, images[:64], int8_path(backend, folder))
+    threshold = threshold_at_tpr(MSP().score_logits(predict_logits(load_deployable(int8_path(backend, folder), backend), images)).numpy(), 0.95)
     metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp", "threshold": threshold}
     path = artifact_path(backend, folder)
     build_artifact(int8_path(backend, folder), backend, MSP().score_logits, metadata, path)
@@ -71,7 +72,7 @@ def test_artifact_round_trips(artifact, float_model_and_images):
     int8 = load_deployable(int8_path, loaded.metadata["backend"])
     with torch.no_grad():
         probs, scores = loaded.module(images)
-    np.testing.assert_allclose(scores.numpy(), MSP().score(int8, images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), MSP().score_logits(predict_logits(int8, images)).numpy(), rtol=1e-5, atol=1e-6)
     records = loaded.predict_images(images.permute(0, 2, 3, 1).numpy())
     assert [r["class"] for r in records] == [CIFAR10_CLASSES[k] for k in probs.argmax(1)]
     assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()

@@ -3,18 +3,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgeml.detectors import MSP, make_detector
+from edgeml.detectors import MSP, Outputs, make_detector, predict_outputs
+from edgeml.metrics import ood_metrics
+from edgeml.preprocess import normalize
 
 
-class FixedLogits(nn.Module):
-    """A stand-in model that returns fixed logits for a batch of the same size."""
+class MeanColour(nn.Module):
+    """A stand-in model: logits are the mean of each channel, features the first four pixels."""
 
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits[: x.shape[0]]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mean(dim=(2, 3)), x.flatten(1)[:, :4]
 
 
 def test_msp_on_hand_made_logits():
@@ -25,12 +23,13 @@ def test_msp_on_hand_made_logits():
     assert scores[0] > scores[2] > scores[1]
 
 
-def test_msp_scores_a_model_batched():
-    logits = torch.tensor([[5.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
-    model = FixedLogits(logits)
-    images = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
-    scores = make_detector("msp", batch_size=3).fit(model, images).score(model, images)
-    np.testing.assert_allclose(scores, logits.softmax(1).amax(1).numpy(), rtol=1e-6)
+def test_outputs_are_computed_in_batches_and_kept_in_order():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    outputs = predict_outputs(MeanColour(), images, batch_size=2)
+    logits, features = MeanColour()(normalize(images))
+    torch.testing.assert_close(outputs.logits, logits)
+    torch.testing.assert_close(outputs.features, features)
+    np.testing.assert_allclose(MSP().score(outputs).numpy(), logits.softmax(1).amax(1).numpy(), rtol=1e-6)
 
 
 def test_unknown_detector_names_the_param():
@@ -60,3 +59,76 @@ def test_confident_logits_score_as_more_in_distribution(name):
     confident, flat = torch.tensor([[8.0, 0.0, 0.0]]), torch.tensor([[0.5, 0.5, 0.5]])
     detector = make_detector(name)
     assert detector.score_logits(confident) > detector.score_logits(flat)
+
+
+def clusters(rng: np.random.Generator, centres: np.ndarray, per_class: int, spread: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian clusters around ``centres``: (features, labels)."""
+    features = np.concatenate([c + spread * rng.standard_normal((per_class, centres.shape[1])) for c in centres])
+    labels = np.repeat(np.arange(len(centres)), per_class)
+    return torch.tensor(features, dtype=torch.float32), torch.tensor(labels)
+
+
+def outputs_of(features: torch.Tensor, head: nn.Linear) -> Outputs:
+    with torch.no_grad():
+        return Outputs(head(features), features)
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "knn", "vim"])
+def test_feature_detectors_separate_gaussian_clusters(name):
+    # ID: two classes in the first two of 16 dimensions; OOD: a cluster far off both classes,
+    # in the dimensions the ID data does not use (ViM's residual space).
+    rng = np.random.default_rng(0)
+    centres = np.zeros((2, 16))
+    centres[0, 0], centres[1, 1] = 10.0, 10.0
+    head = nn.Linear(16, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(centres / 10, dtype=torch.float32))
+        head.bias.zero_()
+    fit_features, fit_labels = clusters(rng, centres, 200, spread=0.5)
+    id_features, _ = clusters(rng, centres, 100, spread=0.5)
+    ood_centre = np.zeros((1, 16))
+    ood_centre[0, 5:] = 4.0
+    ood_features, _ = clusters(rng, ood_centre, 100, spread=0.5)
+    detector = make_detector(name, head)
+    if name == "vim":
+        detector.dim = 2  # the ID principal subspace
+    detector.fit(outputs_of(fit_features, head), fit_labels)
+    id_scores = detector.score(outputs_of(id_features, head)).numpy()
+    ood_scores = detector.score(outputs_of(ood_features, head)).numpy()
+    assert ood_metrics(id_scores, ood_scores)["auroc"] > 0.99
+
+
+def test_mahalanobis_is_the_distance_to_the_closest_class_mean():
+    # class means (1, 0) and (11, 0), shared covariance c * identity: score = -squared distance / c
+    offsets = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    features = torch.cat([torch.tensor([1.0, 0.0]) + offsets, torch.tensor([11.0, 0.0]) + offsets])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    detector = make_detector("mahalanobis").fit(Outputs(torch.zeros(8, 2), features), labels)
+    queries = torch.tensor([[1.0, 0.0], [11.0, 0.0], [4.0, 0.0], [1.0, 3.0], [11.0, -3.0]])
+    scores = detector.score(Outputs(torch.zeros(5, 2), queries)).numpy()
+    np.testing.assert_allclose(scores[:2], 0.0, atol=1e-4)
+    assert scores[2] < 0
+    np.testing.assert_allclose(scores[2:], scores[2], rtol=1e-4)  # same distance, any direction, either class
+
+
+def test_react_clips_at_the_id_percentile_then_scores_energy():
+    head = nn.Linear(4, 3)
+    fit = torch.arange(1.0, 101.0).view(25, 4)  # activations 1..100
+    detector = make_detector("react", head).fit(Outputs(torch.zeros(25, 3), fit), torch.zeros(25, dtype=torch.long))
+    threshold = detector.hyperparameters()["threshold"]
+    assert threshold == pytest.approx(np.percentile(np.arange(1, 101), 90), abs=1.0)
+    features = torch.tensor([[1.0, 500.0, 2.0, 3.0]])
+    with torch.no_grad():
+        expected = torch.logsumexp(head(features.clip(max=threshold)), dim=1)
+    torch.testing.assert_close(detector.score(Outputs(torch.zeros(1, 3), features)), expected)
+
+
+def test_ash_keeps_the_top_activations_rescaled_then_scores_energy():
+    head = nn.Linear(10, 3)
+    features = torch.arange(1.0, 11.0).view(1, 10)  # sum 55; ASH-S at 90% keeps the top one, 10
+    detector = make_detector("ash", head)
+    pruned = torch.zeros(1, 10)
+    pruned[0, 9] = 10.0 * np.exp(55.0 / 10.0)
+    with torch.no_grad():
+        expected = torch.logsumexp(head(pruned), dim=1)
+    torch.testing.assert_close(detector.score(Outputs(torch.zeros(1, 3), features)), expected)

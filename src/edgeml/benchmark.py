@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeml.deploy import EdgeModel
-from edgeml.detectors import LogitDetector
+from edgeml.detectors import Detector, Outputs
 
 NOT_MEASURED = "not measured"
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
@@ -141,11 +141,13 @@ def bench_artifact(
 
 
 @torch.no_grad()
-def detector_cost_us(model: nn.Module, detectors: dict[str, LogitDetector], runs: int) -> dict[str, float]:
-    """What each logit detector adds per sample on top of ``model`` (median µs at batch 1)."""
-    logits = model(torch.randn(1, 3, 32, 32))
+def detector_cost_us(model: nn.Module, detectors: dict[str, Detector], runs: int) -> dict[str, float]:
+    """What each (fitted) detector adds per sample on top of ``model``, which returns (logits, features):
+    median µs at batch 1 (KNN's cost grows with the number of fitted samples)."""
+    logits, features = model(torch.randn(1, 3, 32, 32))
+    outputs = Outputs(logits, features)
     return {
-        name: 1e6 * _median_seconds(lambda d=detector: d.score_logits(logits), runs)
+        name: 1e6 * _median_seconds(lambda d=detector: d.score(outputs), runs)
         for name, detector in detectors.items()
     }
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from edgeml.io import atomic_path, write_text
 from edgeml.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, DataError, decode_image, normalize, to_tensor
-from edgeml.quantization import load_deployable, quantizer_class
+from edgeml.quantization import load_deployable, load_file, quantizer_class
+from edgeml.quantization.base import LogitsOnly
 
 FORMAT = "edgeml-artifact/1"
 METADATA = "edgeml.json"
@@ -110,7 +111,7 @@ def _write_torchscript(int8_path: Path, backend: str, score_logits: ScoreFn, met
 def _write_exported(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
     from edgeml.quantization.pt2e import export_program
 
-    pipeline = _Pipeline(torch.export.load(str(int8_path)).module(), score_logits)
+    pipeline = _Pipeline(LogitsOnly(torch.export.load(str(int8_path)).module()), score_logits)
     torch.export.save(export_program(pipeline, _example_images()), str(out), extra_files={METADATA: meta})
 
 
@@ -132,9 +133,11 @@ def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str,
         head_path.unlink(missing_ok=True)
         tail_path.unlink(missing_ok=True)
     head.ir_version = tail.ir_version = model.ir_version
-    (model_input,), (model_output,) = model.graph.input, model.graph.output
-    merged = onnx.compose.merge_models(head, model, io_map=[("normalized", model_input.name)], prefix2="model/")
-    merged = onnx.compose.merge_models(merged, tail, io_map=[(f"model/{model_output.name}", "logits")], prefix2="detector/")
+    (model_input,) = model.graph.input
+    merged = onnx.compose.merge_models(
+        head, model, io_map=[("normalized", model_input.name)], prefix2="model/", outputs=["model/logits"]
+    )
+    merged = onnx.compose.merge_models(merged, tail, io_map=[("model/logits", "logits")], prefix2="detector/")
     for output in merged.graph.output:  # plain output names, as the other formats have
         merged.graph.node.append(onnx.helper.make_node("Identity", [output.name], [output.name.removeprefix("detector/")]))
         output.name = output.name.removeprefix("detector/")
@@ -196,7 +199,7 @@ class EdgeModel:
             raise ArtifactError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or was modified")
         metadata = read_metadata(path)
         try:
-            module = load_deployable(path, metadata["backend"])  # images in, (probabilities, score) out
+            module = load_file(path, metadata["backend"])  # images in, (probabilities, score) out
         except (RuntimeError, ValueError) as exc:
             raise ArtifactError(f"{path}: cannot load the model ({exc})") from exc
         return cls(module, metadata, actual)

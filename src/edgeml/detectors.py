@@ -1,47 +1,83 @@
 """OOD detectors with one interface, after pytorch-ood: ``fit`` on ID data, then ``score``.
 
-A score is higher for inputs that look more in-distribution. Detectors take the model as an
-argument rather than owning it, so the same detector runs on the FP32 model and on its INT8
-twin (each scored with its own logits). Logit-based scores come from pytorch-ood, whose
-detectors return outlier scores (higher = more OOD): they are negated here.
+A detector works on a model's outputs (:class:`Outputs`: logits and penultimate features),
+so the same detector runs on the FP32 model and on its INT8 twin, each with its own outputs,
+and the outputs of a data set are computed once for every detector. A score is higher for
+inputs that look more in-distribution. Scores come from pytorch-ood where it is correct
+(checked on synthetic cases in the tests); its detectors return outlier scores (higher =
+more OOD), negated here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
+from pytorch_ood.detector import ASH as PoodASH
 from pytorch_ood.detector import GEN as PoodGEN
-from pytorch_ood.detector import EnergyBased, MaxLogit as PoodMaxLogit, MaxSoftmax
+from pytorch_ood.detector import KNN as PoodKNN
+from pytorch_ood.detector import EnergyBased, Mahalanobis as PoodMahalanobis, MaxLogit as PoodMaxLogit, MaxSoftmax
+from pytorch_ood.detector import ReAct as PoodReAct
+from pytorch_ood.detector import ViM as PoodViM
 from torch import nn
 
 from edgeml.params import ParamsError
-from edgeml.training import predict_logits
+from edgeml.preprocess import normalize, to_tensor
+
+
+@dataclasses.dataclass
+class Outputs:
+    """What a model gives for a set of images: logits, and the penultimate (pooled) features."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "Outputs":
+        return Outputs(self.logits[index], self.features[index])
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Outputs:
+    """Logits and features of uint8 NCHW images, batched; ``model`` returns both (``load_deployable(..., features=True)``)."""
+    model.eval()
+    logits, features = zip(*(model(normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)))
+    return Outputs(torch.cat(logits).float(), torch.cat(features).float())
+
+
+def fit_set(arrays: Mapping[str, np.ndarray], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (uint8 NCHW) and labels detectors fit on: a seeded sample of ``count``, as
+    OpenOOD fits on training data (never test, and not the validation split kept for choices)."""
+    if count > len(arrays["train_x"]):
+        raise ParamsError(f"ood.fit_images: {count} exceeds the {len(arrays['train_x'])} training images")
+    index = np.sort(np.random.default_rng(seed).choice(len(arrays["train_x"]), count, replace=False))
+    return to_tensor(arrays["train_x"][index]), torch.from_numpy(arrays["train_y"][index])
 
 
 class Detector(ABC):
     name: ClassVar[str]
 
-    def fit(self, model: nn.Module, id_images: torch.Tensor) -> "Detector":
-        """Learn what the detector needs from ID (training/validation) images; none by default."""
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "Detector":
+        """Learn what the detector needs from ID training data (outputs and class labels); none by default."""
         return self
 
     @abstractmethod
-    def score(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
-        """One score per uint8 NCHW image; higher = more in-distribution."""
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        """One score per input; higher = more in-distribution."""
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The values this detector ran with (written to the metrics)."""
+        return {}
 
 
 class LogitDetector(Detector):
-    """A detector that is a function of the logits alone."""
+    """A function of the logits alone: it can travel inside the deployable artifact."""
 
-    def __init__(self, batch_size: int = 500):
-        self.batch_size = batch_size
-
-    def score(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
-        return self.score_logits(predict_logits(model, images, self.batch_size)).numpy()
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return self.score_logits(outputs.logits)
 
     @abstractmethod
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor: ...
@@ -84,10 +120,122 @@ class GEN(PytorchOODLogitDetector):
     outlier_score = staticmethod(PoodGEN.score)
 
 
-DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN)}
+class FeatureDetector(Detector):
+    """A detector on penultimate features; ``head`` is the model's final linear layer, for those that re-apply it."""
+
+    def __init__(self, head: Optional[nn.Linear] = None):
+        self.head = head
 
 
-def make_detector(name: str, **options: object) -> Detector:
+class Mahalanobis(FeatureDetector):
+    """Distance to the closest class mean under a shared covariance (Lee et al. 2018), features only (no perturbation)."""
+
+    name = "mahalanobis"
+
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "Mahalanobis":
+        self._pood = PoodMahalanobis(None).fit_features(outputs.features, labels)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return -self._pood.predict_features(outputs.features)
+
+
+class KNN(FeatureDetector):
+    """Distance to the k-th nearest ID training feature, features L2-normalised (Sun et al. 2022)."""
+
+    name = "knn"
+
+    def __init__(self, head: Optional[nn.Linear] = None, k: int = 50):
+        super().__init__(head)
+        self.k = k
+
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "KNN":
+        self._pood = PoodKNN(None, k=self.k).fit_features(outputs.features, labels)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return -self._pood.predict_features(outputs.features)
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"k": self.k}
+
+
+class ViM(FeatureDetector):
+    """Virtual-logit matching (Wang et al. 2022): the feature's norm off the principal ID subspace vs the energy."""
+
+    name = "vim"
+
+    def __init__(self, head: Optional[nn.Linear] = None, dim: int = 256):
+        super().__init__(head)
+        self.dim = dim
+
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ViM":
+        w, b = self.head.weight.detach(), self.head.bias.detach()
+        self._pood = PoodViM(None, d=self.dim, w=w, b=b).fit_features(outputs.features, labels)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return -self._pood.predict_features(outputs.features)
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"principal_dim": self.dim}
+
+
+class _PooledMapDetector(FeatureDetector):
+    """Shared by ReAct and ASH: pytorch-ood's versions act on feature maps, then re-apply the head and
+    score with Energy. At 32x32 the torchvision-stem ResNet18's last map is 1x1, so the pooled
+    features are that map."""
+
+    percentile: float
+
+    def _head(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.head(maps.flatten(1))
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        with torch.no_grad():
+            return -self._pood.predict_feature_maps(outputs.features[:, :, None, None])
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"percentile": self.percentile}
+
+
+class ReAct(_PooledMapDetector):
+    """Energy after clipping features at their ID percentile (Sun et al. 2021)."""
+
+    name = "react"
+
+    def __init__(self, head: Optional[nn.Linear] = None, percentile: float = 0.9):
+        super().__init__(head)
+        self.percentile = percentile
+
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ReAct":
+        self._pood = PoodReAct(nn.Identity(), self._head, percentile=self.percentile, detector=EnergyBased.score)
+        self._pood._set_threshold_from_activations(outputs.features.flatten())
+        return self
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"percentile": self.percentile, "threshold": float(self._pood.threshold)}
+
+
+class ASH(_PooledMapDetector):
+    """ASH-S (Djurisic et al. 2023): prune all but the top activations per sample, rescale by exp(sum ratio), Energy."""
+
+    name = "ash"
+
+    def __init__(self, head: Optional[nn.Linear] = None, percentile: float = 0.9):
+        super().__init__(head)
+        self.percentile = percentile
+        self._pood = PoodASH(nn.Identity(), self._head, variant="ash-s", percentile=percentile, detector=EnergyBased.score)
+
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN, Mahalanobis, KNN, ViM, ReAct, ASH)
+}
+
+
+def make_detector(name: str, head: Optional[nn.Linear] = None) -> Detector:
+    """A detector by its params name; feature detectors that re-apply the classifier get ``head``."""
     if name not in DETECTORS:
         raise ParamsError(f"ood.detectors: {name!r} is not one of {sorted(DETECTORS)}")
-    return DETECTORS[name](**options)
+    cls = DETECTORS[name]
+    return cls(head) if issubclass(cls, FeatureDetector) else cls()

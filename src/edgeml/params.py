@@ -123,11 +123,13 @@ class SweepParams:
 
 @dataclasses.dataclass(frozen=True)
 class OODParams:
-    detectors: list[Literal["msp", "maxlogit", "energy", "gen"]]
+    detectors: list[Literal["msp", "maxlogit", "energy", "gen", "mahalanobis", "knn", "vim", "react", "ash"]]
     sets: list[str]
     groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
+    fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
     batch_size: int
     threads: int
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +196,7 @@ class Params:
             "train.lr": self.train.lr,
             "train.threads": self.train.threads,
             "ood.batch_size": self.ood.batch_size,
+            "ood.fit_images": self.ood.fit_images,
             "ood.threads": self.ood.threads,
             "bench.threads": self.bench.threads,
             "bench.runs": self.bench.runs,

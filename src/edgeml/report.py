@@ -139,6 +139,13 @@ def render_markdown(
     if "detector_cost_us" in bench:
         costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
         parts += ["", f"Added cost per sample on top of the INT8 model (CPU, batch 1, median): {costs}."]
+    settings = [
+        f"{name} " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+        for name, values in ood.get("hyperparameters", {}).get("int8", {}).items()
+        if values
+    ]
+    if settings:
+        parts += ["", f"Detector settings (INT8 model; the papers' defaults, not tuned): {'; '.join(settings)}."]
     return "\n".join(parts) + "\n"
 
 
@@ -234,6 +241,7 @@ def plot_training(live_metrics_dir: Path, path: Path) -> None:
 
 # Issue 3's goal for an INT8 recipe, against its FP32 twin measured in the same run.
 SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 1.8}
+SPEED_NOISE = 0.05  # run-to-run spread of batch-1 latency here
 
 
 def sweep_summary(results: dict[str, dict], sets: list[str]) -> dict[str, Any]:
@@ -272,7 +280,13 @@ def sweep_summary(results: dict[str, dict], sets: list[str]) -> dict[str, Any]:
         rows[name] = row
     quality = [n for n, row in rows.items() if all(row["meets"][k] for k in ("size_ratio", "top1_drop_points", "auroc_drop_points"))]
     if quality:
-        best, rule = max(quality, key=lambda n: rows[n]["speedup"]), "fastest of the recipes meeting the size, top-1 and AUROC goals"
+        # Speed-ups within SPEED_NOISE of the fastest are ties (the same FP32 path measures 0.61-0.70 ms
+        # across runs here): among them, the recipe that loses the least AUROC.
+        top = max(rows[n]["speedup"] for n in quality)
+        tied = [n for n in quality if rows[n]["speedup"] >= (1 - SPEED_NOISE) * top]
+        best = min(tied, key=lambda n: rows[n]["max_auroc_drop_points"])
+        rule = (f"meets the size, top-1 and AUROC goals; among those within {SPEED_NOISE:.0%} of the best speed-up, "
+                f"the smallest AUROC loss")
     else:
         best, rule = min(rows, key=lambda n: rows[n]["max_auroc_drop_points"]), "no recipe meets the quality goals: smallest AUROC loss"
     any_result = next(iter(results.values()))

@@ -16,7 +16,12 @@ from torch import nn
 
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.preprocess import to_tensor
-from edgeml.quantization.base import Quantizer
+from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatures
+
+__all__ = [
+    "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatures", "deployed_models", "int8_path",
+    "load_deployable", "load_file", "make_quantizer", "quantize", "quantizer_class",
+]
 
 BACKENDS = {  # quantize.backend -> "module:class"
     "fbgemm": "edgeml.quantization.eager:Fbgemm",
@@ -61,9 +66,9 @@ def int8_path(backend: str, folder: str | Path = "models/deploy") -> Path:
     return Path(folder) / f"int8{quantizer_class(backend).suffix}"
 
 
-def load_deployable(path: str | Path, backend: str = "fbgemm") -> nn.Module:
-    """A deployable file as a module (normalised float NCHW in, logits out), loaded by the backend
-    whose format its suffix names, ``backend`` first (TorchScript INT8 needs its engine)."""
+def load_file(path: str | Path, backend: str = "fbgemm") -> nn.Module:
+    """A deployable file as saved, with every output it has; loaded by the backend whose format its
+    suffix names, ``backend`` first (TorchScript INT8 needs its engine)."""
     path = Path(path)
     for name in dict.fromkeys([backend, *BACKENDS]):
         cls = quantizer_class(name)
@@ -72,6 +77,16 @@ def load_deployable(path: str | Path, backend: str = "fbgemm") -> nn.Module:
     raise ValueError(f"{path}: unknown deployable format {path.suffix!r}")
 
 
-def deployed_models(backend: str, folder: str | Path = "models/deploy") -> dict[str, nn.Module]:
+def load_deployable(path: str | Path, backend: str = "fbgemm", features: bool = False) -> nn.Module:
+    """A model file written by the quantize stage: normalised float NCHW in, logits out
+    (``features``: (logits, penultimate features) out)."""
+    model = load_file(path, backend)
+    return model if features else LogitsOnly(model)
+
+
+def deployed_models(backend: str, folder: str | Path = "models/deploy", features: bool = False) -> dict[str, nn.Module]:
     """The quantize stage's FP32 reference (TorchScript) and INT8 model, as compared in accuracy and OOD metrics."""
-    return {"fp32": load_deployable(Path(folder) / "fp32.pt"), "int8": load_deployable(int8_path(backend, folder), backend)}
+    return {
+        "fp32": load_deployable(Path(folder) / "fp32.pt", backend, features),
+        "int8": load_deployable(int8_path(backend, folder), backend, features),
+    }

@@ -75,7 +75,7 @@ class Quantizer(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path) -> nn.Module:
-        """The deployable file as a module: normalised float NCHW in, logits out."""
+        """The deployable file as a module: normalised float NCHW in, (logits, features) out."""
 
     def run(
         self,
@@ -93,6 +93,32 @@ class Quantizer(ABC):
         self.calibrate(prepared, calibration)
         self.export(self.convert(prepared), path)
         return self.load(path)
+
+
+class WithFeatures(nn.Module):
+    """A torchvision ResNet that also returns its penultimate (pooled) features: every deployable
+    file has both outputs, so feature-based OOD detectors run on each model's own features."""
+
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.resnet = resnet
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        features = torch.flatten(r.avgpool(r.layer4(r.layer3(r.layer2(r.layer1(x))))), 1)
+        return r.fc(features), features
+
+
+class LogitsOnly(nn.Module):
+    """The logits output of a (logits, features) model, for everything that needs only logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
 
 
 def normalized_batches(images: torch.Tensor, batch_size: int, desc: str) -> Iterator[torch.Tensor]:

@@ -99,7 +99,8 @@ class EagerQuantizer(Quantizer):
             if step % steps_per_epoch == 0:
                 order = torch.randperm(len(images), generator=generator)
             idx = order[(step % steps_per_epoch) * p.qat_batch_size : (step % steps_per_epoch + 1) * p.qat_batch_size]
-            loss = F.cross_entropy(prepared(normalize(augment(images[idx], generator))), labels[idx])
+            logits, _ = prepared(normalize(augment(images[idx], generator)))
+            loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,7 +120,7 @@ class EagerQuantizer(Quantizer):
             return q.convert(prepared.eval())
 
     def export(self, converted: nn.Module, path: Path) -> None:
-        export_torchscript(converted, path)
+        export_torchscript(converted, path)  # already returns (logits, features)
 
     @classmethod
     def load(cls, path: Path) -> nn.Module:
@@ -138,11 +139,22 @@ class Qnnpack(EagerQuantizer):
     name = "qnnpack"
 
 
+class _QuantizableResNetWithFeatures(quantizable_resnet.QuantizableResNet):
+    """torchvision's quantizable ResNet returning (logits, penultimate features), both dequantized."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(quantizable_resnet.QuantizableBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.dequant_features = q.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.quant(x)))))
+        features = torch.flatten(self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(x))))), 1)
+        return self.dequant(self.fc(features)), self.dequant_features(features)
+
+
 def quantizable_copy(model: nn.Module) -> nn.Module:
     """torchvision's quantizable ResNet18 (quant/dequant stubs, fusable blocks) with ``model``'s stem and weights."""
-    quantizable = quantizable_resnet.QuantizableResNet(
-        quantizable_resnet.QuantizableBasicBlock, [2, 2, 2, 2], num_classes=model.fc.out_features
-    )
+    quantizable = _QuantizableResNetWithFeatures(model.fc.out_features)
     quantizable.conv1 = copy.deepcopy(model.conv1)
     quantizable.maxpool = copy.deepcopy(model.maxpool)
     quantizable.load_state_dict(model.state_dict())
@@ -150,7 +162,8 @@ def quantizable_copy(model: nn.Module) -> nn.Module:
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> None:
-    """Save a deployable TorchScript file (loads with ``torch.jit.load``, no project code needed)."""
+    """Save a deployable TorchScript file (loads with ``torch.jit.load``, no project code needed);
+    ``model`` returns (logits, features): wrap a float ResNet in :class:`WithFeatures`."""
     example = torch.zeros(1, 3, 32, 32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

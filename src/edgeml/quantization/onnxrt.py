@@ -1,9 +1,11 @@
 """ONNX Runtime static quantization (QDQ), deployed as an .onnx file that runs with onnxruntime alone.
 
 On AVX2 CPUs U8S8 (uint8 activations, int8 weights) with per-channel weights and
-``reduce_range`` is ORT's fast and accurate choice; S8S8 pays off only with VNNI. ORT
-calibrates and converts in one call (``quantize_static``), so ``calibrate`` collects the
-batches and ``convert`` hands them to it.
+``reduce_range`` is ORT's fast and accurate choice; S8S8 pays off only with VNNI.
+``calibrate`` runs ORT's calibrator and ``convert`` quantizes with the ranges it found
+(``quantize_static`` reads them from a calibration cache). Calling ORT's calibrator directly
+is what makes entropy calibration real: through ``quantize_static`` alone it gets 128
+histogram bins for 128 quantized bins, a single candidate threshold, i.e. min-max.
 """
 
 from __future__ import annotations
@@ -20,29 +22,30 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import CalibraterBase, create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, normalized_batches
+from edgeml.quantization.base import Quantizer, WithFeatures, normalized_batches
 
-INPUT, OUTPUT = "input", "logits"
-CALIBRATION = {  # observer param -> (ORT calibration method, extra options)
+INPUT, OUTPUTS = "input", ("logits", "features")
+CALIBRATION = {  # observer param -> (ORT calibration method, calibrator options)
     "minmax": (CalibrationMethod.MinMax, {}),
-    "moving_average_minmax": (CalibrationMethod.MinMax, {"CalibMovingAverage": True}),
-    "percentile": (CalibrationMethod.Percentile, {"CalibPercentile": 99.999}),
-    "entropy": (CalibrationMethod.Entropy, {}),
+    "moving_average_minmax": (CalibrationMethod.MinMax, {"moving_average": True}),
+    "percentile": (CalibrationMethod.Percentile, {"percentile": 99.999, "num_bins": 2048}),
+    "entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),  # TensorRT's KL setting
 }
 ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 
 
 @dataclasses.dataclass
 class PreparedOnnx:
-    """The float model as ONNX (shape-inferred and optimised for quantization) and the calibration batches."""
+    """The float model as ONNX (shape-inferred and optimised for quantization) and ORT's calibrator for it."""
 
     workdir: tempfile.TemporaryDirectory
     model_path: Path
-    batches: list[np.ndarray] = dataclasses.field(default_factory=list)
+    calibrator: CalibraterBase
 
 
 class _Batches(CalibrationDataReader):
@@ -62,28 +65,34 @@ class OnnxRuntimeQuantizer(Quantizer):
 
     def prepare(self, model: nn.Module) -> PreparedOnnx:
         workdir = tempfile.TemporaryDirectory(prefix="edgeml-onnx-")
-        float_path, prepared_path = Path(workdir.name) / "fp32.onnx", Path(workdir.name) / "fp32_prepared.onnx"
-        export_onnx(model, float_path)
-        quant_pre_process(str(float_path), str(prepared_path))
-        return PreparedOnnx(workdir, prepared_path)
+        folder = Path(workdir.name)
+        export_onnx(WithFeatures(model), folder / "fp32.onnx")
+        quant_pre_process(str(folder / "fp32.onnx"), str(folder / "fp32_prepared.onnx"))
+        method, options = CALIBRATION[self.params.observer]
+        calibrator = create_calibrator(
+            folder / "fp32_prepared.onnx", None, augmented_model_path=str(folder / "augmented.onnx"),
+            calibrate_method=method, extra_options=options,
+        )
+        return PreparedOnnx(workdir, folder / "fp32_prepared.onnx", calibrator)
 
     def calibrate(self, prepared: PreparedOnnx, images: torch.Tensor) -> None:
-        prepared.batches.extend(batch.numpy() for batch in normalized_batches(images, 250, "calibrate"))
+        prepared.calibrator.collect_data(_Batches([b.numpy() for b in normalized_batches(images, 250, "calibrate")]))
 
     def convert(self, prepared: PreparedOnnx) -> onnx.ModelProto:
-        method, options = CALIBRATION[self.params.observer]
-        out = prepared.model_path.with_name("int8.onnx")
+        method, _ = CALIBRATION[self.params.observer]
+        ranges, out = prepared.model_path.with_name("ranges.json"), prepared.model_path.with_name("int8.onnx")
+        save_tensors_data(prepared.calibrator.compute_data(), ranges)
         quantize_static(
             str(prepared.model_path),
             str(out),
-            _Batches(prepared.batches),
+            None,
+            calibration_cache_path=str(ranges),
             quant_format=QuantFormat.QDQ,
             activation_type=ACTIVATION_TYPES[self.params.activations],
             weight_type=QuantType.QInt8,
             per_channel=self.params.per_channel,
             reduce_range=self.params.reduce_range,
             calibrate_method=method,
-            extra_options=options,
         )
         converted = onnx.load(str(out))
         prepared.workdir.cleanup()
@@ -123,7 +132,7 @@ def export_onnx(
     path: str | Path,
     example: Optional[torch.Tensor] = None,
     inputs: Sequence[str] = (INPUT,),
-    outputs: Sequence[str] = (OUTPUT,),
+    outputs: Sequence[str] = OUTPUTS,
     opset: int = 17,
 ) -> None:
     """Export a module to ONNX with a dynamic batch dimension on every input and output."""

@@ -21,7 +21,7 @@ from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 from torchvision.models.resnet import BasicBlock
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, normalized_batches
+from edgeml.quantization.base import Quantizer, WithFeatures, normalized_batches
 
 ACTIVATION_OBSERVERS = {
     "minmax": observers.MinMaxObserver,
@@ -75,7 +75,7 @@ class PT2EX86Quantizer(Quantizer):
                 block.__class__ = _UnsharedReluBlock
                 block.relu_out = nn.ReLU()
         quantizer = x86.X86InductorQuantizer().set_global(self.config())
-        return prepare_pt2e(export_program(model, torch.zeros(2, 3, 32, 32)).module(), quantizer)
+        return prepare_pt2e(export_program(WithFeatures(model), torch.zeros(2, 3, 32, 32)).module(), quantizer)
 
     @torch.no_grad()
     def calibrate(self, prepared: torch.fx.GraphModule, images: torch.Tensor) -> None:
