@@ -12,7 +12,7 @@ from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.deploy import ARTIFACT_DIR, find_artifact
 from edgeml.detectors import fit_set, make_detector, predict_outputs
-from edgeml.io import write_json
+from edgeml.io import read_json, write_json
 from edgeml.models import load_checkpoint, parameter_count
 from edgeml.quantization import int8_path, load_deployable
 from edgeml.stage import run
@@ -39,7 +39,13 @@ def main() -> None:
     arrays = load_arrays("data/prepared/cifar10.npz")
     fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
     fit = predict_outputs(int8_with_features, fit_images, params.ood.batch_size)
-    detectors = {name: make_detector(name, float_model.fc).fit(fit, fit_labels) for name in params.ood.detectors}
+    chosen = read_json("metrics/ood.json")["hyperparameters"]["int8"]  # the INT8 model's validation-chosen settings
+    detectors = {
+        name: make_detector(name, float_model.fc, float_model, **chosen[name].get("validation", {}).get("chosen", {})).fit(
+            fit, fit_labels
+        )
+        for name in params.ood.detectors
+    }
     detector_cost = benchmark.detector_cost_us(int8_with_features, detectors, bench.runs)
     images = arrays["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:

@@ -105,7 +105,7 @@ def tinyimagenet_files(count: int, seed: int = 1) -> dict[str, bytes]:
 @pytest.fixture
 def mirror(tmp_path: Path) -> Path:
     """A local mirror like ../shared/datasets: ImageFolder CIFAR-10 and Tiny ImageNet tarballs, MNIST and
-    Fashion-MNIST idx files, an OpenOOD image list, and SHA256SUMS."""
+    Fashion-MNIST idx files, OpenOOD's TIN test and validation image lists, and SHA256SUMS."""
     folder = tmp_path / "mirror"
     folder.mkdir()
     write_tar(folder / "cifar10-jpeg.tar.gz", cifar_imagefolder_files(train_per_class=12, test_per_class=4))
@@ -118,6 +118,7 @@ def mirror(tmp_path: Path) -> Path:
         )
     (folder / "openood-imglist").mkdir()
     (folder / "openood-imglist" / "test_tin.txt").write_text(openood_tin_list([2, 3, 5, 7, 11, 13]))
+    (folder / "openood-imglist" / "val_tin.txt").write_text(openood_tin_list([1, 4, 6, 8, 9, 10, 12, 14]))
     write_sha256sums(folder)
     return folder
 

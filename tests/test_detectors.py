@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeml.detectors import MSP, Outputs, make_detector, predict_outputs
+from edgeml.detectors import MSP, Outputs, choose, make_detector, predict_outputs
 from edgeml.metrics import ood_metrics
 from edgeml.preprocess import normalize
 
@@ -132,3 +132,56 @@ def test_ash_keeps_the_top_activations_rescaled_then_scores_energy():
     with torch.no_grad():
         expected = torch.logsumexp(head(pruned), dim=1)
     torch.testing.assert_close(detector.score(Outputs(torch.zeros(1, 3), features)), expected)
+
+
+def test_choose_takes_the_setting_with_the_best_validation_auroc():
+    # KNN with k=1 vs k=10: OOD validation points sit next to one stray ID training point each,
+    # so the nearest neighbour (k=1) calls them ID and k=10 separates them.
+    rng = np.random.default_rng(0)
+    fit_features = torch.tensor(rng.normal(0, 0.1, (40, 4)), dtype=torch.float32)
+    fit_features[:, 0] += 1.0
+    strays = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    fit = Outputs(torch.zeros(43, 2), torch.cat([fit_features, strays]))
+    labels = torch.zeros(43, dtype=torch.long)
+    validation_id = Outputs(torch.zeros(10, 2), fit_features[:10] + 0.01)
+    validation_ood = Outputs(torch.zeros(3, 2), strays + 0.01)
+    detector, record = choose(
+        "knn", {"k": [1, 10]},
+        lambda **setting: make_detector("knn", **setting).fit(fit, labels),
+        lambda d: (d.score(validation_id), d.score(validation_ood)),
+    )
+    assert record["chosen"] == {"k": 10} and detector.k == 10
+    (setting_1, auroc_1), (setting_10, auroc_10) = record["tried"]
+    assert setting_1 == {"k": 1} and auroc_1 < auroc_10 == record["validation_auroc"] == 1.0
+
+
+def test_unknown_hyperparameter_names_the_param_and_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"ood.search.knn: unknown hyperparameter\(s\) \['kk'\]; allowed: \['k'\]"):
+        make_detector("knn", None, kk=5)
+
+
+def test_odin_without_perturbation_is_temperature_scaled_msp(float_model_and_images):
+    model, images = float_model_and_images
+    detector = make_detector("odin", twin=model, temperature=10, eps=0)
+    with torch.no_grad():
+        expected = (model(normalize(images[:8])) / 10).softmax(1).amax(1)
+    torch.testing.assert_close(detector.score_images(model, images[:8], batch_size=3), expected)
+
+
+def test_odin_nudge_from_the_twin_raises_the_score(float_model_and_images):
+    # The nudge climbs the twin's temperature-scaled confidence; scored by the twin itself
+    # (as the FP32 model is), every input's score goes up.
+    model, images = float_model_and_images
+    plain = make_detector("odin", twin=model, temperature=1000, eps=0).score_images(model, images[:16])
+    nudged = make_detector("odin", twin=model, temperature=1000, eps=0.004).score_images(model, images[:16])
+    assert (nudged > plain).all()
+
+
+def test_mahalanobis_survives_a_singular_covariance():
+    # Fewer samples than dimensions and a dead feature: the covariance has no inverse.
+    rng = np.random.default_rng(0)
+    features = torch.tensor(rng.normal(0, 1, (6, 16)), dtype=torch.float32)
+    features[:, 3] = 0.0
+    detector = make_detector("mahalanobis").fit(Outputs(torch.zeros(6, 2), features), torch.tensor([0, 0, 0, 1, 1, 1]))
+    scores = detector.score(Outputs(torch.zeros(2, 2), torch.cat([features[:1], 10 * features[:1]])))
+    assert torch.isfinite(scores).all() and scores[0] > scores[1]

@@ -41,6 +41,11 @@ def test_committed_params_are_valid():
         ("ood.detectors", ["energy"], r"ood.detectors: must include 'msp'"),
         ("prepare.ood_sets.gaussian.count", 0, r"prepare.ood_sets.gaussian: noise sets need .* a positive count"),
         ("fetch.mnist", None, r"prepare.ood_sets.mnist: uses mnist, but fetch.mnist has no source"),
+        ("ood.validation_set", "tin_crop", r"ood.validation_set: 'tin_crop' is a test set \(in ood.sets\)"),
+        ("ood.validation_set", "nope", r"ood.validation_set: 'nope' is not built by prepare.ood_sets"),
+        ("ood.validation_set", None, r"ood.search: choosing hyperparameters needs ood.validation_set"),
+        ("ood.search", {"nope": {"k": [1]}}, r"ood.search: 'nope' is not in ood.detectors"),
+        ("sweep.recipes", {"x": {"backend": "onnxruntime", "qat_epochs": -1}}, r"sweep.recipes.x.qat_epochs: must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(path, value, message):

@@ -27,6 +27,7 @@ def tiny_params(mirror: Path) -> dict:
     params["fetch"]["mnist"]["source"] = str(mirror / "mnist/t10k-images-idx3-ubyte.gz")
     params["fetch"]["fashion_mnist"]["source"] = str(mirror / "fashion-mnist/t10k-images-idx3-ubyte.gz")
     params["fetch"]["openood_tin_list"]["source"] = str(mirror / "openood-imglist/test_tin.txt")
+    params["fetch"]["openood_tin_val_list"]["source"] = str(mirror / "openood-imglist/val_tin.txt")
     for noise in ("gaussian", "uniform"):
         params["prepare"]["ood_sets"][noise]["count"] = 12
     params["prepare"]["val_size"] = 20
@@ -37,6 +38,7 @@ def tiny_params(mirror: Path) -> dict:
         "onnxruntime_minmax": {"backend": "onnxruntime", "observer": "minmax", "calibration_size": 16},
     }
     params["ood"].update(batch_size=32, threads=1, fit_images=60)
+    params["ood"]["search"] = {"knn": {"k": [1, 5]}, "react": {"percentile": [0.8, 0.9]}}
     params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2, artifact_images=8)
     return params
 
@@ -66,7 +68,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert sources["cifar10"]["checked_against"].startswith("sha256:")
     assert json.loads((project / "metrics/prepare.json").read_text())["samples"] == {
         "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30, "tin_openood": 6,
-        "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12,
+        "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12, "tin_val": 8,
     }
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluate["test_samples"] == 40 and 0 <= evaluate["int8_top1"] <= 1
@@ -87,7 +89,9 @@ def test_dvc_repro_end_to_end(project: Path):
     assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
     assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
     assert set(bench["detector_cost_us"]) == set(params["ood"]["detectors"]) >= {"msp", "mahalanobis", "knn", "vim", "react", "ash"}
-    assert ood["hyperparameters"]["int8"]["knn"] == {"k": 50}
+    knn = ood["hyperparameters"]["int8"]["knn"]
+    assert knn["k"] == knn["validation"]["chosen"]["k"] in (1, 5) and len(knn["validation"]["tried"]) == 2
+    assert "tin_val" not in ood["int8"]["msp"]  # validation data is never reported as a test set
     assert 0 <= ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] <= 1
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report

@@ -11,6 +11,8 @@ more OOD), negated here.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Optional
@@ -20,13 +22,15 @@ import torch
 from pytorch_ood.detector import ASH as PoodASH
 from pytorch_ood.detector import GEN as PoodGEN
 from pytorch_ood.detector import KNN as PoodKNN
-from pytorch_ood.detector import EnergyBased, Mahalanobis as PoodMahalanobis, MaxLogit as PoodMaxLogit, MaxSoftmax
+from pytorch_ood.detector import EnergyBased, MaxLogit as PoodMaxLogit, MaxSoftmax
 from pytorch_ood.detector import ReAct as PoodReAct
 from pytorch_ood.detector import ViM as PoodViM
+from pytorch_ood.detector.odin import odin_preprocessing
 from torch import nn
 
+from edgeml.metrics import ood_metrics
 from edgeml.params import ParamsError
-from edgeml.preprocess import normalize, to_tensor
+from edgeml.preprocess import CIFAR10_STD, normalize, to_tensor
 
 
 @dataclasses.dataclass
@@ -128,16 +132,25 @@ class FeatureDetector(Detector):
 
 
 class Mahalanobis(FeatureDetector):
-    """Distance to the closest class mean under a shared covariance (Lee et al. 2018), features only (no perturbation)."""
+    """Distance to the closest class mean under a shared covariance (Lee et al. 2018), features only
+    (no input perturbation). Written here rather than taken from pytorch-ood, whose matrix inverse
+    fails when the covariance is singular (fewer samples than dimensions, or dead features); the
+    pseudo-inverse is what OpenOOD's implementation uses (sklearn's precision)."""
 
     name = "mahalanobis"
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "Mahalanobis":
-        self._pood = PoodMahalanobis(None).fit_features(outputs.features, labels)
+        features = outputs.features.double()
+        classes = labels.unique()
+        self.means = torch.stack([features[labels == c].mean(0) for c in classes])
+        centred = features - self.means[torch.searchsorted(classes, labels)]
+        self.precision = torch.linalg.pinv(centred.T @ centred / len(features), hermitian=True)
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        return -self._pood.predict_features(outputs.features)
+        diff = outputs.features.double()[:, None, :] - self.means[None]  # samples x classes x dims
+        distances = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
+        return -distances.min(dim=1).values.float()
 
 
 class KNN(FeatureDetector):
@@ -147,7 +160,7 @@ class KNN(FeatureDetector):
 
     def __init__(self, head: Optional[nn.Linear] = None, k: int = 50):
         super().__init__(head)
-        self.k = k
+        self.k = int(k)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "KNN":
         self._pood = PoodKNN(None, k=self.k).fit_features(outputs.features, labels)
@@ -167,7 +180,7 @@ class ViM(FeatureDetector):
 
     def __init__(self, head: Optional[nn.Linear] = None, dim: int = 256):
         super().__init__(head)
-        self.dim = dim
+        self.dim = int(dim)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ViM":
         w, b = self.head.weight.detach(), self.head.bias.detach()
@@ -228,14 +241,72 @@ class ASH(_PooledMapDetector):
         self._pood = PoodASH(nn.Identity(), self._head, variant="ash-s", percentile=percentile, detector=EnergyBased.score)
 
 
+class ODIN(Detector):
+    """Temperature-scaled MSP on inputs nudged to raise it (Liang et al. 2018), via pytorch-ood's
+    ``odin_preprocessing``. INT8 kernels have no gradients: the nudge comes from the FP32 twin
+    (the float network both models were exported from), and each model scores the nudged
+    inputs with its own logits."""
+
+    name = "odin"
+
+    def __init__(self, twin: Optional[nn.Module] = None, temperature: float = 1000.0, eps: float = 0.0014):
+        self.twin, self.temperature, self.eps = twin, float(temperature), float(eps)
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        raise TypeError("ODIN perturbs its inputs: score images with score_images")
+
+    def score_images(self, model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """Scores of uint8 NCHW images; ``model`` returns logits (the deployed FP32 or INT8 model)."""
+        scores = []
+        model.eval()
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size])
+            if self.eps:
+                x = odin_preprocessing(self.twin.eval(), x, eps=self.eps, temperature=self.temperature, norm_std=list(CIFAR10_STD))
+            with torch.no_grad():
+                scores.append((model(x.detach().contiguous()).float() / self.temperature).softmax(dim=1).amax(dim=1))
+        return torch.cat(scores)
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "eps": self.eps}
+
+
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN, Mahalanobis, KNN, ViM, ReAct, ASH)
+    cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN, ODIN, Mahalanobis, KNN, ViM, ReAct, ASH)
 }
 
 
-def make_detector(name: str, head: Optional[nn.Linear] = None) -> Detector:
-    """A detector by its params name; feature detectors that re-apply the classifier get ``head``."""
+def make_detector(
+    name: str, head: Optional[nn.Linear] = None, twin: Optional[nn.Module] = None, **hyperparameters: float
+) -> Detector:
+    """A detector by its params name; feature detectors that re-apply the classifier get ``head``,
+    ODIN gets the FP32 ``twin`` for its input gradients."""
     if name not in DETECTORS:
         raise ParamsError(f"ood.detectors: {name!r} is not one of {sorted(DETECTORS)}")
     cls = DETECTORS[name]
-    return cls(head) if issubclass(cls, FeatureDetector) else cls()
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "head", "twin")]
+    unknown = sorted(set(hyperparameters) - set(allowed))
+    if unknown:
+        raise ParamsError(f"ood.search.{name}: unknown hyperparameter(s) {unknown}; allowed: {allowed}")
+    if issubclass(cls, FeatureDetector):
+        return cls(head, **hyperparameters)
+    return cls(twin, **hyperparameters) if cls is ODIN else cls()
+
+
+def choose(
+    name: str,
+    grid: dict[str, list[float]],
+    build: Callable[..., Detector],
+    validation_scores: Callable[[Detector], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[Detector, dict[str, object]]:
+    """Grid search on validation data only (as OpenOOD does): ``build(**setting)`` makes a fitted
+    detector, ``validation_scores`` scores ID and OOD validation data with it; the setting with the
+    highest AUROC wins. Returns that detector and the search record."""
+    tried = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        detector = build(**setting)
+        id_scores, ood_scores = validation_scores(detector)
+        tried.append((ood_metrics(id_scores.numpy(), ood_scores.numpy())["auroc"], setting, detector))
+    auroc, setting, detector = max(tried, key=lambda t: t[0])
+    return detector, {"chosen": setting, "validation_auroc": auroc, "tried": [[s, a] for a, s, _ in tried]}

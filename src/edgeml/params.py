@@ -39,8 +39,10 @@ class FetchParams:
     # MNIST / Fashion-MNIST test images (t10k-images-idx3-ubyte.gz);
     mnist: Optional[Source] = None
     fashion_mnist: Optional[Source] = None
-    # an OpenOOD image list (`<path> <label>` lines) selecting Tiny ImageNet images.
+    # OpenOOD image lists (`<path> <label>` lines) selecting Tiny ImageNet images: its near-OOD
+    # test split, and its OOD validation split (hyperparameters are chosen on it, never on test).
     openood_tin_list: Optional[Source] = None
+    openood_tin_val_list: Optional[Source] = None
     retries: int = 3
 
     def sources(self) -> dict[str, Source]:
@@ -65,7 +67,7 @@ class OODSetSpec:
                      "gaussian_noise", "uniform_noise"]
     transform: Literal["crop", "resize", "none"]
     split: Optional[Literal["test", "val"]] = None
-    imglist: Optional[Literal["openood_tin_list"]] = None
+    imglist: Optional[Literal["openood_tin_list", "openood_tin_val_list"]] = None
     count: Optional[int] = None  # noise images
 
 
@@ -123,13 +125,18 @@ class SweepParams:
 
 @dataclasses.dataclass(frozen=True)
 class OODParams:
-    detectors: list[Literal["msp", "maxlogit", "energy", "gen", "mahalanobis", "knn", "vim", "react", "ash"]]
+    detectors: list[Literal["msp", "maxlogit", "energy", "gen", "odin", "mahalanobis", "knn", "vim", "react", "ash"]]
     sets: list[str]
     groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
     fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
     batch_size: int
     threads: int
     seed: int = 0
+    # Hyperparameters are chosen on validation only: ID validation images vs this OOD set, which
+    # must not be a test set (not in ``sets``). ``search``: detector -> hyperparameter -> grid.
+    validation_set: Optional[str] = None
+    validation_images: int = 1000  # ID validation images (the first of the validation split)
+    search: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +192,16 @@ class Params:
                     f"ood.sets: {name!r} is not built by prepare.ood_sets "
                     f"(defined: {sorted(self.prepare.ood_sets)})"
                 )
+        if self.ood.search and self.ood.validation_set is None:
+            raise ParamsError("ood.search: choosing hyperparameters needs ood.validation_set (an OOD set for validation)")
+        if self.ood.validation_set is not None:
+            if self.ood.validation_set not in self.prepare.ood_sets:
+                raise ParamsError(
+                    f"ood.validation_set: {self.ood.validation_set!r} is not built by prepare.ood_sets "
+                    f"(defined: {sorted(self.prepare.ood_sets)})"
+                )
+            if self.ood.validation_set in self.ood.sets:
+                raise ParamsError(f"ood.validation_set: {self.ood.validation_set!r} is a test set (in ood.sets); choose on held-out data")
         for group, members in self.ood.groups.items():
             for name in members:
                 if name not in self.ood.sets:
@@ -197,6 +214,7 @@ class Params:
             "train.threads": self.train.threads,
             "ood.batch_size": self.ood.batch_size,
             "ood.fit_images": self.ood.fit_images,
+            "ood.validation_images": self.ood.validation_images,
             "ood.threads": self.ood.threads,
             "bench.threads": self.bench.threads,
             "bench.runs": self.bench.runs,
@@ -209,6 +227,9 @@ class Params:
                 raise ParamsError(f"{key}: must be > 0, got {value!r}")
         if "msp" not in self.ood.detectors:
             raise ParamsError(f"ood.detectors: must include 'msp', the paper's baseline (Table 2); got {self.ood.detectors}")
+        for name in self.ood.search:
+            if name not in self.ood.detectors:
+                raise ParamsError(f"ood.search: {name!r} is not in ood.detectors {self.ood.detectors}")
         if self.package.detector not in self.ood.detectors:
             raise ParamsError(
                 f"package.detector: {self.package.detector!r} must be one of ood.detectors {self.ood.detectors}, "

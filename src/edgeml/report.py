@@ -139,13 +139,19 @@ def render_markdown(
     if "detector_cost_us" in bench:
         costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
         parts += ["", f"Added cost per sample on top of the INT8 model (CPU, batch 1, median): {costs}."]
-    settings = [
-        f"{name} " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
-        for name, values in ood.get("hyperparameters", {}).get("int8", {}).items()
-        if values
-    ]
+    settings = []
+    for name, values in ood.get("hyperparameters", {}).get("int8", {}).items():
+        numbers = ", ".join(f"{key} {value:.4g}" for key, value in values.items() if isinstance(value, (int, float)))
+        if "validation" in values:
+            numbers += f" (chosen on validation, AUROC {100 * values['validation']['validation_auroc']:.2f})"
+        if numbers:
+            settings.append(f"{name} {numbers}")
     if settings:
-        parts += ["", f"Detector settings (INT8 model; the papers' defaults, not tuned): {'; '.join(settings)}."]
+        parts += [
+            "",
+            f"Detector settings, INT8 model (grids in params `ood.search`, chosen by AUROC of ID validation "
+            f"images vs the OOD validation set; others: the papers' defaults): {'; '.join(settings)}.",
+        ]
     return "\n".join(parts) + "\n"
 
 
