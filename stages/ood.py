@@ -3,6 +3,7 @@ each model with its own logits and features; hyperparameters chosen on validatio
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeml import params as P
@@ -59,6 +60,9 @@ def main() -> None:
                 else:
                     detector = build()
                 scores = {key: s.numpy() for key, s in scores_on(detector, images, outputs).items()}
+                broken = [key for key, s in scores.items() if not np.isfinite(s).all()]
+                if broken:
+                    raise ValueError(f"ood: detector {detector_name!r} gave NaN/inf scores on {model_name} for {broken}")
                 write_npz(out / f"{model_name}_{detector_name}.npz", **scores)
                 per_set = {name: ood_metrics(scores["id"], scores[name]) for name in ood.sets}
                 results.setdefault(model_name, {})[detector_name] = per_set | group_means(per_set, ood.groups)

@@ -185,3 +185,21 @@ def test_mahalanobis_survives_a_singular_covariance():
     detector = make_detector("mahalanobis").fit(Outputs(torch.zeros(6, 2), features), torch.tensor([0, 0, 0, 1, 1, 1]))
     scores = detector.score(Outputs(torch.zeros(2, 2), torch.cat([features[:1], 10 * features[:1]])))
     assert torch.isfinite(scores).all() and scores[0] > scores[1]
+
+
+@pytest.mark.parametrize("name", ["knn", "ash", "react", "mahalanobis"])
+def test_dead_features_give_finite_scores(name):
+    # An input whose penultimate features are all zero (every ReLU off) must still get a score.
+    rng = np.random.default_rng(0)
+    features = torch.tensor(np.abs(rng.normal(0, 1, (60, 8))), dtype=torch.float32)
+    head = nn.Linear(8, 2)
+    detector = make_detector(name, head).fit(outputs_of(features, head), torch.arange(60) % 2)
+    scores = detector.score(outputs_of(torch.cat([features[:2], torch.zeros(1, 8)]), head))
+    assert torch.isfinite(scores).all()
+
+
+def test_vim_refuses_fewer_fit_images_than_its_subspace():
+    head = nn.Linear(8, 2)
+    features = torch.randn(6, 8)
+    with pytest.raises(ValueError, match="vim dim 6 needs more than 6 fit images"):
+        make_detector("vim", head, dim=6).fit(outputs_of(features, head), torch.arange(6) % 2)

@@ -38,7 +38,7 @@ def tiny_params(mirror: Path) -> dict:
         "onnxruntime_minmax": {"backend": "onnxruntime", "observer": "minmax", "calibration_size": 16},
     }
     params["ood"].update(batch_size=32, threads=1, fit_images=60)
-    params["ood"]["search"] = {"knn": {"k": [1, 5]}, "react": {"percentile": [0.8, 0.9]}}
+    params["ood"]["search"] = {"knn": {"k": [1, 5]}, "react": {"percentile": [0.8, 0.9]}, "vim": {"dim": [8, 16]}}
     params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2, artifact_images=8)
     return params
 

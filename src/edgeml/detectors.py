@@ -26,6 +26,7 @@ from pytorch_ood.detector import EnergyBased, MaxLogit as PoodMaxLogit, MaxSoftm
 from pytorch_ood.detector import ReAct as PoodReAct
 from pytorch_ood.detector import ViM as PoodViM
 from pytorch_ood.detector.odin import odin_preprocessing
+import torch.nn.functional as F
 from torch import nn
 
 from edgeml.metrics import ood_metrics
@@ -163,11 +164,12 @@ class KNN(FeatureDetector):
         self.k = int(k)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "KNN":
-        self._pood = PoodKNN(None, k=self.k).fit_features(outputs.features, labels)
+        # normalised here: F.normalize leaves an all-zero feature (dead ReLUs) at zero instead of NaN
+        self._pood = PoodKNN(None, k=self.k, normalize=False).fit_features(F.normalize(outputs.features), labels)
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        return -self._pood.predict_features(outputs.features)
+        return -self._pood.predict_features(F.normalize(outputs.features))
 
     def hyperparameters(self) -> dict[str, float]:
         return {"k": self.k}
@@ -183,6 +185,9 @@ class ViM(FeatureDetector):
         self.dim = int(dim)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ViM":
+        if len(outputs.features) <= self.dim:
+            # fewer samples than the principal subspace: no residual to scale by (division by zero)
+            raise ParamsError(f"vim dim {self.dim} needs more than {self.dim} fit images (ood.fit_images: {len(outputs.features)})")
         w, b = self.head.weight.detach(), self.head.bias.detach()
         self._pood = PoodViM(None, d=self.dim, w=w, b=b).fit_features(outputs.features, labels)
         return self
@@ -206,7 +211,11 @@ class _PooledMapDetector(FeatureDetector):
 
     def score(self, outputs: Outputs) -> torch.Tensor:
         with torch.no_grad():
-            return -self._pood.predict_feature_maps(outputs.features[:, :, None, None])
+            scores = -self._pood.predict_feature_maps(outputs.features[:, :, None, None])
+            # an all-zero feature (dead ReLUs) has nothing to prune or rescale (ASH's ratio is 0/0)
+            dead = outputs.features.abs().sum(dim=1) == 0
+            scores[dead] = torch.logsumexp(self.head(torch.zeros_like(outputs.features[dead])), dim=1)
+            return scores
 
     def hyperparameters(self) -> dict[str, float]:
         return {"percentile": self.percentile}
