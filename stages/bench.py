@@ -14,10 +14,8 @@ from edgeml.deploy import ARTIFACT_DIR, find_artifact
 from edgeml.detectors import fit_set, make_detector, predict_outputs
 from edgeml.io import read_json, write_json
 from edgeml.models import load_checkpoint, parameter_count
-from edgeml.quantization import int8_path, load_deployable
+from edgeml.quantization import fp32_paths, int8_path, load_deployable
 from edgeml.stage import run
-
-FP32_PATHS = {"fp32_torchscript": Path("models/deploy/fp32.pt"), "fp32_onnxruntime": Path("models/deploy/fp32.onnx")}
 
 
 def main() -> None:
@@ -25,14 +23,14 @@ def main() -> None:
     bench, backend = params.bench, params.quantize.backend
     torch.set_num_threads(bench.threads)  # before loading: ONNX Runtime sessions take torch's thread count
     float_model = load_checkpoint("models/fp32.pt")
-    files = {**FP32_PATHS, "int8": int8_path(backend)}
+    files = {**fp32_paths(), "int8": int8_path(backend)}
     deployed = {name: load_deployable(path, backend) for name, path in files.items()}
     cpu = benchmark.bench_cpu(
         deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
     )
     example = torch.zeros(1, 3, 32, 32)
     compute = benchmark.compare_to_floor(
-        cpu, list(FP32_PATHS), benchmark.count_macs(float_model, example), benchmark.gemm_peak_gmacs(bench.threads)
+        cpu, list(fp32_paths()), benchmark.count_macs(float_model, example), benchmark.gemm_peak_gmacs(bench.threads)
     )
     gpu = benchmark.bench_gpu(float_model, files["int8"] if files["int8"].suffix == ".onnx" else None, bench.warmup, bench.runs)
     int8_with_features = load_deployable(files["int8"], backend, features=True)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml.data import id_split, load_arrays
 from edgeml.detectors import ODIN, Detector, choose, fit_set, make_detector, predict_outputs
 from edgeml.io import atomic_dir, write_json, write_npz
 from edgeml.metrics import group_means, ood_metrics
@@ -25,16 +25,21 @@ def main() -> None:
     torch.set_num_threads(ood.threads)
     arrays = load_arrays("data/prepared/cifar10.npz")
     fit_images, fit_labels = fit_set(arrays, ood.fit_images, ood.seed)
-    images = {"id": to_tensor(arrays["test_x"])} | {
+    id_positions, id_validation = id_split(arrays, ood.id_split)
+    id_test = arrays["test_x"][id_positions]
+    images = {"id": to_tensor(id_test)} | {
         name: to_tensor(load_arrays(f"data/prepared/ood/{name}.npz")["x"]) for name in ood.sets
     }
     # Hyperparameters are chosen on validation only: ID validation images vs an OOD validation set.
-    validation = {"id": to_tensor(arrays["val_x"][: ood.validation_images])}
+    validation = {"id": to_tensor(id_validation[: ood.validation_images])}
     if ood.validation_set:
         validation["ood"] = to_tensor(load_arrays(f"data/prepared/ood/{ood.validation_set}.npz")["x"])
     # The FP32 twin: its head is re-applied by ViM, ReAct and ASH, its gradients drive ODIN's input nudge.
     twin = load_checkpoint("models/fp32.pt")
-    results: dict[str, dict] = {"hyperparameters": {}}
+    results: dict[str, dict] = {
+        "id_split": {"name": ood.id_split, "test_images": len(id_test), "validation_images": len(validation["id"])},
+        "hyperparameters": {},
+    }
     with atomic_dir(SCORES) as out:
         for model_name, model in deployed_models(params.quantize.backend, features=True).items():
             logits_model = LogitsOnly(model)
@@ -54,7 +59,7 @@ def main() -> None:
                 search = {}
                 if detector_name in ood.search:
                     detector, search = choose(
-                        detector_name, ood.search[detector_name], build,
+                        ood.search[detector_name], build,
                         lambda d: tuple(scores_on(d, validation, validation_outputs).values()),
                     )
                 else:

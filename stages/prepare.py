@@ -1,4 +1,5 @@
-"""Stage prepare: decode archives to uint8 arrays, split validation off train, build OOD sets."""
+"""Stage prepare: decode archives to uint8 arrays, split validation off train, locate OpenOOD's
+ID split in the test set, build OOD sets."""
 
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def main() -> None:
             test_index=cifar["test_index"],
         )
         counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
+        if "openood_cifar10_test_list" in sources and "openood_cifar10_val_list" in sources:
+            split = data.openood_id_split(sources, cifar["test_y"], cifar["test_index"])
+            write_npz(out / "openood_cifar10.npz", **split)
+            counts |= {"openood_test": len(split["test"]), "openood_val": len(split["val"])}
         tinyimagenet: dict[str, dict[int, np.ndarray]] = {}  # decoded once per split
         for name, spec in params.ood_sets.items():
             x = data.build_ood_set(spec, sources, params.seed, tinyimagenet)

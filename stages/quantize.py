@@ -6,9 +6,7 @@ from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.io import atomic_dir, write_json
 from edgeml.models import load_checkpoint
-from edgeml.quantization import WithFeatures, int8_path, make_quantizer, quantize
-from edgeml.quantization.eager import export_torchscript
-from edgeml.quantization.onnxrt import export_onnx
+from edgeml.quantization import export_fp32, int8_path, make_quantizer, quantize
 from edgeml.stage import run
 
 DEPLOY = "models/deploy"
@@ -20,8 +18,7 @@ def main() -> None:
     arrays = load_arrays("data/prepared/cifar10.npz")
     fp32 = load_checkpoint("models/fp32.pt")
     with atomic_dir(DEPLOY) as out:
-        export_torchscript(WithFeatures(fp32), out / "fp32.pt")
-        export_onnx(WithFeatures(fp32), out / "fp32.onnx")
+        export_fp32(fp32, out)
         quantize(quantizer, fp32, arrays, int8_path(params.backend, out))
     write_json("metrics/quantize.json", {"recipe": dataclasses.asdict(params)})
 

@@ -11,16 +11,14 @@ import torch
 
 from edgeml import benchmark
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml.data import id_split, load_arrays
 from edgeml.detectors import make_detector
 from edgeml.io import atomic_dir, write_json
 from edgeml.metrics import ood_metrics
 from edgeml.models import load_checkpoint
 from edgeml.params import ParamsError
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import WithFeatures, int8_path, load_deployable, make_quantizer, quantize
-from edgeml.quantization.eager import export_torchscript
-from edgeml.quantization.onnxrt import export_onnx
+from edgeml.quantization import export_fp32, int8_path, load_deployable, make_quantizer, quantize
 from edgeml.stage import run
 from edgeml.training import predict_logits
 
@@ -37,9 +35,7 @@ def main() -> None:
     fp32 = load_checkpoint("models/fp32.pt")
     out_dir = Path("models/sweep") / name
     with tempfile.TemporaryDirectory() as tmp, atomic_dir(out_dir) as out:
-        fp32_files = {"fp32_torchscript": Path(tmp) / "fp32.pt", "fp32_onnxruntime": Path(tmp) / "fp32.onnx"}
-        export_torchscript(WithFeatures(fp32), fp32_files["fp32_torchscript"])
-        export_onnx(WithFeatures(fp32), fp32_files["fp32_onnxruntime"])
+        fp32_files = export_fp32(fp32, tmp)
         start = time.perf_counter()
         quantize(quantizer, fp32, arrays, int8_path(recipe.backend, out))
         quantize_seconds = time.perf_counter() - start
@@ -54,18 +50,20 @@ def main() -> None:
             cpu, list(fp32_files), benchmark.count_macs(fp32, torch.zeros(1, 3, 32, 32)),
             benchmark.gemm_peak_gmacs(bench.threads),
         )
-        images = {"id": to_tensor(arrays["test_x"])} | {
+        images = {"test": to_tensor(arrays["test_x"])} | {
             s: to_tensor(load_arrays(f"data/prepared/ood/{s}.npz")["x"]) for s in params.ood.sets
         }
         labels = torch.from_numpy(arrays["test_y"])
+        id_positions, _ = id_split(arrays, params.ood.id_split)
         msp = make_detector("msp")
         quality = {}
         for model_name in ("fp32", "int8"):
             model = models["fp32_torchscript"] if model_name == "fp32" else int8
             logits = {key: predict_logits(model, x, params.ood.batch_size) for key, x in images.items()}
             scores = {key: msp.score_logits(v).numpy() for key, v in logits.items()}
+            scores["id"] = scores["test"][id_positions]
             quality[model_name] = {
-                "top1": (logits["id"].argmax(1) == labels).float().mean().item(),
+                "top1": (logits["test"].argmax(1) == labels).float().mean().item(),
                 "msp_auroc": {s: ood_metrics(scores["id"], scores[s])["auroc"] for s in params.ood.sets},
             }
     write_json(

@@ -62,6 +62,13 @@ def openood_tin_list(numbers: list[int], split: str = "val") -> str:
     return "".join(f"tin/{split}/images/{split}_{n}.JPEG -1\n" for n in numbers)
 
 
+def openood_cifar10_list(numbers: list[int]) -> str:
+    """An OpenOOD CIFAR-10 list naming test images ``numbers`` of every class."""
+    return "".join(
+        f"cifar10/test/{cls}/{n:04d}.png {label}\n" for label, cls in enumerate(CIFAR10_CLASSES) for n in numbers
+    )
+
+
 def cifar_imagefolder_files(train_per_class: int, test_per_class: int, seed: int = 0) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
     files = {}
@@ -105,7 +112,7 @@ def tinyimagenet_files(count: int, seed: int = 1) -> dict[str, bytes]:
 @pytest.fixture
 def mirror(tmp_path: Path) -> Path:
     """A local mirror like ../shared/datasets: ImageFolder CIFAR-10 and Tiny ImageNet tarballs, MNIST and
-    Fashion-MNIST idx files, OpenOOD's TIN test and validation image lists, and SHA256SUMS."""
+    Fashion-MNIST idx files, OpenOOD's TIN and CIFAR-10 test and validation image lists, and SHA256SUMS."""
     folder = tmp_path / "mirror"
     folder.mkdir()
     write_tar(folder / "cifar10-jpeg.tar.gz", cifar_imagefolder_files(train_per_class=12, test_per_class=4))
@@ -119,6 +126,8 @@ def mirror(tmp_path: Path) -> Path:
     (folder / "openood-imglist").mkdir()
     (folder / "openood-imglist" / "test_tin.txt").write_text(openood_tin_list([2, 3, 5, 7, 11, 13]))
     (folder / "openood-imglist" / "val_tin.txt").write_text(openood_tin_list([1, 4, 6, 8, 9, 10, 12, 14]))
+    (folder / "openood-imglist" / "test_cifar10.txt").write_text(openood_cifar10_list([0, 2, 3]))
+    (folder / "openood-imglist" / "val_cifar10.txt").write_text(openood_cifar10_list([1]))
     write_sha256sums(folder)
     return folder
 

@@ -1,6 +1,8 @@
 import gzip
 import io
+import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 from conftest import (
     cifar_imagefolder_files,
     idx_images_gz,
+    openood_cifar10_list,
     openood_tin_list,
     cifar_python_files,
     encode,
@@ -16,17 +19,21 @@ from conftest import (
     write_tar,
 )
 from edgeml.data import (
-    load_cifar10,
-    load_image_set,
-    load_tinyimagenet,
-    odin_crop,
     build_ood_set,
+    load_cifar10,
+    load_cifar100_test,
     load_idx_images,
+    load_svhn,
+    load_tinyimagenet,
     noise_images,
+    odin_crop,
+    id_split,
+    openood_id_split,
     read_openood_tin_list,
     resize_rgb,
     split_validation,
 )
+from edgeml.io import write_npz
 from edgeml.params import OODSetSpec
 from edgeml.preprocess import DataError, decode_image
 
@@ -132,11 +139,10 @@ def test_odin_released_archive(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     files = {f"Imagenet/test/{i}.png": encode(image) for i, image in enumerate(images)}
-    loaded = load_image_set(write_tar(tmp_path / "Imagenet.tar.gz", files))
-    np.testing.assert_array_equal(loaded, images)
+    np.testing.assert_array_equal(build("odin_imagenet_crop", "none", write_tar(tmp_path / "Imagenet.tar.gz", files)), images)
     files["Imagenet/test/9.png"] = encode(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    with pytest.raises(DataError, match="9.png: expected a 32x32 image"):
-        load_image_set(write_tar(tmp_path / "bad.tar.gz", files))
+    with pytest.raises(DataError, match="bad.tar.gz: transform none needs 32x32 images, got 64x64"):
+        build("odin_imagenet_crop", "none", write_tar(tmp_path / "bad.tar.gz", files))
 
 
 def test_idx_images_and_their_errors(tmp_path):
@@ -186,3 +192,108 @@ def test_openood_list_selects_tinyimagenet_images(tmp_path):
     (tmp_path / "list.txt").write_text("cifar10/test/cat/0001.png 3\n")
     with pytest.raises(DataError, match="list.txt:1: expected"):
         read_openood_tin_list(tmp_path / "list.txt", "val")
+
+
+def build(dataset: str, transform: str, path: Path, **spec) -> np.ndarray:
+    return build_ood_set(OODSetSpec(dataset=dataset, transform=transform, **spec), {dataset: {"path": path}}, 0, {})
+
+
+def test_svhn_official_mat_file(tmp_path):
+    from scipy.io import savemat
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    # the official layout: X is 32x32x3xN, y is Nx1 with 10 for the digit 0
+    savemat(tmp_path / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": np.array([[1], [10], [3], [4]])})
+    np.testing.assert_array_equal(load_svhn(tmp_path / "test_32x32.mat"), images)
+    np.testing.assert_array_equal(build("svhn", "none", tmp_path / "test_32x32.mat"), images)
+    (tmp_path / "bad.mat").write_bytes(b"MATLAB 5.0 nonsense")
+    with pytest.raises(DataError, match="bad.mat: not SVHN's test_32x32.mat"):
+        load_svhn(tmp_path / "bad.mat")
+
+
+def test_cifar100_official_python_tarball(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    test = {b"data": images.transpose(0, 3, 1, 2).reshape(5, -1), b"fine_labels": [0, 1, 2, 3, 4], b"coarse_labels": [0] * 5}
+    train = {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 1]}
+    files = {
+        "cifar-100-python/train": pickle.dumps(train),
+        "cifar-100-python/test": pickle.dumps(test),
+        "cifar-100-python/meta": pickle.dumps({b"fine_label_names": []}),
+    }
+    archive = write_tar(tmp_path / "cifar-100-python.tar.gz", files)
+    np.testing.assert_array_equal(build("cifar100", "none", archive), images)  # the test split only, HWC
+    with pytest.raises(DataError, match="expected one cifar-100-python/test, found 0"):
+        load_cifar100_test(write_tar(tmp_path / "empty.tar.gz", {"cifar-100-python/meta": b""}))
+
+
+def test_textures_dtd_tarball_resizes_the_central_square(tmp_path):
+    wide = np.zeros((64, 128, 3), np.uint8)
+    wide[:, 32:96] = 200  # the central 64x64 square is bright, the sides dark
+    files = {
+        "dtd/images/banded/banded_0001.jpg": encode(wide, "PNG"),
+        "dtd/images/zigzagged/zigzagged_0002.jpg": encode(np.full((100, 80, 3), 50, np.uint8), "PNG"),
+        "dtd/labels/test1.txt": b"banded/banded_0001.jpg\n",
+        "dtd/imdb/readme.jpg.txt": b"not an image",
+    }
+    x = build("textures", "resize", write_tar(tmp_path / "dtd-r1.0.1.tar.gz", files))
+    assert x.shape == (2, 32, 32, 3)
+    assert (x[0] == 200).all()  # only the central square, shrunk by area average
+    assert (x[1] == 50).all()
+
+
+def test_places365_val_256_with_seeded_sample(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {f"val_256/Places365_val_{i:08d}.jpg": encode(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for i in range(1, 7)}
+    archive = write_tar(tmp_path / "val_256.tar", files)
+    every = build("places365", "resize", archive)
+    sample = build("places365", "resize", archive, count=4)
+    assert every.shape == (6, 32, 32, 3) and sample.shape == (4, 32, 32, 3)
+    assert all((every == image).all(axis=(1, 2, 3)).any() for image in sample)  # a subset of the set
+    np.testing.assert_array_equal(sample, build("places365", "resize", archive, count=4))  # seeded
+    with pytest.raises(DataError, match="count 9 exceeds the 6 images there"):
+        build("places365", "resize", archive, count=9)
+
+
+def test_odin_lsun_and_isun_releases(tmp_path):
+    rng = np.random.default_rng(0)
+    padded = rng.integers(0, 256, (3, 36, 36, 3), dtype=np.uint8)
+    lsun = write_tar(tmp_path / "LSUN.tar.gz", {f"LSUN/test/{i}.jpg": encode(im) for i, im in enumerate(padded)})
+    np.testing.assert_array_equal(build("odin_lsun_crop", "center_crop", lsun), padded[:, 2:34, 2:34])
+    with pytest.raises(DataError, match="LSUN.tar.gz: transform none needs 32x32 images, got 36x36; use transform center_crop"):
+        build("odin_lsun_crop", "none", lsun)
+    small = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    for dataset, folder in (("odin_lsun_resize", "LSUN_resize/LSUN_resize"), ("odin_isun", "iSUN/iSUN_patches")):
+        archive = write_tar(tmp_path / f"{dataset}.tar.gz", {f"{folder}/{i}.jpeg": encode(im) for i, im in enumerate(small)})
+        np.testing.assert_array_equal(build(dataset, "none", archive), small)
+    tiny = write_tar(tmp_path / "tiny.tar.gz", {"x/0.png": encode(small[0][:20, :20])})
+    with pytest.raises(DataError, match="tiny.tar.gz: a 20x20 image is smaller than the 32x32 crop"):
+        build("odin_isun", "center_crop", tiny)
+
+
+def test_openood_cifar10_split_finds_the_listed_test_images(tmp_path):
+    arrays = load_cifar10(write_tar(tmp_path / "c.tar.gz", cifar_imagefolder_files(1, 4)))
+    (tmp_path / "test.txt").write_text(openood_cifar10_list([0, 2, 3]))
+    (tmp_path / "val.txt").write_text(openood_cifar10_list([1]))
+    sources = {"openood_cifar10_test_list": {"path": tmp_path / "test.txt"}, "openood_cifar10_val_list": {"path": tmp_path / "val.txt"}}
+    split = openood_id_split(sources, arrays["test_y"], arrays["test_index"])
+    assert len(split["test"]) == 30 and len(split["val"]) == 10
+    assert (arrays["test_index"][split["val"]] == 1).all()
+    assert arrays["test_y"][split["test"]].tolist() == [label for label in range(10) for _ in range(3)]  # list order
+    (tmp_path / "val.txt").write_text(openood_cifar10_list([1, 2]))
+    with pytest.raises(DataError, match="test and val lists share 10 images"):
+        openood_id_split(sources, arrays["test_y"], arrays["test_index"])
+    (tmp_path / "val.txt").write_text("cifar10/test/cat/0001.png 5\n")
+    with pytest.raises(DataError, match="class 'cat' does not match label 5"):
+        openood_id_split(sources, arrays["test_y"], arrays["test_index"])
+    (tmp_path / "val.txt").write_text("cifar10/test/cat/0042.png 3\n")
+    with pytest.raises(DataError, match="is not in the CIFAR-10 test set"):
+        openood_id_split(sources, arrays["test_y"], arrays["test_index"])
+
+
+def test_id_split_never_hands_test_images_to_validation(tmp_path):
+    arrays = {"test_x": np.arange(6)[:, None] * np.ones((6, 2), np.uint8), "val_x": np.full((3, 2), 99, np.uint8)}
+    positions, validation = id_split(arrays, "odin", tmp_path)
+    assert positions.tolist() == list(range(6)) and (validation == 99).all()  # ODIN: held-out training images
+    write_npz(tmp_path / "openood_cifar10.npz", test=np.array([0, 2, 3, 5]), val=np.array([1, 4]))
+    positions, validation = id_split(arrays, "openood", tmp_path)
+    assert positions.tolist() == [0, 2, 3, 5] and validation[:, 0].tolist() == [1, 4]

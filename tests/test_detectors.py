@@ -146,7 +146,7 @@ def test_choose_takes_the_setting_with_the_best_validation_auroc():
     validation_id = Outputs(torch.zeros(10, 2), fit_features[:10] + 0.01)
     validation_ood = Outputs(torch.zeros(3, 2), strays + 0.01)
     detector, record = choose(
-        "knn", {"k": [1, 10]},
+        {"k": [1, 10]},
         lambda **setting: make_detector("knn", **setting).fit(fit, labels),
         lambda d: (d.score(validation_id), d.score(validation_ood)),
     )

@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def test_committed_params_are_valid():
         ("quantize.calibration_size", 10**6, r"quantize.calibration_size: 1000000 exceeds prepare.val_size"),
         ("ood.groups", {"near": ["nope"]}, r"ood.groups.near: 'nope' is not in ood.sets"),
         ("ood.detectors", ["energy"], r"ood.detectors: must include 'msp'"),
-        ("prepare.ood_sets.gaussian.count", 0, r"prepare.ood_sets.gaussian: noise sets need .* a positive count"),
+        ("prepare.ood_sets.gaussian.count", 0, r"prepare.ood_sets.gaussian.count: must be > 0"),
+        ("prepare.ood_sets.gaussian.count", None, r"prepare.ood_sets.gaussian: noise sets need transform: none and a count"),
+        ("fetch.openood_cifar10_val_list", None, r"ood.id_split: openood uses .* fetch.openood_cifar10_val_list has no source"),
         ("fetch.mnist", None, r"prepare.ood_sets.mnist: uses mnist, but fetch.mnist has no source"),
         ("ood.validation_set", "tin_crop", r"ood.validation_set: 'tin_crop' is a test set \(in ood.sets\)"),
         ("ood.validation_set", "nope", r"ood.validation_set: 'nope' is not built by prepare.ood_sets"),
@@ -87,3 +90,17 @@ def test_load_names_the_file(tmp_path):
         load(path)
     with pytest.raises(ParamsError, match="not found"):
         load(tmp_path / "absent.yaml")
+
+
+def test_optional_ood_sets_in_params_parse_once_uncommented():
+    """The commented-out sources and sets in params.yaml are valid as documented."""
+    text = (Path(__file__).parents[1] / "params.yaml").read_text()
+    enabled = re.sub(r"(?m)^(\s*)# (\w+: \{(?:source|dataset): )", r"\1\2", text)
+    raw = yaml.safe_load(enabled)
+    optional = {"cifar100", "svhn", "textures", "places365", "lsun_crop", "lsun_resize", "isun"}
+    assert optional <= set(raw["prepare"]["ood_sets"])
+    raw["ood"]["sets"] += sorted(optional)
+    params = parse(raw)
+    assert {"svhn", "cifar100", "textures", "places365", "odin_lsun_crop", "odin_lsun_resize", "odin_isun"} <= set(
+        params.fetch.sources()
+    )

@@ -28,6 +28,8 @@ def tiny_params(mirror: Path) -> dict:
     params["fetch"]["fashion_mnist"]["source"] = str(mirror / "fashion-mnist/t10k-images-idx3-ubyte.gz")
     params["fetch"]["openood_tin_list"]["source"] = str(mirror / "openood-imglist/test_tin.txt")
     params["fetch"]["openood_tin_val_list"]["source"] = str(mirror / "openood-imglist/val_tin.txt")
+    params["fetch"]["openood_cifar10_test_list"]["source"] = str(mirror / "openood-imglist/test_cifar10.txt")
+    params["fetch"]["openood_cifar10_val_list"]["source"] = str(mirror / "openood-imglist/val_cifar10.txt")
     for noise in ("gaussian", "uniform"):
         params["prepare"]["ood_sets"][noise]["count"] = 12
     params["prepare"]["val_size"] = 20
@@ -69,6 +71,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert json.loads((project / "metrics/prepare.json").read_text())["samples"] == {
         "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30, "tin_openood": 6,
         "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12, "tin_val": 8,
+        "openood_test": 30, "openood_val": 10,
     }
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluate["test_samples"] == 40 and 0 <= evaluate["int8_top1"] <= 1
@@ -77,7 +80,7 @@ def test_dvc_repro_end_to_end(project: Path):
         for detector in params["ood"]["detectors"]:
             for ood_set in ("tin_crop", "tin_resize"):
                 m = ood[model][detector][ood_set]
-                assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (40, 30)
+                assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (30, 30)  # OpenOOD's ID test list
             far = [ood[model][detector][s]["auroc"] for s in ("mnist", "fashion_mnist", "gaussian", "uniform")]
             assert ood[model][detector]["mean_far"]["auroc"] == pytest.approx(sum(far) / 4)
     bench = json.loads((project / "metrics/bench.json").read_text())
@@ -91,6 +94,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert set(bench["detector_cost_us"]) == set(params["ood"]["detectors"]) >= {"msp", "mahalanobis", "knn", "vim", "react", "ash"}
     knn = ood["hyperparameters"]["int8"]["knn"]
     assert knn["k"] == knn["validation"]["chosen"]["k"] in (1, 5) and len(knn["validation"]["tried"]) == 2
+    assert ood["id_split"] == {"name": "openood", "test_images": 30, "validation_images": 10}
     assert "tin_val" not in ood["int8"]["msp"]  # validation data is never reported as a test set
     assert 0 <= ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] <= 1
     report = (project / "metrics/report.md").read_text()

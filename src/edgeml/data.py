@@ -1,10 +1,13 @@
-"""Decode dataset archives into compact uint8 arrays, and build ODIN's OOD sets.
+"""Decode dataset archives into compact uint8 arrays, and build the OOD sets.
 
 Readers accept the official layouts and the local mirror's:
 - CIFAR-10: the official python tarball (``cifar-10-batches-py/``) or an ImageFolder archive
   or folder (``<root>/{train,test}/<class>/NNNN.{jpg,png}``).
 - Tiny ImageNet: the official zip, or any archive or folder with
   ``tiny-imagenet-200/{test,val}/images/*.JPEG``.
+- MNIST / Fashion-MNIST: idx3 files; SVHN: ``test_32x32.mat``; CIFAR-100: the python tarball;
+  Textures: DTD's tarball (``dtd/images/``); Places365: ``val_256.tar``; ODIN's released sets
+  (TinyImageNet, LSUN crop/resize, iSUN): their tarballs of image files.
 Images are stored HWC uint8; the per-class file index is kept so OpenOOD image lists can
 name CIFAR-10 test images.
 """
@@ -17,7 +20,7 @@ import re
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,17 +133,52 @@ def load_tinyimagenet(path: str | Path, split: str) -> dict[int, np.ndarray]:
     return dict(sorted(found.items()))
 
 
-def read_openood_tin_list(path: str | Path, split: str) -> list[int]:
-    """File numbers of the Tiny ImageNet images an OpenOOD image list selects (``tin/<split>/images/<split>_N.JPEG <label>``)."""
-    pattern = re.compile(rf"^tin/{split}/images/{split}_(\d+)\.JPEG\s+-?\d+$")
-    numbers = []
+def _read_imglist(path: str | Path, pattern: str, expected: str) -> list[re.Match]:
+    """One match per line of an OpenOOD image list (``<path> <label>``), naming the bad line."""
+    regex = re.compile(pattern)
+    matches = []
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
-            match = pattern.match(line.strip())
+            match = regex.match(line.strip())
             if not match:
-                raise DataError(f"{path}:{line_no}: expected 'tin/{split}/images/{split}_N.JPEG <label>', got {line!r}")
-            numbers.append(int(match.group(1)))
-    return numbers
+                raise DataError(f"{path}:{line_no}: expected {expected!r}, got {line!r}")
+            matches.append(match)
+    return matches
+
+
+def read_openood_tin_list(path: str | Path, split: str) -> list[int]:
+    """File numbers of the Tiny ImageNet images an OpenOOD image list selects."""
+    pattern = rf"^tin/{split}/images/{split}_(\d+)\.JPEG\s+-?\d+$"
+    return [int(m.group(1)) for m in _read_imglist(path, pattern, f"tin/{split}/images/{split}_N.JPEG <label>")]
+
+
+def openood_cifar10_positions(path: str | Path, test_y: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+    """Positions in our CIFAR-10 test arrays of the images an OpenOOD list names
+    (``cifar10/test/<class>/NNNN.png <label>``, NNNN the per-class index): its ID test or validation split."""
+    matches = _read_imglist(path, r"^cifar10/test/([a-z]+)/(\d+)\.png\s+(\d+)$", "cifar10/test/<class>/NNNN.png <label>")
+    position = {(int(y), int(i)): p for p, (y, i) in enumerate(zip(test_y, test_index))}
+    out = []
+    for m in matches:
+        cls, number, label = m.group(1), int(m.group(2)), int(m.group(3))
+        if cls not in CIFAR10_CLASSES or CIFAR10_CLASSES.index(cls) != label:
+            raise DataError(f"{path}: {m.group(0)!r}: class {cls!r} does not match label {label}")
+        if (label, number) not in position:
+            raise DataError(f"{path}: {m.group(0)!r} is not in the CIFAR-10 test set we decoded")
+        out.append(position[(label, number)])
+    return np.array(out, dtype=np.int64)
+
+
+def openood_id_split(sources: dict[str, dict], test_y: np.ndarray, test_index: np.ndarray) -> dict[str, np.ndarray]:
+    """OpenOOD's ID ``test`` and ``val`` splits of the CIFAR-10 test set, as positions in our test
+    arrays; refuses lists that overlap, since hyperparameters chosen on ``val`` must not see ``test``."""
+    split = {
+        name: openood_cifar10_positions(sources[f"openood_cifar10_{name}_list"]["path"], test_y, test_index)
+        for name in ("test", "val")
+    }
+    shared = np.intersect1d(split["test"], split["val"])
+    if len(shared):
+        raise DataError(f"OpenOOD's CIFAR-10 test and val lists share {len(shared)} images; fetch the original lists")
+    return split
 
 
 def load_idx_images(path: str | Path) -> np.ndarray:
@@ -158,15 +196,21 @@ def load_idx_images(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
 
 
-def resize_rgb(images: list[np.ndarray] | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Each image to ``size`` x ``size`` RGB: area average when shrinking (ODIN's resize), bilinear
-    when enlarging (OpenOOD's for MNIST); grayscale is copied to the three channels."""
-    out = []
-    for image in images:
-        pil = Image.fromarray(image).convert("RGB")
-        method = Image.BOX if min(pil.size) >= size else Image.BILINEAR
-        out.append(np.asarray(pil.resize((size, size), method)))
-    return np.stack(out)
+def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One image to ``size`` x ``size`` RGB: its central square, area-averaged when shrinking (ODIN's
+    resize) or bilinear when enlarging (OpenOOD's for MNIST); grayscale is copied to three channels.
+    Square images are not cropped, so Tiny ImageNet and MNIST are resized whole."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    pil = Image.fromarray(image[top : top + side, left : left + side]).convert("RGB")
+    method = Image.BOX if side >= size else Image.BILINEAR
+    return np.asarray(pil.resize((size, size), method))
+
+
+def resize_rgb(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
+    """:func:`resize_image` over a set of images."""
+    return np.stack([resize_image(image, size) for image in images])
 
 
 def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -177,59 +221,137 @@ def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np
     return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
-def load_image_set(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Every image in an archive or folder (e.g. ODIN's ``Imagenet/test/*.jpg``), sorted by name."""
-    found = sorted(iter_files(path, lambda n: n.lower().endswith((".jpg", ".jpeg", ".png"))))
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def load_images(path: str | Path, under: str = "") -> Iterator[np.ndarray]:
+    """Every image file in an archive or folder whose path contains ``under`` (e.g. ODIN's
+    ``LSUN/test/*.jpg``, DTD's ``dtd/images/<class>/*.jpg``, Places365's ``val_256/*.jpg``), as RGB,
+    decoded one at a time so that a large set never sits in memory at full size."""
+    found = False
+    for name, data in iter_files(path, lambda n: under in n and n.lower().endswith(IMAGE_EXTENSIONS)):
+        found = True
+        yield np.asarray(decode_image(data, f"{path}:{name}"))
     if not found:
-        raise DataError(f"{path}: no .jpg/.jpeg/.png images found")
-    images = []
-    for name, data in found:
-        image = decode_image(data, f"{path}:{name}")
-        if image.size != (size, size):
-            raise DataError(f"{path}:{name}: expected a {size}x{size} image, got {image.size}")
-        images.append(np.asarray(image))
-    return np.stack(images)
+        raise DataError(f"{path}: no .jpg/.jpeg/.png images{f' under {under}' if under else ''} found")
 
 
-def odin_crop(images: list[np.ndarray], seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
+def load_svhn(path: str | Path) -> np.ndarray:
+    """SVHN's official ``test_32x32.mat`` (MATLAB; ``X`` is 32x32x3xN uint8) as (N, 32, 32, 3)."""
+    from scipy.io import loadmat  # scipy comes with scikit-learn; only SVHN needs it
+    from scipy.io.matlab import MatReadError
+
+    try:
+        x = loadmat(path, variable_names=["X"])["X"]
+    except (OSError, ValueError, KeyError, TypeError, MatReadError) as exc:
+        raise DataError(f"{path}: not SVHN's test_32x32.mat ({exc})") from exc
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DataError(f"{path}: expected X of shape 32x32x3xN, got {x.shape}")
+    return np.ascontiguousarray(x.transpose(3, 0, 1, 2).astype(np.uint8))
+
+
+def load_cifar100_test(path: str | Path) -> np.ndarray:
+    """CIFAR-100's 10,000 test images from the official python tarball (``cifar-100-python/test``)."""
+    pattern = re.compile(r"(^|/)cifar-100-python/test$")
+    found = [data for _, data in iter_files(path, lambda n: bool(pattern.search(n)))]
+    if len(found) != 1:
+        raise DataError(f"{path}: expected one cifar-100-python/test, found {len(found)}")
+    entry = pickle.loads(found[0], encoding="bytes")
+    return np.ascontiguousarray(entry[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _check_crop(image: np.ndarray, size: int) -> None:
+    if min(image.shape[:2]) < size:
+        raise DataError(f"a {image.shape[1]}x{image.shape[0]} image is smaller than the {size}x{size} crop; use transform resize")
+
+
+def odin_crop(images: Iterable[np.ndarray], seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """ODIN's TinyImageNet (crop): one random ``size`` x ``size`` crop per image, fixed seed."""
     rng = np.random.default_rng(seed)
     crops = []
     for image in images:
+        _check_crop(image, size)
         top = rng.integers(0, image.shape[0] - size + 1)
         left = rng.integers(0, image.shape[1] - size + 1)
         crops.append(image[top : top + size, left : left + size])
     return np.stack(crops)
 
 
-def build_ood_set(
-    spec: OODSetSpec, sources: dict[str, dict], seed: int, tinyimagenet: dict[str, dict[int, np.ndarray]]
-) -> np.ndarray:
-    """One OOD set as (N, 32, 32, 3) uint8. ``tinyimagenet`` caches decoded splits across sets."""
-    if spec.dataset in NOISE:
-        return noise_images(spec.dataset, spec.count, seed)
+def center_crop(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
+    """The central ``size`` x ``size`` window of each image (released crop sets stored larger)."""
+    crops = []
+    for image in images:
+        _check_crop(image, size)
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crops.append(image[top : top + size, left : left + size])
+    return np.stack(crops)
+
+
+def _source_images(
+    spec: OODSetSpec, sources: dict[str, dict], tinyimagenet: dict[str, dict[int, np.ndarray]]
+) -> Iterable[np.ndarray]:
+    """The images of the fetched dataset ``spec`` names, before any transform."""
     path = sources[spec.dataset]["path"]
     if spec.dataset == "tinyimagenet":
         if spec.split not in tinyimagenet:
             tinyimagenet[spec.split] = load_tinyimagenet(path, spec.split)
         by_number = tinyimagenet[spec.split]
-        if spec.imglist:
-            listed = read_openood_tin_list(sources[spec.imglist]["path"], spec.split)
-            missing = sorted(set(listed) - set(by_number))
-            if missing:
-                raise DataError(f"{path}: {len(missing)} images named by {spec.imglist} are missing, e.g. {spec.split}_{missing[0]}")
-            images = [by_number[n] for n in listed]
+        if not spec.imglist:
+            return list(by_number.values())
+        listed = read_openood_tin_list(sources[spec.imglist]["path"], spec.split)
+        missing = sorted(set(listed) - set(by_number))
+        if missing:
+            raise DataError(f"{path}: {len(missing)} images named by {spec.imglist} are missing, e.g. {spec.split}_{missing[0]}")
+        return [by_number[n] for n in listed]
+    if spec.dataset in ("mnist", "fashion_mnist"):
+        return load_idx_images(path)
+    if spec.dataset == "svhn":
+        return load_svhn(path)
+    if spec.dataset == "cifar100":
+        return load_cifar100_test(path)
+    under = {"textures": "dtd/images/", "places365": "val_256/"}.get(spec.dataset, "")
+    return load_images(path, under)
+
+
+def _as_released(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
+    """Images already ``size`` x ``size`` (sets released at 32x32), grayscale copied to RGB."""
+    out = []
+    for image in images:
+        if image.shape[:2] != (size, size):
+            raise DataError(
+                f"transform none needs {size}x{size} images, got {image.shape[1]}x{image.shape[0]}; "
+                f"use transform center_crop or resize"
+            )
+        out.append(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
+    return np.stack(out)
+
+
+def build_ood_set(
+    spec: OODSetSpec, sources: dict[str, dict], seed: int, tinyimagenet: dict[str, dict[int, np.ndarray]]
+) -> np.ndarray:
+    """One OOD set as (N, 32, 32, 3) uint8: the dataset's images (in file-number order for Tiny
+    ImageNet, list order for an OpenOOD list, archive order otherwise) made 32x32 by ``spec.transform``;
+    with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets."""
+    if spec.dataset in NOISE:
+        return noise_images(spec.dataset, spec.count, seed)
+    path = sources[spec.dataset]["path"]
+    images = _source_images(spec, sources, tinyimagenet)
+    try:
+        if spec.transform == "crop":
+            x = odin_crop(images, seed)
+        elif spec.transform == "center_crop":
+            x = center_crop(images)
+        elif spec.transform == "resize":
+            x = resize_rgb(images)
         else:
-            images = list(by_number.values())
-    elif spec.dataset in ("mnist", "fashion_mnist"):
-        images = load_idx_images(path)
-    else:
-        images = load_image_set(path)
-    if spec.transform == "crop":
-        return odin_crop(images, seed)
-    if spec.transform == "resize":
-        return resize_rgb(images)
-    return np.stack(images)
+            x = _as_released(images)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    if spec.count is not None:
+        if spec.count > len(x):
+            raise DataError(f"{path}: count {spec.count} exceeds the {len(x)} images there")
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), spec.count, replace=False))]
+    return x
 
 
 def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +364,16 @@ def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, np.sort(val)
+
+
+def id_split(arrays: dict[str, np.ndarray], name: str, prepared: str | Path = "data/prepared") -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the ID test images in the test set, ID validation images) for OOD detection, by
+    ``ood.id_split``: "odin" = the whole test set, validation held out of the training set;
+    "openood" = OpenOOD's disjoint lists over the test set (located by the prepare stage)."""
+    if name == "openood":
+        split = load_arrays(Path(prepared) / "openood_cifar10.npz")
+        return split["test"], arrays["test_x"][split["val"]]
+    return np.arange(len(arrays["test_x"])), arrays["val_x"]
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:

@@ -303,7 +303,6 @@ def make_detector(
 
 
 def choose(
-    name: str,
     grid: dict[str, list[float]],
     build: Callable[..., Detector],
     validation_scores: Callable[[Detector], tuple[torch.Tensor, torch.Tensor]],

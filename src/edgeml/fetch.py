@@ -30,6 +30,11 @@ OFFICIAL_MD5 = {
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-images-idx3-ubyte.gz": (
         "bef4ecab320f06d8554ea6380940ec79"
     ),
+    # further OOD sets (the checksums torchvision's dataset classes verify)
+    "http://ufldl.stanford.edu/housenumbers/test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz": "fff73e5086ae6bdbea199a49dfb8a4c1",
+    "http://data.csail.mit.edu/places/places365/val_256.tar": "e27b17d8d44f4af9a78502beb927f808",
 }
 CHUNK = 1 << 20
 

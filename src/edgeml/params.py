@@ -40,9 +40,21 @@ class FetchParams:
     mnist: Optional[Source] = None
     fashion_mnist: Optional[Source] = None
     # OpenOOD image lists (`<path> <label>` lines) selecting Tiny ImageNet images: its near-OOD
-    # test split, and its OOD validation split (hyperparameters are chosen on it, never on test).
+    # test split, and its OOD validation split (hyperparameters are chosen on it, never on test);
     openood_tin_list: Optional[Source] = None
     openood_tin_val_list: Optional[Source] = None
+    # ... and its ID test / validation split of the CIFAR-10 test set (ood.id_split: openood);
+    openood_cifar10_test_list: Optional[Source] = None
+    openood_cifar10_val_list: Optional[Source] = None
+    # more OOD sets, in their official formats: SVHN test_32x32.mat, CIFAR-100 python tarball,
+    # Textures (DTD) tarball, Places365 val_256.tar, and ODIN's LSUN (crop), LSUN (resize), iSUN.
+    svhn: Optional[Source] = None
+    cifar100: Optional[Source] = None
+    textures: Optional[Source] = None
+    places365: Optional[Source] = None
+    odin_lsun_crop: Optional[Source] = None
+    odin_lsun_resize: Optional[Source] = None
+    odin_isun: Optional[Source] = None
     retries: int = 3
 
     def sources(self) -> dict[str, Source]:
@@ -60,15 +72,17 @@ NOISE = ("gaussian_noise", "uniform_noise")  # generated, not fetched
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
     """An OOD set: images of a fetched dataset, made 32x32 RGB by ``transform`` (ODIN's random
-    crop, a resize, or none for sets released at 32x32), or synthetic noise as ODIN made it.
-    Tiny ImageNet needs a ``split``; ``imglist`` names a fetched OpenOOD list that selects images."""
+    crop, the central crop, a resize of the central square, or none for sets released at 32x32),
+    or synthetic noise as ODIN made it. Tiny ImageNet needs a ``split``; ``imglist`` names a
+    fetched OpenOOD list that selects images; ``count``: how many noise images, or a seeded sample."""
 
-    dataset: Literal["tinyimagenet", "odin_imagenet_crop", "odin_imagenet_resize", "mnist", "fashion_mnist",
-                     "gaussian_noise", "uniform_noise"]
-    transform: Literal["crop", "resize", "none"]
+    dataset: Literal["tinyimagenet", "mnist", "fashion_mnist", "svhn", "cifar100", "textures", "places365",
+                     "odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize",
+                     "odin_isun", "gaussian_noise", "uniform_noise"]
+    transform: Literal["crop", "center_crop", "resize", "none"]
     split: Optional[Literal["test", "val"]] = None
     imglist: Optional[Literal["openood_tin_list", "openood_tin_val_list"]] = None
-    count: Optional[int] = None  # noise images
+    count: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +150,9 @@ class OODParams:
     # must not be a test set (not in ``sets``). ``search``: detector -> hyperparameter -> grid.
     validation_set: Optional[str] = None
     validation_images: int = 1000  # ID validation images (the first of the validation split)
+    # ID test / validation: "odin" = all 10,000 CIFAR-10 test images / the held-out training split
+    # (prepare.val_size); "openood" = OpenOOD's lists over the test set (9,000 test / 1,000 validation).
+    id_split: Literal["odin", "openood"] = "odin"
     search: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
@@ -176,13 +193,12 @@ class Params:
                 raise ParamsError(f"{key}: Tiny ImageNet sets need split (test | val) and transform (crop | resize)")
             if spec.dataset != "tinyimagenet" and (spec.split is not None or spec.imglist is not None):
                 raise ParamsError(f"{key}: split and imglist apply to Tiny ImageNet only")
-            if spec.dataset.startswith("odin_") and spec.transform != "none":
-                raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none")
-            if spec.dataset in NOISE:
-                if spec.transform != "none" or not spec.count or spec.count <= 0:
-                    raise ParamsError(f"{key}: noise sets need transform: none and a positive count")
-            elif spec.count is not None:
-                raise ParamsError(f"{key}: count applies to noise sets only")
+            if spec.dataset.startswith("odin_") and spec.transform not in ("none", "center_crop"):
+                raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none (or center_crop)")
+            if spec.dataset in NOISE and (spec.transform != "none" or spec.count is None):
+                raise ParamsError(f"{key}: noise sets need transform: none and a count")
+            if spec.count is not None and spec.count <= 0:
+                raise ParamsError(f"{key}.count: must be > 0, got {spec.count!r}")
             for source in (spec.dataset, spec.imglist):  # every other name is a fetch.<name> field
                 if source and source not in NOISE and getattr(self.fetch, source) is None:
                     raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
@@ -202,6 +218,10 @@ class Params:
                 )
             if self.ood.validation_set in self.ood.sets:
                 raise ParamsError(f"ood.validation_set: {self.ood.validation_set!r} is a test set (in ood.sets); choose on held-out data")
+        if self.ood.id_split == "openood":
+            for source in ("openood_cifar10_test_list", "openood_cifar10_val_list"):
+                if getattr(self.fetch, source) is None:
+                    raise ParamsError(f"ood.id_split: openood uses OpenOOD's CIFAR-10 lists, but fetch.{source} has no source")
         for group, members in self.ood.groups.items():
             for name in members:
                 if name not in self.ood.sets:

@@ -44,6 +44,11 @@ TABLE2_KEYS = {
     "OpenOOD FPR95, OOD positive (%)": "openood_fpr95_ood_positive",
 }
 PLOT_POINTS = 200
+ID_SPLITS = {  # ood.id_split -> where the ID test and validation images come from
+    "odin": "all CIFAR-10 test images, as ODIN; hyperparameters chosen on images held out of the training set",
+    "openood": "OpenOOD's test_cifar10 list (ODIN used all 10,000 test images); hyperparameters chosen on its "
+    "val_cifar10 list, disjoint from it",
+}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -125,7 +130,8 @@ def render_markdown(
             "",
             markdown_table(table2(ood, detector, ood_set), PAPER_TABLE2 if ood_set == "tin_crop" else None),
             "",
-            f"{counts['id_samples']} ID test images, {counts['ood_samples']} OOD images; ID is the positive class.",
+            f"{counts['id_samples']} ID test images ({ID_SPLITS[ood['id_split']['name']]}), "
+            f"{counts['ood_samples']} OOD images; ID is the positive class.",
         ]
     group_text = "; ".join(f"mean_{g}: {', '.join(members)}" for g, members in groups.items())
     parts += [

@@ -19,8 +19,8 @@ from edgeml.preprocess import to_tensor
 from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatures
 
 __all__ = [
-    "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatures", "deployed_models", "int8_path",
-    "load_deployable", "load_file", "make_quantizer", "quantize", "quantizer_class",
+    "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatures", "deployed_models", "export_fp32", "fp32_paths",
+    "int8_path", "load_deployable", "load_file", "make_quantizer", "quantize", "quantizer_class",
 ]
 
 BACKENDS = {  # quantize.backend -> "module:class"
@@ -66,6 +66,22 @@ def int8_path(backend: str, folder: str | Path = "models/deploy") -> Path:
     return Path(folder) / f"int8{quantizer_class(backend).suffix}"
 
 
+def fp32_paths(folder: str | Path = "models/deploy") -> dict[str, Path]:
+    """The FP32 reference files INT8 is compared with, by path name: TorchScript and ONNX Runtime."""
+    return {"fp32_torchscript": Path(folder) / "fp32.pt", "fp32_onnxruntime": Path(folder) / "fp32.onnx"}
+
+
+def export_fp32(model: nn.Module, folder: str | Path = "models/deploy") -> dict[str, Path]:
+    """Write the float ``model`` (logits and features out) to every :func:`fp32_paths` file."""
+    from edgeml.quantization.eager import export_torchscript
+    from edgeml.quantization.onnxrt import export_onnx
+
+    paths = fp32_paths(folder)
+    export_torchscript(WithFeatures(model), paths["fp32_torchscript"])
+    export_onnx(WithFeatures(model), paths["fp32_onnxruntime"])
+    return paths
+
+
 def load_file(path: str | Path, backend: str = "fbgemm") -> nn.Module:
     """A deployable file as saved, with every output it has; loaded by the backend whose format its
     suffix names, ``backend`` first (TorchScript INT8 needs its engine)."""
@@ -87,6 +103,6 @@ def load_deployable(path: str | Path, backend: str = "fbgemm", features: bool = 
 def deployed_models(backend: str, folder: str | Path = "models/deploy", features: bool = False) -> dict[str, nn.Module]:
     """The quantize stage's FP32 reference (TorchScript) and INT8 model, as compared in accuracy and OOD metrics."""
     return {
-        "fp32": load_deployable(Path(folder) / "fp32.pt", backend, features),
+        "fp32": load_deployable(fp32_paths(folder)["fp32_torchscript"], backend, features),
         "int8": load_deployable(int8_path(backend, folder), backend, features),
     }
