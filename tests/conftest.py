@@ -62,10 +62,11 @@ def openood_tin_list(numbers: list[int], split: str = "val") -> str:
     return "".join(f"tin/{split}/images/{split}_{n}.JPEG -1\n" for n in numbers)
 
 
-def openood_cifar10_list(numbers: list[int]) -> str:
-    """An OpenOOD CIFAR-10 list naming test images ``numbers`` of every class."""
+def openood_cifar10_list(indices: list[int]) -> str:
+    """An OpenOOD CIFAR-10 list naming the test images with per-class index ``indices`` of every
+    class; OpenOOD's file names count from 1 (0001.png is index 0)."""
     return "".join(
-        f"cifar10/test/{cls}/{n:04d}.png {label}\n" for label, cls in enumerate(CIFAR10_CLASSES) for n in numbers
+        f"cifar10/test/{cls}/{i + 1:04d}.png {label}\n" for label, cls in enumerate(CIFAR10_CLASSES) for i in indices
     )
 
 

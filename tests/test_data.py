@@ -285,9 +285,10 @@ def test_openood_cifar10_split_finds_the_listed_test_images(tmp_path):
     (tmp_path / "val.txt").write_text("cifar10/test/cat/0001.png 5\n")
     with pytest.raises(DataError, match="class 'cat' does not match label 5"):
         openood_id_split(sources, arrays["test_y"], arrays["test_index"])
-    (tmp_path / "val.txt").write_text("cifar10/test/cat/0042.png 3\n")
-    with pytest.raises(DataError, match="is not in the CIFAR-10 test set"):
-        openood_id_split(sources, arrays["test_y"], arrays["test_index"])
+    for name in ("0005.png", "0000.png"):  # per-class indices 0-3 are files 0001-0004
+        (tmp_path / "val.txt").write_text(f"cifar10/test/cat/{name} 3\n")
+        with pytest.raises(DataError, match="is not in the CIFAR-10 test set"):
+            openood_id_split(sources, arrays["test_y"], arrays["test_index"])
 
 
 def test_id_split_never_hands_test_images_to_validation(tmp_path):

@@ -154,17 +154,18 @@ def read_openood_tin_list(path: str | Path, split: str) -> list[int]:
 
 def openood_cifar10_positions(path: str | Path, test_y: np.ndarray, test_index: np.ndarray) -> np.ndarray:
     """Positions in our CIFAR-10 test arrays of the images an OpenOOD list names
-    (``cifar10/test/<class>/NNNN.png <label>``, NNNN the per-class index): its ID test or validation split."""
+    (``cifar10/test/<class>/NNNN.png <label>``): its ID test or validation split. OpenOOD numbers
+    each class's images from 1 in the official order (0001-1000); our per-class index counts from 0."""
     matches = _read_imglist(path, r"^cifar10/test/([a-z]+)/(\d+)\.png\s+(\d+)$", "cifar10/test/<class>/NNNN.png <label>")
     position = {(int(y), int(i)): p for p, (y, i) in enumerate(zip(test_y, test_index))}
     out = []
     for m in matches:
-        cls, number, label = m.group(1), int(m.group(2)), int(m.group(3))
+        cls, index, label = m.group(1), int(m.group(2)) - 1, int(m.group(3))
         if cls not in CIFAR10_CLASSES or CIFAR10_CLASSES.index(cls) != label:
             raise DataError(f"{path}: {m.group(0)!r}: class {cls!r} does not match label {label}")
-        if (label, number) not in position:
+        if (label, index) not in position:
             raise DataError(f"{path}: {m.group(0)!r} is not in the CIFAR-10 test set we decoded")
-        out.append(position[(label, number)])
+        out.append(position[(label, index)])
     return np.array(out, dtype=np.int64)
 
 

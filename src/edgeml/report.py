@@ -46,8 +46,8 @@ TABLE2_KEYS = {
 PLOT_POINTS = 200
 ID_SPLITS = {  # ood.id_split -> where the ID test and validation images come from
     "odin": "all CIFAR-10 test images, as ODIN; hyperparameters chosen on images held out of the training set",
-    "openood": "OpenOOD's test_cifar10 list (ODIN used all 10,000 test images); hyperparameters chosen on its "
-    "val_cifar10 list, disjoint from it",
+    "openood": "OpenOOD's test_cifar10 list, where ODIN used all 10,000 test images; hyperparameters chosen "
+    "on OpenOOD's val_cifar10 list, disjoint from it",
 }
 
 
@@ -130,8 +130,8 @@ def render_markdown(
             "",
             markdown_table(table2(ood, detector, ood_set), PAPER_TABLE2 if ood_set == "tin_crop" else None),
             "",
-            f"{counts['id_samples']} ID test images ({ID_SPLITS[ood['id_split']['name']]}), "
-            f"{counts['ood_samples']} OOD images; ID is the positive class.",
+            f"{counts['id_samples']} ID test images, {counts['ood_samples']} OOD images; ID is the positive class. "
+            f"ID images: {ID_SPLITS[ood['id_split']['name']]}.",
         ]
     group_text = "; ".join(f"mean_{g}: {', '.join(members)}" for g, members in groups.items())
     parts += [
