@@ -6,7 +6,8 @@ from edgeml.metrics import detection_error, fpr_at_tpr, ood_metrics
 
 def test_perfect_separation():
     m = ood_metrics(np.array([0.9, 0.8, 0.7]), np.array([0.1, 0.2]))
-    assert m["auroc"] == 1.0 and m["aupr_in"] == 1.0 and m["aupr_out"] == 1.0
+    assert m["auroc"] == 1.0
+    assert m["aupr_in_ap"] == m["aupr_out_ap"] == m["aupr_in_trapz"] == m["aupr_out_trapz"] == 1.0
     assert m["fpr_at_95_tpr"] == 0.0 and m["detection_error"] == 0.0
     assert (m["id_samples"], m["ood_samples"]) == (3, 2)
 
@@ -24,10 +25,16 @@ def test_hand_computed_case():
     assert m["openood_fpr95_ood_positive"] == pytest.approx(1 / 3)
     # min 0.5(1-TPR)+0.5FPR: at (0, 2/3) -> 1/6; at (1/2, 1) -> 1/4.
     assert m["detection_error"] == pytest.approx(1 / 6)
-    # AUPR-In (AP, ID positive): precisions at recalls 1/3, 2/3, 1 are 1, 1, 3/4.
-    assert m["aupr_in"] == pytest.approx((1 + 1 + 0.75) / 3)
-    # AUPR-Out: OOD positive with negated scores: order 0(OOD) -1(ID) -2(OOD) -> AP = (1 + 2/3)/2.
-    assert m["aupr_out"] == pytest.approx((1 + 2 / 3) / 2)
+    # AUPR-In, ODIN's step sum (precision from rates TPR / (TPR + FPR)): at recalls 1/3, 2/3, 1 the
+    # precisions are 1, 1 and 1 / (1 + 1/2) = 2/3.
+    assert m["aupr_in_ap"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    # OpenOOD's trapezoids through (recall, precision by counts): (0,1) (1/3,1) (2/3,1) (2/3,2/3) (1,3/4).
+    assert m["aupr_in_trapz"] == pytest.approx(1 / 3 + 1 / 3 + (2 / 3 + 3 / 4) / 2 / 3)
+    # AUPR-Out: OOD positive, negated scores, order 0(OOD) -1(ID) -2(OOD): recalls 1/2, 1 with rate
+    # precisions 1 and (1) / (1 + 1/3) = 3/4.
+    assert m["aupr_out_ap"] == pytest.approx((1 + 3 / 4) / 2)
+    # trapezoids: (0,1) (1/2,1) (1/2,1/2) (1,2/3)
+    assert m["aupr_out_trapz"] == pytest.approx(1 / 2 + (1 / 2 + 2 / 3) / 2 / 2)
 
 
 def test_ties_move_tpr_and_fpr_together():
@@ -50,3 +57,11 @@ def test_partial_tie():
 def test_scores_must_be_finite():
     with pytest.raises(ValueError, match="NaN"):
         ood_metrics(np.array([np.nan, 1.0]), np.array([0.0]))
+
+
+def test_ap_weighs_both_classes_equally_as_odin():
+    # Duplicating every OOD score leaves ODIN's rates (and so its AUPR) unchanged; count-based AP would move.
+    ids, oods = np.array([4.0, 3.0, 1.0]), np.array([2.0, 0.0])
+    once, twice = ood_metrics(ids, oods), ood_metrics(ids, np.r_[oods, oods])
+    assert twice["aupr_in_ap"] == pytest.approx(once["aupr_in_ap"])
+    assert twice["aupr_in_trapz"] != pytest.approx(once["aupr_in_trapz"])

@@ -8,7 +8,7 @@ exactly: tied scores move TPR and FPR together, never one before the other.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 
 def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,18 +40,38 @@ def detection_error(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(np.min(0.5 * (1 - tpr) + 0.5 * fpr))
 
 
+def aupr_ap(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as ODIN's released code computes it: a step sum over
+    thresholds, ``auprBase += (recallTemp-recall)*precision`` (odin-pytorch, code/calMetric.py,
+    ``auprIn``), with precision from *rates*, ``tp / (tp + fp)`` where tp and fp are the fractions of
+    positives and negatives kept. That is average precision with both classes weighted equally;
+    here it is exact over every distinct score instead of ODIN's 200,000-point grid."""
+    weights = np.where(labels == 1, 1 / labels.sum(), 1 / (len(labels) - labels.sum()))
+    return float(average_precision_score(labels, scores, sample_weight=weights))
+
+
+def aupr_trapz(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as OpenOOD reports it: trapezoids through sklearn's PR
+    points (``metrics.auc(recall, precision)`` in openood/evaluators/metrics.py), precision by counts."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(auc(recall, precision))
+
+
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """ODIN's table: FPR at 95% TPR, detection error, AUROC, AUPR-In, AUPR-Out (fractions, not %),
     plus OpenOOD's FPR95, which takes OOD as the positive class: the fraction of ID inputs
-    rejected when 95% of OOD inputs are caught."""
+    rejected when 95% of OOD inputs are caught. AUPR comes in both published definitions:
+    ``_ap`` (ODIN's step sum, shown in Table 2 as the paper compares with ODIN) and ``_trapz`` (OpenOOD's)."""
     labels, scores = _labels_scores(id_scores, ood_scores)
     return {
         "fpr_at_95_tpr": fpr_at_tpr(id_scores, ood_scores, 0.95),
         "openood_fpr95_ood_positive": fpr_at_tpr(-np.asarray(ood_scores), -np.asarray(id_scores), 0.95),
         "detection_error": detection_error(id_scores, ood_scores),
         "auroc": float(roc_auc_score(labels, scores)),
-        "aupr_in": float(average_precision_score(labels, scores)),
-        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+        "aupr_in_ap": aupr_ap(labels, scores),
+        "aupr_out_ap": aupr_ap(1 - labels, -scores),
+        "aupr_in_trapz": aupr_trapz(labels, scores),
+        "aupr_out_trapz": aupr_trapz(1 - labels, -scores),
         "id_samples": int(len(id_scores)),
         "ood_samples": int(len(ood_scores)),
     }
@@ -59,7 +79,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
 
 def group_means(per_set: dict[str, dict[str, float]], groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     """Mean of each metric over the OOD sets of each group (e.g. near / far), keyed ``mean_<group>``."""
-    keys = ("fpr_at_95_tpr", "openood_fpr95_ood_positive", "detection_error", "auroc", "aupr_in", "aupr_out")
+    keys = ("fpr_at_95_tpr", "openood_fpr95_ood_positive", "detection_error", "auroc",
+            "aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz")
     return {
         f"mean_{group}": {key: float(np.mean([per_set[name][key] for name in members])) for key in keys}
         for group, members in groups.items()
