@@ -1,13 +1,21 @@
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from torch import nn
 
+from edgeml.models import build_resnet18
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.preprocess import normalize
-from edgeml.quantization import BACKENDS, WithFeatures, int8_path, load_deployable, make_quantizer, quantize
-from edgeml.quantization.eager import export_torchscript
+from edgeml.quantization import (
+    BACKENDS, WithFeatureMap, export_fp32, int8_path, load_deployable, load_head, make_quantizer, quantize,
+)
+from edgeml.quantization.eager import export_torchscript, load_torchscript
 from edgeml.quantization.onnxrt import export_onnx
 
 RECIPES = {
@@ -27,6 +35,10 @@ RECIPES = {
 }
 
 
+EPS32 = torch.finfo(torch.float32).eps
+q = torch.ao.quantization
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -38,28 +50,205 @@ def arrays_from(images: torch.Tensor) -> dict[str, np.ndarray]:
     return {"val_x": hwc[:64], "train_x": hwc[:64], "train_y": labels[:64], "test_x": np.full_like(hwc[:1], 255)}
 
 
-@pytest.mark.parametrize("recipe", RECIPES.values(), ids=RECIPES.keys())
-def test_every_backend_agrees_with_fp32(float_model_and_images, recipe, tmp_path):
+class FixedFakeQuant(nn.Module):
+    """A calibrated observer's quantization simulated in float. Quantized kernels clamp to the dtype's
+    range, not to the observer's (reduced) one, so the twin does too."""
+
+    def __init__(self, observer: q.ObserverBase):
+        super().__init__()
+        scale, zero_point = observer.calculate_qparams()
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        self.quant_min, self.quant_max = torch.iinfo(observer.dtype).min, torch.iinfo(observer.dtype).max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+
+
+def fake_quant_weight_(module: nn.Module) -> None:
+    observer = module.qconfig.weight()
+    observer(module.weight)
+    scale, zero_point = observer.calculate_qparams()
+    with torch.no_grad():
+        if observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine):
+            fake = torch.fake_quantize_per_channel_affine(
+                module.weight, scale, zero_point.int(), observer.ch_axis, observer.quant_min, observer.quant_max
+            )
+        else:
+            fake = torch.fake_quantize_per_tensor_affine(
+                module.weight, float(scale), int(zero_point), observer.quant_min, observer.quant_max
+            )
+        module.weight.copy_(fake)
+
+
+class OnnxUnfused(nn.Module):
+    """A QDQ file run op by op (no graph optimisation): float ops between QuantizeLinear/DequantizeLinear."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in self.session.run(None, {"input": x.numpy()}))
+
+
+def fake_quant_twin(recipe: QuantizeParams, model: nn.Module, calibration: torch.Tensor, path: Path) -> nn.Module:
+    """The PTQ model simulated in float (quantize/dequantize around float ops), built apart from the INT8 kernels:
+    eager from a freshly prepared and calibrated copy, PT2E and ONNX Runtime from the file itself, run
+    uncompiled (torch.export) or unfused (ONNX Runtime)."""
+    if recipe.backend == "onnxruntime":
+        return OnnxUnfused(path)
+    if recipe.backend == "pt2e_x86":
+        return torch.export.load(str(path)).module()
+    quantizer = make_quantizer(recipe)
+    twin = quantizer.prepare(model)
+    quantizer.calibrate(twin, calibration)
+    for module in list(twin.modules()):
+        if isinstance(getattr(module, "activation_post_process", None), q.ObserverBase):
+            module.activation_post_process = FixedFakeQuant(module.activation_post_process)
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fake_quant_weight_(module)
+    return twin.eval()
+
+
+def logits_quantization(path: Path) -> tuple[float, int] | None:
+    """The (scale, zero point) the file records for its logits output; None where the logits stay float."""
+    if path.suffix == ".pt":
+        graph = load_torchscript(path).graph
+        linear = next((n for n in graph.nodes() if n.kind() == "quantized::linear"), None)
+        return None if linear is None else (linear.inputsAt(2).toIValue(), linear.inputsAt(3).toIValue())
+    if path.suffix == ".onnx":
+        model = onnx.load(str(path))
+        stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        last = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
+        return (float(stored[last.input[1]]), int(stored[last.input[2]])) if last.op_type == "DequantizeLinear" else None
+    return None  # PT2E: the X86 quantizer leaves the last linear layer's output in float
+
+
+def weight_step(recipe: QuantizeParams, weight: torch.Tensor) -> torch.Tensor:
+    """The recipe's symmetric INT8 weight step, per output channel or one for the tensor, from the float weights:
+    torch's observers map max|w| to 127.5 (range -128..127), ONNX Runtime's to 127 (-127..127; 64 with reduce_range)."""
+    absmax = weight.abs().amax(1, keepdim=True) if recipe.per_channel else weight.abs().max()
+    if recipe.backend == "onnxruntime":
+        return absmax / (64 if recipe.reduce_range else 127)
+    return absmax / 127.5
+
+
+@dataclasses.dataclass
+class Deployed:
+    recipe: QuantizeParams
+    path: Path
+    model: nn.Module
+    twin: nn.Module | None
+
+
+@pytest.fixture(scope="module", params=RECIPES.values(), ids=RECIPES.keys())
+def deployed(request, float_model_and_images, tmp_path_factory) -> Deployed:
+    """Each recipe quantized once (64 calibration images, drawn by :func:`quantize` from the val split)."""
     model, images = float_model_and_images
-    recipe = QuantizeParams(**{**recipe.__dict__, "calibration_size": 64})
-    path = int8_path(recipe.backend, tmp_path)
-    deployed = quantize(make_quantizer(recipe), model, arrays_from(images), path)
+    recipe = QuantizeParams(**{**request.param.__dict__, "calibration_size": 64})
+    path = int8_path(recipe.backend, tmp_path_factory.mktemp(recipe.backend))
+    int8 = quantize(make_quantizer(recipe), model, arrays_from(images), path)
+    twin = None if recipe.qat_epochs else fake_quant_twin(recipe, model, images[:64], path)  # QAT: its own test
+    return Deployed(recipe, path, int8, twin)
+
+
+def test_every_backend_agrees_with_fp32(float_model_and_images, deployed):
+    model, images = float_model_and_images
     held_out = normalize(images[64:])
     with torch.no_grad():
-        (reference, reference_features), (int8, int8_features) = WithFeatures(model)(held_out), deployed(held_out)
-    # Stated tolerance, for an untrained ResNet18 on noise (the hard case: no trained structure,
-    # near-tied logits): relative L2 error of INT8 logits under 35% and top-1 agreement of at
-    # least 65% on unseen inputs (measured: see the tolerance line below). A broken conversion is far off
-    # (relative error ~1). The trained model's agreement is measured by the evaluate stage.
-    # KL (entropy) calibration clips activation ranges hard on this noise-fed model (measured
-    # relative error 0.50, agreement 62%); it is tested for what it is below.
-    tolerance, agreement = (0.6, 0.5) if recipe.observer == "entropy" else (0.35, 0.65)
-    assert relative_error(int8, reference) < tolerance and relative_error(int8_features, reference_features) < tolerance
-    assert (int8.argmax(1) == reference.argmax(1)).float().mean() >= agreement
-    assert path.stat().st_size < 13e6  # ~4x smaller than 44.7 MB of FP32 weights
+        reference, int8 = WithFeatureMap(model)(held_out), deployed.model(held_out)
+    assert [tuple(t.shape) for t in int8] == [(32, 10), (32, 512), (32, 512, 1, 1)]
+    # A sanity bound only (the fake-quant twin test below is the tight one), for an untrained
+    # ResNet18 on noise (near-tied logits): relative L2 error under 35% (60% for KL calibration,
+    # which clips this noise-fed model's ranges hard) and top-1 agreement of at least 65% (50%).
+    # A broken conversion is far off (relative error ~1).
+    tolerance, agreement = (0.6, 0.5) if deployed.recipe.observer == "entropy" else (0.35, 0.65)
+    for int8_output, reference_output in zip(int8, reference):
+        assert relative_error(int8_output, reference_output) < tolerance
+    assert (int8[0].argmax(1) == reference[0].argmax(1)).float().mean() >= agreement
+    assert deployed.path.stat().st_size < 13e6  # ~4x smaller than 44.7 MB of FP32 weights
     with torch.no_grad():  # the file, loaded afresh, runs exactly the exported model
-        torch.testing.assert_close(load_deployable(path, recipe.backend)(held_out), int8)
-        torch.testing.assert_close(load_deployable(path, recipe.backend, features=True)(held_out)[1], int8_features)
+        torch.testing.assert_close(load_deployable(deployed.path, deployed.recipe.backend)(held_out), int8[0])
+        for fresh, output in zip(load_deployable(deployed.path, deployed.recipe.backend, features=True)(held_out), int8):
+            torch.testing.assert_close(fresh, output)
+
+
+def test_int8_follows_its_fake_quant_twin(float_model_and_images, deployed, request):
+    # The INT8 kernels must compute what the recipe simulates: each layer's requantization may break
+    # a rounding tie the other way (one step, which deeper layers can amplify), so the twin must explain
+    # the INT8 model far better than the float model does, and the features (512 pooled values, each a
+    # quantized activation) must sit within one step of the twin's on average.
+    if deployed.twin is None:
+        pytest.skip("QAT's twin is its fine-tuned fake-quant model: test_qat_trains_and_int8_matches_its_fake_quant_model")
+    if deployed.recipe.backend == "qnnpack":  # known, strict: passing would mean the cause went away
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "qnnpack (ARM's engine, run on x86 here) is within one step of its twin per layer, but its rounding "
+            "differences add up over 20 layers to ~2.4 output steps on average; cause not found")))
+    model, images = float_model_and_images
+    held_out = normalize(images[64:])
+    with torch.no_grad():
+        int8, twin, reference = deployed.model(held_out), deployed.twin(held_out), WithFeatureMap(model)(held_out)
+    for name, a, b, c in zip(("logits", "features", "map"), int8, twin, reference):
+        assert (a - b).abs().mean() < 0.25 * (a - c).abs().mean(), name
+
+
+def test_head_reproduces_the_files_logits_and_holds_its_quantized_weights(float_model_and_images, deployed):
+    model, images = float_model_and_images
+    recipe = deployed.recipe
+    head = load_head(deployed.path, recipe.backend)
+    assert isinstance(head, nn.Linear) and not head.training and not head.weight.requires_grad
+    calibration = normalize(images[:64])  # inside the calibrated ranges, except where INT8 features push past them
+    with torch.no_grad():
+        logits, features, _ = deployed.model(calibration)
+        from_head = head(features)
+    # Float arithmetic: the dot products' rounding bound n*eps*sum|w x| (Higham); INT8 logits add
+    # their requantization, half a recorded step, except where they clamp at the end of the range.
+    slack = features.shape[1] * EPS32 * (features.abs() @ head.weight.abs().T + head.bias.abs())
+    quantization = logits_quantization(deployed.path)
+    if quantization is None:
+        assert ((from_head - logits).abs() <= slack).all()
+    else:
+        scale, zero_point = quantization
+        codes = torch.round(logits / scale) + zero_point
+        clamped = (codes == codes.min()) | (codes == codes.max())
+        assert ((from_head - logits).abs()[~clamped] <= scale / 2 + slack[~clamped] + 1e-6).all()
+        # Clamped logits: the head goes past the end of the range, it does not fall short of it.
+        assert (((from_head - logits) * torch.where(codes == codes.max(), 1, -1))[clamped] >= -scale / 2 - 1e-6).all()
+    # The quantized weights: within half a step of the float ones, on the recipe's grid (per-channel or per-tensor).
+    step = weight_step(recipe, model.fc.weight.detach())
+    assert ((head.weight - model.fc.weight).abs() <= step / 2 * (1 + 1e-4)).all()
+    torch.testing.assert_close(head.weight / step, torch.round(head.weight / step), atol=1e-3, rtol=0)
+    torch.testing.assert_close(head.bias, model.fc.bias, atol=1e-4, rtol=0)
+
+
+def test_minmax_logit_range_follows_reduce_range(float_model_and_images, deployed):
+    # Min-max calibration maps [min(0, lowest), max(0, highest)] FP32 logit of the calibration images
+    # onto the activation codes: 0..127 with torch's reduce_range, 0..255 without; ONNX Runtime's
+    # reduce_range narrows the weights only (checked by the weight grid above), activations keep 0..255.
+    recipe, quantization = deployed.recipe, logits_quantization(deployed.path)
+    if recipe.observer != "minmax" or quantization is None:
+        pytest.skip("the logits' range is the calibrated min-max only with the minmax observer and quantized logits")
+    model, images = float_model_and_images
+    with torch.no_grad():
+        logits = model(normalize(images[:64]))
+    codes = 127 if recipe.reduce_range and recipe.backend != "onnxruntime" else 255
+    expected = (logits.max().clamp(min=0) - logits.min().clamp(max=0)).item() / codes
+    assert quantization[0] == pytest.approx(expected, rel=1e-3)
+
+
+def test_eager_int8_file_runs_fused_blocks(deployed):
+    # fuse_model folds every batch norm into its conv and fuses conv-ReLU and add-ReLU: a missed
+    # fusion leaves quantized batch-norm or lone ReLU ops, and re-quantizes in between.
+    if deployed.path.suffix != ".pt":
+        pytest.skip("eager-mode fusion is this project's code; torch.export and ONNX Runtime fuse by pattern themselves")
+    kinds = [node.kind() for node in load_torchscript(deployed.path).graph.nodes() if node.kind().startswith("quantized::")]
+    assert kinds.count("quantized::conv2d_relu") == 9  # the stem and the first conv of each of the 8 blocks
+    assert kinds.count("quantized::add_relu") == 8  # each block's residual sum
+    assert kinds.count("quantized::conv2d") == 8 + 3  # each block's second conv, 3 downsampling convs
+    assert not [k for k in kinds if "batch_norm" in k or k in ("quantized::relu", "quantized::add")]
 
 
 def test_onnxruntime_entropy_calibration_is_not_min_max(float_model_and_images, tmp_path):
@@ -97,16 +286,43 @@ def test_qat_trains_and_int8_matches_its_fake_quant_model(float_model_and_images
     assert relative_error(int8, fake_quant) < 0.5 * relative_error(int8, start)
 
 
+
+
 @pytest.mark.parametrize("export, suffix", [(export_torchscript, ".pt"), (export_onnx, ".onnx")])
 def test_fp32_exports_round_trip(float_model_and_images, tmp_path, export, suffix):
     model, images = float_model_and_images
     x = normalize(images[:4])
-    export(WithFeatures(model), tmp_path / f"fp32{suffix}")
+    path = tmp_path / f"fp32{suffix}"
+    export(WithFeatureMap(model), path)
     with torch.no_grad():
-        logits, features = load_deployable(tmp_path / f"fp32{suffix}", features=True)(x)
-        torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(features, WithFeatures(model)(x)[1], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(load_deployable(tmp_path / f"fp32{suffix}")(x), logits)
+        outputs = load_deployable(path, features=True)(x)
+        for output, expected in zip(outputs, WithFeatureMap(model)(x)):
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(outputs[0], model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(load_deployable(path)(x), outputs[0])
+        head = load_head(path)
+        torch.testing.assert_close(head.weight, model.fc.weight, rtol=0, atol=0)
+        torch.testing.assert_close(head.bias, model.fc.bias, rtol=0, atol=0)
+        torch.testing.assert_close(head(outputs[1]), outputs[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["fp32", "fbgemm"])
+def test_cifar_stem_files_expose_the_4x4_map_that_features_pool(tmp_path, backend):
+    # ASH prunes the map before global pooling: for the CIFAR stem it is 512x4x4, and the
+    # features output is its spatial mean (INT8: the mean rounded to the map's quantization grid).
+    torch.manual_seed(0)
+    model = build_resnet18("cifar").eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    if backend == "fp32":
+        path = export_fp32(model, tmp_path)["fp32_torchscript"]
+    else:
+        path = tmp_path / "int8.pt"
+        make_quantizer(QuantizeParams(backend=backend, observer="minmax")).run(model, images, path)
+    with torch.no_grad():
+        logits, features, feature_map = load_deployable(path, "fbgemm", features=True)(normalize(images))
+    assert feature_map.shape == (4, 512, 4, 4) and features.shape == (4, 512) and logits.shape == (4, 10)
+    step = feature_map.flatten().unique().diff().min().item() if backend != "fp32" else 0.0
+    torch.testing.assert_close(features, feature_map.mean((2, 3)), rtol=0, atol=step / 2 + 1e-5)
 
 
 @pytest.mark.parametrize(

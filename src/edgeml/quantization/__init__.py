@@ -16,11 +16,12 @@ from torch import nn
 
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.preprocess import to_tensor
-from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatures
+from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatureMap
 
 __all__ = [
-    "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatures", "deployed_models", "export_fp32", "fp32_paths",
-    "int8_path", "load_deployable", "load_file", "make_quantizer", "quantize", "quantizer_class",
+    "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatureMap", "deployed_models", "deployed_paths", "export_fp32",
+    "file_quantizer", "fp32_paths", "int8_path", "load_deployable", "load_file", "load_head", "make_quantizer",
+    "quantize", "quantizer_class",
 ]
 
 BACKENDS = {  # quantize.backend -> "module:class"
@@ -72,37 +73,50 @@ def fp32_paths(folder: str | Path = "models/deploy") -> dict[str, Path]:
 
 
 def export_fp32(model: nn.Module, folder: str | Path = "models/deploy") -> dict[str, Path]:
-    """Write the float ``model`` (logits and features out) to every :func:`fp32_paths` file."""
+    """Write the float ``model`` (logits, features and feature map out) to every :func:`fp32_paths` file."""
     from edgeml.quantization.eager import export_torchscript
     from edgeml.quantization.onnxrt import export_onnx
 
     paths = fp32_paths(folder)
-    export_torchscript(WithFeatures(model), paths["fp32_torchscript"])
-    export_onnx(WithFeatures(model), paths["fp32_onnxruntime"])
+    export_torchscript(WithFeatureMap(model), paths["fp32_torchscript"])
+    export_onnx(WithFeatureMap(model), paths["fp32_onnxruntime"])
     return paths
 
 
-def load_file(path: str | Path, backend: str = "fbgemm") -> nn.Module:
-    """A deployable file as saved, with every output it has; loaded by the backend whose format its
-    suffix names, ``backend`` first (TorchScript INT8 needs its engine)."""
-    path = Path(path)
+def file_quantizer(path: str | Path, backend: str = "fbgemm") -> type[Quantizer]:
+    """The backend that reads ``path``: the one whose format its suffix names, ``backend`` first
+    (TorchScript INT8 needs its engine)."""
     for name in dict.fromkeys([backend, *BACKENDS]):
         cls = quantizer_class(name)
-        if cls.suffix == path.suffix:
-            return cls.load(path)
-    raise ValueError(f"{path}: unknown deployable format {path.suffix!r}")
+        if cls.suffix == Path(path).suffix:
+            return cls
+    raise ValueError(f"{path}: unknown deployable format {Path(path).suffix!r}")
+
+
+def load_file(path: str | Path, backend: str = "fbgemm") -> nn.Module:
+    """A deployable file as saved, with every output it has."""
+    return file_quantizer(path, backend).load(Path(path))
+
+
+def load_head(path: str | Path, backend: str = "fbgemm") -> nn.Linear:
+    """The classifier layer of the FP32 or INT8 deployable file ``path``, as a float ``nn.Linear`` (eval, no
+    grad): an INT8 file's quantized weights dequantized, and its bias. Applied to the file's own features
+    it gives the file's logits (INT8: to within the rounding of the logits' quantization)."""
+    return file_quantizer(path, backend).head(Path(path))
 
 
 def load_deployable(path: str | Path, backend: str = "fbgemm", features: bool = False) -> nn.Module:
     """A model file written by the quantize stage: normalised float NCHW in, logits out
-    (``features``: (logits, penultimate features) out)."""
+    (``features``: (logits, penultimate features [N, 512], layer4 map [N, 512, h, w]) out)."""
     model = load_file(path, backend)
     return model if features else LogitsOnly(model)
 
 
+def deployed_paths(backend: str, folder: str | Path = "models/deploy") -> dict[str, Path]:
+    """The quantize stage's FP32 reference (TorchScript) and INT8 files, as compared in accuracy and OOD metrics."""
+    return {"fp32": fp32_paths(folder)["fp32_torchscript"], "int8": int8_path(backend, folder)}
+
+
 def deployed_models(backend: str, folder: str | Path = "models/deploy", features: bool = False) -> dict[str, nn.Module]:
-    """The quantize stage's FP32 reference (TorchScript) and INT8 model, as compared in accuracy and OOD metrics."""
-    return {
-        "fp32": load_deployable(fp32_paths(folder)["fp32_torchscript"], backend, features),
-        "int8": load_deployable(int8_path(backend, folder), backend, features),
-    }
+    """The :func:`deployed_paths` files, loaded."""
+    return {name: load_deployable(path, backend, features) for name, path in deployed_paths(backend, folder).items()}

@@ -75,7 +75,13 @@ class Quantizer(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path) -> nn.Module:
-        """The deployable file as a module: normalised float NCHW in, (logits, features) out."""
+        """The deployable file as a module: normalised float NCHW in, (logits, features, feature map) out."""
+
+    @classmethod
+    @abstractmethod
+    def head(cls, path: Path) -> nn.Linear:
+        """The file's own classifier layer, float (an INT8 file's quantized weights dequantized, and its bias):
+        feature detectors that re-apply the head use it, so each model is scored with its own head."""
 
     def run(
         self,
@@ -95,23 +101,25 @@ class Quantizer(ABC):
         return self.load(path)
 
 
-class WithFeatures(nn.Module):
-    """A torchvision ResNet that also returns its penultimate (pooled) features: every deployable
-    file has both outputs, so feature-based OOD detectors run on each model's own features."""
+class WithFeatureMap(nn.Module):
+    """A torchvision ResNet that returns (logits, penultimate pooled features, layer4 activation map):
+    every deployable file has the three outputs, so feature-based OOD detectors run on each model's
+    own features, and ASH prunes the map before global pooling as published (512x4x4 for the CIFAR stem)."""
 
     def __init__(self, resnet: nn.Module):
         super().__init__()
         self.resnet = resnet
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r = self.resnet
         x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
-        features = torch.flatten(r.avgpool(r.layer4(r.layer3(r.layer2(r.layer1(x))))), 1)
-        return r.fc(features), features
+        feature_map = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        features = torch.flatten(r.avgpool(feature_map), 1)
+        return r.fc(features), features, feature_map
 
 
 class LogitsOnly(nn.Module):
-    """The logits output of a (logits, features) model, for everything that needs only logits."""
+    """The logits output of a (logits, features, feature map) model, for everything that needs only logits."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -119,6 +127,15 @@ class LogitsOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[0]
+
+
+def linear_head(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """A float, frozen ``nn.Linear`` holding a deployable file's classifier weights ([classes, features]) and bias."""
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return head.requires_grad_(False).eval()
 
 
 def normalized_batches(images: torch.Tensor, batch_size: int, desc: str) -> Iterator[torch.Tensor]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from edgeml.io import atomic_path
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.preprocess import normalize
-from edgeml.quantization.base import Quantizer, normalized_batches
+from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.training import augment
 
 q = torch.ao.quantization
@@ -99,7 +99,7 @@ class EagerQuantizer(Quantizer):
             if step % steps_per_epoch == 0:
                 order = torch.randperm(len(images), generator=generator)
             idx = order[(step % steps_per_epoch) * p.qat_batch_size : (step % steps_per_epoch + 1) * p.qat_batch_size]
-            logits, _ = prepared(normalize(augment(images[idx], generator)))
+            logits = prepared(normalize(augment(images[idx], generator)))[0]
             loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,11 +120,16 @@ class EagerQuantizer(Quantizer):
             return q.convert(prepared.eval())
 
     def export(self, converted: nn.Module, path: Path) -> None:
-        export_torchscript(converted, path)  # already returns (logits, features)
+        export_torchscript(converted, path)  # already returns (logits, features, feature map)
 
     @classmethod
     def load(cls, path: Path) -> nn.Module:
-        return load_torchscript(path, engine=cls.name)
+        module = load_torchscript(path, engine=cls.name)
+        return module if any(n.kind().startswith("quantized::") for n in module.graph.nodes()) else OneDNNFused(module)
+
+    @classmethod
+    def head(cls, path: Path) -> nn.Linear:
+        return torchscript_head(path)
 
 
 class Fbgemm(EagerQuantizer):
@@ -139,22 +144,24 @@ class Qnnpack(EagerQuantizer):
     name = "qnnpack"
 
 
-class _QuantizableResNetWithFeatures(quantizable_resnet.QuantizableResNet):
-    """torchvision's quantizable ResNet returning (logits, penultimate features), both dequantized."""
+class _QuantizableResNetWithFeatureMap(quantizable_resnet.QuantizableResNet):
+    """torchvision's quantizable ResNet returning (logits, penultimate features, layer4 map), all dequantized."""
 
     def __init__(self, num_classes: int):
         super().__init__(quantizable_resnet.QuantizableBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         self.dequant_features = q.DeQuantStub()
+        self.dequant_map = q.DeQuantStub()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.quant(x)))))
-        features = torch.flatten(self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(x))))), 1)
-        return self.dequant(self.fc(features)), self.dequant_features(features)
+        feature_map = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        features = torch.flatten(self.avgpool(feature_map), 1)
+        return self.dequant(self.fc(features)), self.dequant_features(features), self.dequant_map(feature_map)
 
 
 def quantizable_copy(model: nn.Module) -> nn.Module:
     """torchvision's quantizable ResNet18 (quant/dequant stubs, fusable blocks) with ``model``'s stem and weights."""
-    quantizable = _QuantizableResNetWithFeatures(model.fc.out_features)
+    quantizable = _QuantizableResNetWithFeatureMap(model.fc.out_features)
     quantizable.conv1 = copy.deepcopy(model.conv1)
     quantizable.maxpool = copy.deepcopy(model.maxpool)
     quantizable.load_state_dict(model.state_dict())
@@ -163,7 +170,7 @@ def quantizable_copy(model: nn.Module) -> nn.Module:
 
 def export_torchscript(model: nn.Module, path: str | Path) -> None:
     """Save a deployable TorchScript file (loads with ``torch.jit.load``, no project code needed);
-    ``model`` returns (logits, features): wrap a float ResNet in :class:`WithFeatures`."""
+    ``model`` returns (logits, features, feature map): wrap a float ResNet in :class:`WithFeatureMap`."""
     example = torch.zeros(1, 3, 32, 32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -172,9 +179,49 @@ def export_torchscript(model: nn.Module, path: str | Path) -> None:
         torch.jit.save(scripted, str(tmp))
 
 
+class OneDNNFused(nn.Module):
+    """FP32 TorchScript run with PyTorch's oneDNN Graph fuser (conv + bias + ReLU + add fused, weights
+    prepacked). Without it, ATen sends small batch-1 convolutions (the stem, the 8x8 and 4x4 stages) to
+    its im2col + GEMM fallback and runs each ReLU and add as its own parallel pass: ~3x slower than ONNX
+    Runtime at 2 threads. The switch is process-wide, so it is on only during this call."""
+
+    def __init__(self, scripted: torch.jit.ScriptModule):
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x: torch.Tensor):
+        was_on = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            return self.scripted(x)
+        finally:
+            torch.jit.enable_onednn_fusion(was_on)
+
+
 def load_torchscript(path: str | Path, engine: str = "fbgemm") -> torch.jit.ScriptModule:
     """Load a TorchScript file; INT8 kernels need the quantization engine it was built for."""
     torch.backends.quantized.engine = engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def torchscript_head(path: str | Path) -> nn.Linear:
+    """The classifier layer of a frozen TorchScript file: the linear op that computes the logits output
+    (``aten::linear`` for FP32, ``quantized::linear`` with its packed INT8 weights for INT8), read from
+    the graph's constants because freezing inlines the ``fc`` module."""
+    graph = load_torchscript(path).graph
+    (outputs,) = graph.outputs()
+    node = outputs.node().inputsAt(0).node()  # the tuple's first element: logits
+    if node.kind() == "aten::dequantize":
+        node = node.inputsAt(0).node()
+    constants = [value.toIValue() if value.node().kind() == "prim::Constant" else None for value in node.inputs()]
+    if node.kind() == "aten::linear" and isinstance(constants[1], torch.Tensor):
+        return linear_head(constants[1], constants[2])
+    if node.kind() == "quantized::linear" and constants[1] is not None:
+        weight, bias = torch.ops.quantized.linear_unpack(constants[1])
+        return linear_head(weight.dequantize(), bias)
+    raise ValueError(
+        f"{path}: the logits come from {node.kind()!r}, not a frozen linear layer with constant weights; "
+        f"export the model with edgeml.quantization.eager.export_torchscript"
+    )

@@ -27,9 +27,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, WithFeatures, normalized_batches
+from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
 
-INPUT, OUTPUTS = "input", ("logits", "features")
+INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 CALIBRATION = {  # observer param -> (ORT calibration method, calibrator options)
     "minmax": (CalibrationMethod.MinMax, {}),
     "moving_average_minmax": (CalibrationMethod.MinMax, {"moving_average": True}),
@@ -66,7 +66,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     def prepare(self, model: nn.Module) -> PreparedOnnx:
         workdir = tempfile.TemporaryDirectory(prefix="edgeml-onnx-")
         folder = Path(workdir.name)
-        export_onnx(WithFeatures(model), folder / "fp32.onnx")
+        export_onnx(WithFeatureMap(model), folder / "fp32.onnx")
         quant_pre_process(str(folder / "fp32.onnx"), str(folder / "fp32_prepared.onnx"))
         method, options = CALIBRATION[self.params.observer]
         calibrator = create_calibrator(
@@ -106,6 +106,21 @@ class OnnxRuntimeQuantizer(Quantizer):
     def load(cls, path: Path) -> nn.Module:
         return OnnxModule(path)
 
+    @classmethod
+    def head(cls, path: Path) -> nn.Linear:
+        """The Gemm that computes the logits output, its weight and bias evaluated through their
+        DequantizeLinear (per-channel or per-tensor) when quantized."""
+        model = onnx.load(str(path))
+        producers = {output: node for node in model.graph.node for output in node.output}
+        node = producers[model.graph.output[0].name]
+        while node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node = producers[node.input[0]]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+            raise ValueError(f"{path}: the logits come from {node.op_type} {node.name!r}, not a plain linear layer (Gemm)")
+        weight, bias = _constants(model, node.input[1:3])
+        return linear_head(torch.from_numpy(weight if attributes.get("transB", 0) else weight.T), torch.from_numpy(bias))
+
 
 class OnnxModule(nn.Module):
     """An ONNX Runtime session behind the ``nn.Module`` call the pipeline uses (tensor in, tensor out).
@@ -125,6 +140,31 @@ class OnnxModule(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         outputs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: images.detach().contiguous().numpy()})]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _constants(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray]:
+    """The values of tensors that depend on initializers only (e.g. a weight through its DequantizeLinear)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    inputs = {i.name for i in model.graph.input}
+    needed, pending = [], list(names)
+    while pending:
+        name = pending.pop()
+        if name in inputs:
+            raise ValueError(f"{list(names)} depend on the model's input {name!r}, not only on stored tensors")
+        if name in producers and producers[name] not in needed:
+            needed.append(producers[name])
+            pending.extend(producers[name].input)
+    graph = onnx.helper.make_graph(
+        [node for node in model.graph.node if node in needed], "constants", [],
+        [onnx.helper.make_empty_tensor_value_info(name) for name in names],
+        [t for t in model.graph.initializer if t.name in names or any(t.name in node.input for node in needed)],
+    )
+    constant = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # ONNX's own arithmetic, unfused
+    options.log_severity_level = 3
+    session = ort.InferenceSession(constant.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [value.astype(np.float32) for value in session.run(None, {})]
 
 
 def export_onnx(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 from torchvision.models.resnet import BasicBlock
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, WithFeatures, normalized_batches
+from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
 
 ACTIVATION_OBSERVERS = {
     "minmax": observers.MinMaxObserver,
@@ -29,6 +30,8 @@ ACTIVATION_OBSERVERS = {
     "histogram": observers.HistogramObserver,
 }
 EPS = 2**-12  # the X86 Inductor default configuration's observer eps
+QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
+DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
 class _UnsharedReluBlock(BasicBlock):
@@ -75,7 +78,7 @@ class PT2EX86Quantizer(Quantizer):
                 block.__class__ = _UnsharedReluBlock
                 block.relu_out = nn.ReLU()
         quantizer = x86.X86InductorQuantizer().set_global(self.config())
-        return prepare_pt2e(export_program(WithFeatures(model), torch.zeros(2, 3, 32, 32)).module(), quantizer)
+        return prepare_pt2e(export_program(WithFeatureMap(model), torch.zeros(2, 3, 32, 32)).module(), quantizer)
 
     @torch.no_grad()
     def calibrate(self, prepared: torch.fx.GraphModule, images: torch.Tensor) -> None:
@@ -84,6 +87,7 @@ class PT2EX86Quantizer(Quantizer):
 
     def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
         converted = convert_pt2e(prepared)
+        _output_dequantized(converted)
         _drop_unused_tensors(converted)  # the float weights the INT8 constants replaced
         return converted
 
@@ -95,6 +99,41 @@ class PT2EX86Quantizer(Quantizer):
     @classmethod
     def load(cls, path: Path) -> nn.Module:
         return CompiledProgram(torch.export.load(str(path)))
+
+    @classmethod
+    def head(cls, path: Path) -> nn.Linear:
+        """The ``aten.linear`` that computes the logits output, its weight evaluated through its dequantize op."""
+        module = torch.export.load(str(path)).module()
+        output = next(node for node in module.graph.nodes if node.op == "output")
+        node = output.args[0][0]
+        while node.target in (DEQUANTIZE, QUANTIZE):
+            node = node.args[0]
+        if node.target is not torch.ops.aten.linear.default:
+            raise ValueError(f"{path}: the logits come from {node.target}, not a linear layer; quantize with the pt2e_x86 backend")
+        return linear_head(_constant(module, node.args[1]), _constant(module, node.args[2]))
+
+
+def _output_dequantized(module: torch.fx.GraphModule) -> None:
+    """Graph outputs the quantizer left as float values in front of their quantize op (the layer4 map)
+    become that value quantized and dequantized, as the INT8 model's next op reads it."""
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    for value in output.all_input_nodes:
+        for quantize in (user for user in value.users if user.target is QUANTIZE):
+            output.replace_input_with(value, next(user for user in quantize.users if user.target is DEQUANTIZE))
+            break
+    module.recompile()
+
+
+def _constant(module: torch.fx.GraphModule, node: torch.fx.node.Argument) -> torch.Tensor:
+    """The value of a graph node that depends on stored tensors only (e.g. a weight through its dequantize op)."""
+    if not isinstance(node, torch.fx.Node):
+        return node
+    if node.op == "get_attr":
+        return operator.attrgetter(node.target)(module)
+    if node.op != "call_function":
+        raise ValueError(f"graph node {node.name} depends on the input, not only on stored tensors")
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda arg: _constant(module, arg))
+    return node.target(*args, **kwargs)
 
 
 def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
