@@ -1,3 +1,4 @@
+import errno
 import functools
 import hashlib
 import http.server
@@ -74,3 +75,67 @@ def test_download_failure_retries_then_names_source(http_server, tmp_path):
     with pytest.raises(FetchError, match="after 2 tries"):
         fetch("cifar10", Source(f"{http_server}/absent.tar.gz", md5="0" * 32), tmp_path / "raw", retries=2)
     assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+class TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 1,000 bytes and closes the connection after 500, as a dropped download does."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"x" * 500)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_truncated_download_is_retried_then_named(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TruncatingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        with pytest.raises(FetchError, match=r"fetch.cifar10: could not read .* after 2 tries: the transfer ended after 500 of 1000 bytes"):
+            fetch("cifar10", Source(url, md5="0" * 32), tmp_path / "raw", retries=2)
+    finally:
+        server.shutdown()
+    assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+def test_corrupt_local_archive_fails_its_checksum(mirror, tmp_path):
+    archive = mirror / "cifar10-jpeg.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])  # SHA256SUMS still lists the complete file
+    with pytest.raises(FetchError, match=r"checksum mismatch .*\(1000 bytes\).*truncated, corrupt"):
+        fetch("cifar10", Source(str(archive)), tmp_path / "raw")
+    assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+def test_full_disk_stops_at_once_and_leaves_nothing(mirror, tmp_path, monkeypatch):
+    def full(src, dst, total, desc):
+        dst.write(src.read(10))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edgeml.fetch._copy_hashing", full)
+    monkeypatch.setattr("time.sleep", lambda s: pytest.fail("a full disk must not be retried"))
+    with pytest.raises(FetchError, match=r"fetch.cifar10: cannot write .*cifar10-jpeg.tar.gz: No space left on device; free disk space"):
+        fetch("cifar10", Source(str(mirror / "cifar10-jpeg.tar.gz")), tmp_path / "raw")
+    assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+def test_relative_source_is_relative_to_the_repository_not_the_cwd(mirror, tmp_path, monkeypatch):
+    """`dvc exp run --queue/--temp` runs stages in <repo>/.dvc/tmp/exps/<tmp>/ with DVC_ROOT set to
+    the original repository; ``../mirror`` must still mean the folder beside that repository."""
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    record = fetch("cifar10", Source("../mirror/cifar10-jpeg.tar.gz"), copy / "raw")  # checked via SHA256SUMS
+    assert Path(record.path).read_bytes() == (mirror / "cifar10-jpeg.tar.gz").read_bytes()
+    assert record.source == "../mirror/cifar10-jpeg.tar.gz"  # as params.yaml names it
+    monkeypatch.delenv("DVC_ROOT")  # a stage run by hand: relative to the cwd (the repository root)
+    with pytest.raises(FetchError, match=r"fetch.cifar10.source: '../mirror/cifar10-jpeg.tar.gz' does not exist \(looked for .*tmpabc/../mirror"):
+        fetch("cifar10", Source("../mirror/cifar10-jpeg.tar.gz"), copy / "raw")
+    monkeypatch.chdir(repo)
+    assert fetch("cifar10", Source("../mirror/cifar10-jpeg.tar.gz"), tmp_path / "raw2").sha256 == record.sha256

@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from edgeml.params import NOISE, OODSetSpec
-from edgeml.preprocess import IMAGE_SIZE, DataError, decode_image
+from edgeml.params import NOISE, OODSetSpec, ParamsError
+from edgeml.preprocess import IMAGE_SIZE, DataError, decode_image, resize_rgb
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -197,23 +196,6 @@ def load_idx_images(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
 
 
-def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One image to ``size`` x ``size`` RGB: its central square, area-averaged when shrinking (ODIN's
-    resize) or bilinear when enlarging (OpenOOD's for MNIST); grayscale is copied to three channels.
-    Square images are not cropped, so Tiny ImageNet and MNIST are resized whole."""
-    height, width = image.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    pil = Image.fromarray(image[top : top + side, left : left + side]).convert("RGB")
-    method = Image.BOX if side >= size else Image.BILINEAR
-    return np.asarray(pil.resize((size, size), method))
-
-
-def resize_rgb(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
-    """:func:`resize_image` over a set of images."""
-    return np.stack([resize_image(image, size) for image in images])
-
-
 def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """ODIN's synthetic OOD sets: i.i.d. N(0.5, 1) or U(0, 1) pixels, clipped to [0, 1], as uint8."""
     rng = np.random.default_rng(seed)
@@ -361,7 +343,7 @@ def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     classes = np.unique(labels)
     per_class = val_size // len(classes)
     if per_class == 0 or per_class * len(classes) != val_size:
-        raise ValueError(f"prepare.val_size: {val_size} must be a positive multiple of {len(classes)} classes")
+        raise ParamsError(f"prepare.val_size: {val_size} must be a positive multiple of {len(classes)} classes")
     val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, np.sort(val)
@@ -378,5 +360,9 @@ def id_split(arrays: dict[str, np.ndarray], name: str, prepared: str | Path = "d
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+    """The arrays of an .npz file a stage wrote; a truncated or corrupt one names itself and the fix."""
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: unreadable or truncated ({exc}); re-run the stage that writes it") from exc

@@ -3,13 +3,16 @@
 A source is either a URL (downloaded with retries and a progress bar) or a local archive
 or folder (copied, or for a folder, hashed file by file). Nothing lands at the destination
 unless its checksum matched; the returned :class:`FetchRecord` says which source was used
-so that results from different sources are never mixed silently.
+so that results from different sources are never mixed silently. A relative local source is
+relative to the repository root, wherever the stage runs (see :func:`repository_root`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
+import os
 import shutil
 import time
 import urllib.request
@@ -18,7 +21,8 @@ from typing import BinaryIO, Optional
 
 from tqdm import tqdm
 
-from edgeml.io import atomic_path
+from edgeml.errors import EdgeMLError
+from edgeml.io import DISK_FULL, atomic_dir, atomic_path
 from edgeml.params import Source
 
 # Checksums of the official files, so an official URL needs no checksum in params.yaml.
@@ -39,7 +43,7 @@ OFFICIAL_MD5 = {
 CHUNK = 1 << 20
 
 
-class FetchError(RuntimeError):
+class FetchError(EdgeMLError):
     """A source that could not be obtained or failed its checksum."""
 
 
@@ -57,6 +61,22 @@ class FetchRecord:
 
 def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://", "ftp://"))
+
+
+def repository_root() -> Path:
+    """The folder relative local sources are relative to: the repository the pipeline runs for.
+
+    DVC sets ``DVC_ROOT`` for every stage command: the workspace for ``dvc repro`` and ``dvc exp
+    run``, and the *original* repository for ``dvc exp run --queue`` / ``--temp``, whose stages run
+    in a copy under ``.dvc/tmp/exps/``, where ``../shared`` would point elsewhere. A stage
+    started by hand runs from the repository root."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
+def local_path(source: str) -> Path:
+    """A local ``source`` as an absolute path (relative ones against :func:`repository_root`)."""
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else repository_root() / path
 
 
 def _copy_hashing(src: BinaryIO, dst: BinaryIO, total: Optional[int], desc: str) -> tuple[str, str, int]:
@@ -103,7 +123,7 @@ def expected_checksum(spec: Source) -> tuple[str, str]:
     if spec.source in OFFICIAL_MD5:
         return "md5", OFFICIAL_MD5[spec.source]
     if not _is_url(spec.source):
-        listed = _sha256sums_entry(Path(spec.source).resolve())
+        listed = _sha256sums_entry(local_path(spec.source).resolve())
         if listed:
             return "sha256", listed
     raise FetchError(
@@ -113,60 +133,70 @@ def expected_checksum(spec: Source) -> tuple[str, str]:
 
 def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRecord:
     """Copy or download ``spec.source`` into ``dest_dir``/``name`` (sources may share a file
-    name) and verify it; return what was done."""
+    name) and verify it; return what was done. Network errors and truncated transfers are
+    retried; a checksum mismatch or a full disk stops at once, leaving nothing at the destination."""
     is_url = _is_url(spec.source)
     dest_dir = dest_dir / name
-    if not is_url and Path(spec.source).is_dir():
-        return _fetch_folder(name, spec, dest_dir / Path(spec.source).name)
-    if not is_url and not Path(spec.source).is_file():
+    local = None if is_url else local_path(spec.source)
+    if local is not None and local.is_dir():
+        return _fetch_folder(name, spec, local, dest_dir / local.name)
+    if local is not None and not local.is_file():
         raise FetchError(
-            f"fetch.{name}.source: {spec.source!r} does not exist; point it at the official URL, "
-            f"or at a local copy of the archive or its extracted folder"
+            f"fetch.{name}.source: {spec.source!r} does not exist (looked for {local}); point it at the "
+            f"official URL, or at a local copy of the archive or its extracted folder"
         )
     algo, expected = expected_checksum(spec)
     dest = dest_dir / spec.source.rstrip("/").rsplit("/", 1)[-1]
     for attempt in range(1, retries + 1):
         try:
             with atomic_path(dest) as tmp, tmp.open("wb") as out:
-                if is_url:
+                if local is None:
                     with urllib.request.urlopen(spec.source, timeout=60) as response:
                         total = int(response.headers.get("Content-Length") or 0) or None
                         sha256, md5, size = _copy_hashing(response, out, total, name)
+                    if total is not None and size != total:  # urllib returns a cut-off body without an error
+                        raise ConnectionError(f"the transfer ended after {size} of {total} bytes")
                 else:
-                    with open(spec.source, "rb") as src:
-                        sha256, md5, size = _copy_hashing(src, out, Path(spec.source).stat().st_size, name)
-                out.flush()
+                    with local.open("rb") as src:
+                        sha256, md5, size = _copy_hashing(src, out, local.stat().st_size, name)
                 actual = sha256 if algo == "sha256" else md5
                 if actual != expected:
                     raise FetchError(
-                        f"fetch.{name}: checksum mismatch for {spec.source!r}: {algo} is {actual}, "
-                        f"expected {expected}; the file is corrupt or not the one params.yaml names"
+                        f"fetch.{name}: checksum mismatch for {spec.source!r} ({size} bytes): {algo} is {actual}, "
+                        f"expected {expected}; the file is truncated, corrupt or not the one params.yaml names"
                     )
             return FetchRecord(name, spec.source, dest.as_posix(), sha256, size, f"{algo}:{expected}")
-        except FetchError:
-            raise
-        except OSError as exc:  # network errors and truncated transfers: retry with backoff
+        except (OSError, http.client.HTTPException) as exc:  # network errors, cut-off transfers: retry
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise _disk_full(name, dest, exc) from exc
             if attempt == retries:
-                raise FetchError(f"fetch.{name}: could not read {spec.source!r} after {retries} tries: {exc}") from exc
-            time.sleep(2**attempt)
+                raise FetchError(
+                    f"fetch.{name}: could not read {spec.source!r} after {retries} tries: {exc or type(exc).__name__}"
+                ) from exc
+        time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
 
-def _fetch_folder(name: str, spec: Source, dest: Path) -> FetchRecord:
+def _disk_full(name: str, dest: Path, exc: OSError) -> FetchError:
+    return FetchError(f"fetch.{name}: cannot write {dest}: {exc.strerror}; free disk space and re-run")
+
+
+def _fetch_folder(name: str, spec: Source, source: Path, dest: Path) -> FetchRecord:
     """Copy an extracted dataset folder; its tree digest must match ``sha256`` when one is given."""
-    digest = tree_sha256(Path(spec.source))
+    digest = tree_sha256(source)
     if spec.sha256 and digest != spec.sha256.lower():
         raise FetchError(
             f"fetch.{name}: tree sha256 of folder {spec.source!r} is {digest}, expected {spec.sha256}"
         )
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(spec.source, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+    except shutil.Error as exc:  # copytree collects each file's error: (source, destination, reason)
+        raise FetchError(f"fetch.{name}: cannot copy {spec.source!r} to {dest}: {exc.args[0][0][2]}") from exc
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(name, dest, exc) from exc
+        raise
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     checked = f"tree-sha256:{spec.sha256}" if spec.sha256 else "unverified (local folder, no sha256 in params)"
     return FetchRecord(name, spec.source, dest.as_posix(), digest, size, checked)

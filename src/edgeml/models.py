@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from edgeml.io import atomic_path
+from edgeml.preprocess import DataError
 
 STEMS = ("torchvision", "cifar", "conv3s2")
 
@@ -37,7 +39,11 @@ def save_checkpoint(model: nn.Module, stem: str, num_classes: int, path: str | P
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The model in a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({exc}); re-run the train stage") from exc
     model = build_resnet18(checkpoint["stem"], checkpoint["num_classes"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

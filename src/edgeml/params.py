@@ -7,6 +7,8 @@ pipeline before any work starts, with a message naming the key and what is allow
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from edgeml.errors import EdgeMLError
 
-class ParamsError(ValueError):
+
+class ParamsError(EdgeMLError, ValueError):
     """A key or value in params.yaml that the pipeline cannot use."""
 
 
@@ -99,6 +103,19 @@ class ModelParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class Weights:
+    """A published FP32 checkpoint in ``models/fp32.pt``'s format: a URL or a local file (a relative
+    path is relative to the repository root), verified against ``sha256`` before it is loaded."""
+
+    source: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
+            raise ParamsError(f"train.weights.sha256: expected 64 hex digits, got {self.sha256!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
     epochs: int
     batch_size: int
@@ -109,6 +126,13 @@ class TrainParams:
     seed: int
     threads: int
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    weights: Optional[Weights] = None  # set: install these weights as models/fp32.pt instead of training
+    loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.training.logitnorm_loss
+    logitnorm_tau: float = 0.04
+
+    def __post_init__(self) -> None:
+        if self.logitnorm_tau <= 0:
+            raise ParamsError(f"train.logitnorm_tau: must be > 0, got {self.logitnorm_tau!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +143,10 @@ class QuantizeParams:
     backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime"] = "fbgemm"
     per_channel: bool = True
     observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
-    reduce_range: bool = True  # 7-bit activations: u8*s8 pairs cannot overflow int16 on CPUs without VNNI
+    reduce_range: bool = True  # torch backends: 7-bit activations (u8*s8 pairs cannot overflow int16 without VNNI); onnxruntime: 7-bit weights
     activations: Literal["uint8", "int8"] = "uint8"
     calibration_size: int = 1000
-    calibration_split: Literal["val", "train"] = "val"  # never test
+    calibration_split: Literal["train", "val"] = "train"  # never test; val is refused: it sets the package threshold
     qat_epochs: int = 0  # > 0: quantization-aware fine-tuning from the FP32 checkpoint first
     qat_images: int = 10000  # training images per QAT epoch
     qat_batch_size: int = 128
@@ -139,29 +163,35 @@ class SweepParams:
 
 @dataclasses.dataclass(frozen=True)
 class OODParams:
-    detectors: list[Literal["msp", "maxlogit", "energy", "gen", "odin", "mahalanobis", "knn", "vim", "react", "ash"]]
+    detectors: list[str]  # names in edgeml.detectors.DETECTORS
     sets: list[str]
     groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
     fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
     batch_size: int
     threads: int
-    seed: int = 0
     # Hyperparameters are chosen on validation only: ID validation images vs this OOD set, which
     # must not be a test set (not in ``sets``). ``search``: detector -> hyperparameter -> grid.
-    validation_set: Optional[str] = None
+    validation_set: str
+    seed: int = 0
     validation_images: int = 1000  # ID validation images (the first of the validation split)
     # ID test / validation: "odin" = all 10,000 CIFAR-10 test images / the held-out training split
     # (prepare.val_size); "openood" = OpenOOD's lists over the test set (9,000 test / 1,000 validation).
     id_split: Literal["odin", "openood"] = "odin"
     search: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
+    # Input-perturbation detectors (ODIN: an FP32 backward pass per image) score a seeded sample of at
+    # most this many images per test set; None = every image.
+    perturbation_images: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PackageParams:
     """The deployable artifact: which detector it carries and where its threshold sits."""
 
-    detector: Literal["msp", "maxlogit", "energy", "gen"]
+    # "auto": the logit detector with the best INT8 validation AUROC among those adding at most
+    # max_added_us per image on the INT8 model; or a detector name to force one.
+    detector: str
     id_tpr: float  # threshold keeps this fraction of ID validation images
+    max_added_us: float = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +217,31 @@ class Params:
     bench: BenchParams
 
     def __post_init__(self) -> None:
+        # Numbers were range-checked by _convert (RANGES); what follows relates keys to each other.
+        for name, source in self.fetch.sources().items():
+            for algo, digits in (("sha256", 64), ("md5", 32)):
+                digest = getattr(source, algo)
+                if digest is not None and not is_hex_digest(digest, digits):
+                    raise ParamsError(f"fetch.{name}.{algo}: expected {digits} hex digits, got {digest!r}")
+            if not source.source.strip():
+                raise ParamsError(f"fetch.{name}.source: empty; give the official URL or a local path")
+        if self.prepare.val_size % CIFAR10_CLASSES:
+            raise ParamsError(
+                f"prepare.val_size: must be a multiple of CIFAR-10's {CIFAR10_CLASSES} classes (the split is "
+                f"stratified), got {self.prepare.val_size}"
+            )
+        for key, names in [("ood.detectors", self.ood.detectors), ("ood.sets", self.ood.sets)] + [
+            (f"ood.groups.{group}", members) for group, members in self.ood.groups.items()
+        ]:
+            if not names:
+                raise ParamsError(f"{key}: must not be empty")
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ParamsError(f"{key}: {repeated} listed more than once")
+        for detector, grid in self.ood.search.items():
+            for name, values in grid.items():
+                if not values or not all(math.isfinite(v) for v in values):
+                    raise ParamsError(f"ood.search.{detector}.{name}: expected a list of finite numbers, got {values!r}")
         for name, spec in self.prepare.ood_sets.items():
             key = f"prepare.ood_sets.{name}"
             if spec.dataset == "tinyimagenet" and (spec.transform == "none" or spec.split is None):
@@ -197,8 +252,6 @@ class Params:
                 raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none (or center_crop)")
             if spec.dataset in NOISE and (spec.transform != "none" or spec.count is None):
                 raise ParamsError(f"{key}: noise sets need transform: none and a count")
-            if spec.count is not None and spec.count <= 0:
-                raise ParamsError(f"{key}.count: must be > 0, got {spec.count!r}")
             for source in (spec.dataset, spec.imglist):  # every other name is a fetch.<name> field
                 if source and source not in NOISE and getattr(self.fetch, source) is None:
                     raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
@@ -208,16 +261,13 @@ class Params:
                     f"ood.sets: {name!r} is not built by prepare.ood_sets "
                     f"(defined: {sorted(self.prepare.ood_sets)})"
                 )
-        if self.ood.search and self.ood.validation_set is None:
-            raise ParamsError("ood.search: choosing hyperparameters needs ood.validation_set (an OOD set for validation)")
-        if self.ood.validation_set is not None:
-            if self.ood.validation_set not in self.prepare.ood_sets:
-                raise ParamsError(
-                    f"ood.validation_set: {self.ood.validation_set!r} is not built by prepare.ood_sets "
-                    f"(defined: {sorted(self.prepare.ood_sets)})"
-                )
-            if self.ood.validation_set in self.ood.sets:
-                raise ParamsError(f"ood.validation_set: {self.ood.validation_set!r} is a test set (in ood.sets); choose on held-out data")
+        if self.ood.validation_set not in self.prepare.ood_sets:
+            raise ParamsError(
+                f"ood.validation_set: {self.ood.validation_set!r} is not built by prepare.ood_sets "
+                f"(defined: {sorted(self.prepare.ood_sets)})"
+            )
+        if self.ood.validation_set in self.ood.sets:
+            raise ParamsError(f"ood.validation_set: {self.ood.validation_set!r} is a test set (in ood.sets); choose on held-out data")
         if self.ood.id_split == "openood":
             for source in ("openood_cifar10_test_list", "openood_cifar10_val_list"):
                 if getattr(self.fetch, source) is None:
@@ -226,73 +276,136 @@ class Params:
             for name in members:
                 if name not in self.ood.sets:
                     raise ParamsError(f"ood.groups.{group}: {name!r} is not in ood.sets {self.ood.sets}")
-        positive = {
-            "prepare.val_size": self.prepare.val_size,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "train.lr": self.train.lr,
-            "train.threads": self.train.threads,
-            "ood.batch_size": self.ood.batch_size,
-            "ood.fit_images": self.ood.fit_images,
-            "ood.validation_images": self.ood.validation_images,
-            "ood.threads": self.ood.threads,
-            "bench.threads": self.bench.threads,
-            "bench.runs": self.bench.runs,
-            "bench.throughput_batch_size": self.bench.throughput_batch_size,
-            "bench.throughput_runs": self.bench.throughput_runs,
-            "bench.artifact_images": self.bench.artifact_images,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ParamsError(f"{key}: must be > 0, got {value!r}")
         if "msp" not in self.ood.detectors:
             raise ParamsError(f"ood.detectors: must include 'msp', the paper's baseline (Table 2); got {self.ood.detectors}")
         for name in self.ood.search:
             if name not in self.ood.detectors:
                 raise ParamsError(f"ood.search: {name!r} is not in ood.detectors {self.ood.detectors}")
-        if self.package.detector not in self.ood.detectors:
+        if self.package.detector != "auto" and self.package.detector not in self.ood.detectors:
             raise ParamsError(
                 f"package.detector: {self.package.detector!r} must be one of ood.detectors {self.ood.detectors}, "
                 f"so its OOD metrics are measured"
             )
-        if not 0 < self.package.id_tpr <= 1:
-            raise ParamsError(f"package.id_tpr: must be in (0, 1], got {self.package.id_tpr!r}")
-        if not 0 <= self.train.label_smoothing < 1:
-            raise ParamsError(f"train.label_smoothing: must be in [0, 1), got {self.train.label_smoothing!r}")
         self._check_recipe("quantize", self.quantize)
         for name, recipe in self.sweep.recipes.items():
             self._check_recipe(f"sweep.recipes.{name}", recipe)
 
     def _check_recipe(self, key: str, recipe: QuantizeParams) -> None:
-        for name in ("calibration_size", "qat_images", "qat_batch_size", "qat_lr"):
-            if getattr(recipe, name) <= 0:
-                raise ParamsError(f"{key}.{name}: must be > 0, got {getattr(recipe, name)!r}")
-        if recipe.qat_epochs < 0:
-            raise ParamsError(f"{key}.qat_epochs: must be >= 0, got {recipe.qat_epochs!r}")
-        if recipe.calibration_split == "val" and recipe.calibration_size > self.prepare.val_size:
+        if recipe.qat_images < recipe.qat_batch_size:
             raise ParamsError(
-                f"{key}.calibration_size: {recipe.calibration_size} exceeds prepare.val_size "
-                f"({self.prepare.val_size}); lower it or calibrate on calibration_split: train"
+                f"{key}.qat_images: {recipe.qat_images} is less than one batch ({key}.qat_batch_size: "
+                f"{recipe.qat_batch_size}); raise it or lower the batch size"
+            )
+        if recipe.calibration_split == "val":
+            raise ParamsError(
+                f"{key}.calibration_split: val holds the images the package threshold and the sweep's choice "
+                f"are made on; calibrate on train so the image sets stay disjoint"
             )
 
 
+def is_hex_digest(text: str, digits: int) -> bool:
+    return len(text) == digits and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+CIFAR10_CLASSES = 10  # edgeml.data cannot be imported here (it imports this module)
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key; ``high`` None is open-ended. NaN and infinity never pass."""
+
+    low: float
+    high: Optional[float] = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def check(self, value: float, key: str) -> None:
+        if not math.isfinite(value):
+            raise ParamsError(f"{key}: must be a finite number, got {value!r}")
+        below = value < self.low or (value == self.low and not self.low_inclusive)
+        above = self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive))
+        if below or above:
+            raise ParamsError(f"{key}: must be {self}, got {value!r}")
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return f"{self.low}"
+        if self.high is None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low}"
+        return f"in {'[' if self.low_inclusive else '('}{self.low}, {self.high}{']' if self.high_inclusive else ')'}"
+
+
+POSITIVE = Range(0, low_inclusive=False)
+NON_NEGATIVE = Range(0)
+SEED = Range(0, 2**32 - 1)  # what numpy's and torch's seeding accept everywhere
+THREADS = Range(1, 1024)
+FRACTION = Range(0, 1, high_inclusive=False)
+
+# Every numeric field of every params class, by "Class.field" (tests check that none is missing).
+RANGES: dict[str, Range] = {
+    "FetchParams.retries": Range(1, 100),
+    "PrepareParams.val_size": Range(0, CIFAR10_TRAIN_IMAGES, low_inclusive=False, high_inclusive=False),
+    "PrepareParams.seed": SEED,
+    "OODSetSpec.count": POSITIVE,
+    "ModelParams.num_classes": Range(CIFAR10_CLASSES, CIFAR10_CLASSES),
+    "TrainParams.epochs": POSITIVE,
+    "TrainParams.batch_size": POSITIVE,
+    "TrainParams.lr": POSITIVE,
+    "TrainParams.momentum": FRACTION,
+    "TrainParams.weight_decay": NON_NEGATIVE,
+    "TrainParams.label_smoothing": FRACTION,
+    "TrainParams.seed": SEED,
+    "TrainParams.threads": THREADS,
+    "TrainParams.logitnorm_tau": POSITIVE,
+    "QuantizeParams.calibration_size": POSITIVE,
+    "QuantizeParams.qat_epochs": NON_NEGATIVE,
+    "QuantizeParams.qat_images": POSITIVE,
+    "QuantizeParams.qat_batch_size": POSITIVE,
+    "QuantizeParams.qat_lr": POSITIVE,
+    "QuantizeParams.seed": SEED,
+    "OODParams.fit_images": POSITIVE,
+    "OODParams.batch_size": POSITIVE,
+    "OODParams.threads": THREADS,
+    "OODParams.seed": SEED,
+    "OODParams.validation_images": POSITIVE,
+    "OODParams.perturbation_images": POSITIVE,
+    "PackageParams.id_tpr": Range(0, 1, low_inclusive=False),
+    "PackageParams.max_added_us": POSITIVE,
+    "BenchParams.threads": THREADS,
+    "BenchParams.warmup": NON_NEGATIVE,
+    "BenchParams.runs": POSITIVE,
+    "BenchParams.throughput_batch_size": POSITIVE,
+    "BenchParams.throughput_runs": POSITIVE,
+    "BenchParams.artifact_images": POSITIVE,
+}
+
+
+_type_hints = functools.cache(typing.get_type_hints)  # resolving the string annotations is most of parse's time
+
+
 def _convert(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the type ``hint``, recursing into dataclasses and containers."""
+    """Check ``value`` against the type ``hint`` (and a number against its range in RANGES),
+    recursing into dataclasses and containers; any mismatch is a ParamsError naming the key."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
+        where = key or "top level"
         if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
         fields = {f.name: f for f in dataclasses.fields(hint)}
-        unknown = sorted(set(value) - set(fields))
+        unknown = sorted(set(value) - set(fields), key=str)
         if unknown:
-            raise ParamsError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-        hints = typing.get_type_hints(hint)
+            raise ParamsError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        hints = _type_hints(hint)
         kwargs = {}
         for name, field in fields.items():
             sub_key = f"{key}.{name}" if key else name
             if name in value:
                 kwargs[name] = _convert(value[name], hints[name], sub_key)
-            elif field.default is dataclasses.MISSING:
+                bounds = RANGES.get(f"{hint.__name__}.{name}")
+                if bounds is not None and kwargs[name] is not None:
+                    bounds.check(kwargs[name], sub_key)
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ParamsError(f"{sub_key}: missing")
         return hint(**kwargs)
     if origin is Literal:
@@ -304,8 +417,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        for arm in inner[:-1]:  # the first arm that accepts the value; the last one names the error
+            try:
+                return _convert(value, arm, key)
+            except ParamsError:
+                pass
+        return _convert(value, inner[-1], key)
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"{key}: expected a list, got {value!r}")
@@ -315,8 +433,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {value!r}")
         _, item = typing.get_args(hint)
+        for k in value:
+            if not isinstance(k, str):
+                raise ParamsError(f"{key}: names must be strings, got {k!r}")
         return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**53:  # beyond this an int is not a float exactly (and 10**400 is no float at all)
+            raise ParamsError(f"{key}: {value} is too large")
         return float(value)
     if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) or (
         hint is int and isinstance(value, bool)
@@ -325,14 +448,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def parse(raw: dict[str, Any]) -> Params:
-    """Validate a params mapping (as read from params.yaml)."""
-    try:
-        return _convert(raw, Params, "")
-    except ParamsError:
-        raise
-    except (TypeError, ValueError) as exc:  # e.g. a dataclass __post_init__ check
-        raise ParamsError(str(exc)) from exc
+def parse(raw: Any) -> Params:
+    """Validate a params mapping (as read from params.yaml). Every failure is a ParamsError naming
+    the key; any other exception is a bug in this module."""
+    return _convert(raw, Params, "")
 
 
 def load(path: str | Path = "params.yaml") -> Params:
@@ -342,6 +461,8 @@ def load(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: not found; run from the repository root") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read it as text ({exc})") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
     try:
