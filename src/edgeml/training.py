@@ -1,33 +1,49 @@
 """A lean, resumable training loop (airbench-style: data stays in memory as uint8 tensors).
 
 Augmentation (random crop with 4-pixel padding, horizontal flip) runs on whole batches, so
-there is no DataLoader overhead on a 2-core machine. The schedule is one-cycle. A checkpoint
-is written after every epoch; a run that finds a checkpoint with the same configuration
-fingerprint resumes from it after an interruption.
+there is no DataLoader overhead. On a CUDA GPU the uint8 training set lives in GPU memory, is
+augmented there, the model runs in bf16 autocast and channels-last, and the loss and accuracy
+are summed on the device and read once per epoch (no host sync per step). On the CPU the same
+loop runs in FP32 and gives the same weights as before these GPU paths existed. The schedule is
+one-cycle. A checkpoint holds the whole per-epoch history, from which the curves are written
+when training ends; a run that finds a checkpoint with the same configuration fingerprint
+(params, data and the training code itself) resumes from it after an interruption. Started by
+``torchrun --nproc_per_node=N``, it trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import random
+import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from dvclive import Live
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from edgeml import models, preprocess
+from edgeml.io import atomic_dir, atomic_path, write_json, write_text
+from edgeml.params import ParamsError, TrainParams
 from edgeml.preprocess import normalize
-from edgeml.io import atomic_path
-from edgeml.params import TrainParams
 
 PAD = 4
+# A checkpoint is written when this long has passed since the last one (so every epoch on a CPU,
+# every minute or so on a GPU, where an epoch takes a second) and after the last epoch.
+CHECKPOINT_SECONDS = 60.0
+# The code a checkpoint was written by: a resumed run must not mix two versions of it.
+CODE = (Path(__file__), Path(models.__file__), Path(preprocess.__file__))
 
 
 def seed_everything(seed: int) -> None:
@@ -39,26 +55,74 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: 'cuda' requested but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ParamsError("train.device: 'cuda' requested but no CUDA GPU is available; use 'auto' or 'cpu'")
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this rank's GPU
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[None]:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1: NCCL on GPUs, gloo on
+    CPUs), one GPU per local rank; a plain run stays a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield
+        return
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes checkpoints, metrics and plots."""
+    return rank_and_world()[0] == 0
+
+
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop from the zero-padded image and random horizontal flip, per image."""
+    """Random 32x32 crop from the zero-padded image and random horizontal flip, per image.
+    Runs on the images' device; ``generator`` must live there too."""
     n, c, h, w = images.shape
+    device = images.device
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
-    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
-    flip = torch.rand(n, 1, generator=generator) < 0.5
-    cols = torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w)) + dx
-    rows = torch.arange(h) + dy
+    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
+    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
+    flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
+    cols = torch.where(flip, torch.arange(w - 1, -1, -1, device=device), torch.arange(w, device=device)) + dx
+    rows = torch.arange(h, device=device) + dy
     return padded[
-        torch.arange(n).view(n, 1, 1, 1),
-        torch.arange(c).view(1, c, 1, 1),
+        torch.arange(n, device=device).view(n, 1, 1, 1),
+        torch.arange(c, device=device).view(1, c, 1, 1),
         rows.view(n, 1, h, 1),
         cols.view(n, 1, 1, w),
     ]
+
+
+def logitnorm_loss(logits: torch.Tensor, targets: torch.Tensor, tau: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """LogitNorm (Wei et al., "Mitigating Neural Network Overconfidence with Logit Normalization",
+    ICML 2022): cross-entropy of the logits scaled to norm 1/tau,
+    ``CE(f / (tau * (||f||_2 + 1e-7)), y)``, so training cannot lower the loss by growing the logits'
+    norm, which keeps softmax confidence lower on inputs unlike the training data."""
+    norms = torch.linalg.vector_norm(logits, dim=1, keepdim=True) + 1e-7
+    return F.cross_entropy(logits / (norms * tau), targets, label_smoothing=label_smoothing)
+
+
+def classification_loss(
+    logits: torch.Tensor, targets: torch.Tensor, params: TrainParams, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """The loss ``train.loss`` names (mean over the batch)."""
+    if params.loss == "logitnorm":
+        return logitnorm_loss(logits, targets, params.logitnorm_tau, label_smoothing)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
 @torch.no_grad()
@@ -70,9 +134,43 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     return torch.cat(out)
 
 
+def validation_metrics(
+    model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor, params: TrainParams, device: torch.device
+) -> dict[str, float]:
+    """Loss (``train.loss``, no label smoothing) and top-1 on the validation images."""
+    logits = predict_logits(model, val_x, device=device)
+    return {
+        "val_loss": classification_loss(logits, val_y, params).item(),
+        "val_acc": (logits.argmax(1) == val_y).float().mean().item(),
+    }
+
+
+def write_curves(history: list[dict[str, float]], live_dir: Path) -> None:
+    """Per-epoch metrics in dvclive's layout (``plots/metrics/<name>.tsv`` with a ``step``
+    column, ``metrics.json`` with the last step), rewritten whole from ``history``, so a resumed
+    run's curves are complete without appending to files an earlier run left."""
+    names = [name for name in history[0] if name != "seconds"]
+    with atomic_dir(live_dir) as tmp:
+        for name in names:
+            rows = "".join(f"{step}\t{entry[name]}\n" for step, entry in enumerate(history))
+            write_text(tmp / "plots" / "metrics" / f"{name}.tsv", f"step\t{name}\n{rows}")
+        write_json(tmp / "metrics.json", {name: history[-1][name] for name in names} | {"step": len(history) - 1})
+
+
+def code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in CODE:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def config_fingerprint(params: TrainParams, extra: dict[str, Any]) -> str:
-    """Identifies a training configuration, so a stale checkpoint is never resumed."""
-    blob = json.dumps({"train": dataclasses.asdict(params), **extra}, sort_keys=True)
+    """Identifies a training configuration (params, the training code, the number of processes
+    and whatever ``extra`` holds, e.g. the data's digest), so a stale checkpoint is never resumed."""
+    blob = json.dumps(
+        {"train": dataclasses.asdict(params), "code": code_digest(), "world_size": rank_and_world()[1], **extra},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -87,84 +185,106 @@ def train(
     live_dir: Path,
     fingerprint: str,
 ) -> dict[str, float]:
-    """Train ``model`` in place; return final validation metrics and throughput."""
+    """Train ``model`` in place; return final validation metrics and throughput.
+
+    Under DistributedDataParallel every rank draws the same permutation and augmentation of
+    each global batch of ``batch_size`` images and trains on its own slice of it, so the
+    schedule and the data seen are those of a single-process run."""
     device = resolve_device(params.device)
+    cuda = device.type == "cuda"
+    rank, world = rank_and_world()
+    if params.batch_size % world:
+        raise ParamsError(f"train.batch_size: {params.batch_size} does not split evenly over {world} processes")
+    steps_per_epoch = len(train_x) // params.batch_size  # drop the ragged last batch
+    if steps_per_epoch == 0:
+        raise ParamsError(f"train.batch_size: {params.batch_size} exceeds the {len(train_x)} training images")
+    local = slice(rank * params.batch_size // world, (rank + 1) * params.batch_size // world)
     torch.set_num_threads(params.threads)
+    torch.backends.cudnn.benchmark = cuda
     seed_everything(params.seed)
     model = model.to(device, memory_format=torch.channels_last)
-    steps_per_epoch = len(train_x) // params.batch_size  # drop the ragged last batch
+    net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=params.lr, momentum=params.momentum, nesterov=True, weight_decay=params.weight_decay
+        model.parameters(),
+        lr=params.lr,
+        momentum=params.momentum,
+        nesterov=True,
+        weight_decay=params.weight_decay,
+        fused=True if cuda else None,
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=params.lr, epochs=params.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
     )
-    generator = torch.Generator().manual_seed(params.seed)
-    start_epoch, elapsed = 0, 0.0
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    train_x, train_y = train_x.to(device), train_y.to(device)  # resident: no copy per batch
+    history: list[dict[str, float]] = []
+    log = print if rank == 0 else lambda message: None
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
-            start_epoch, elapsed = state["epoch"], state["elapsed"]
-            print(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+            history = state["history"]
+            log(f"resuming from {checkpoint_path} after epoch {len(history)}")
         else:
-            print(f"ignoring {checkpoint_path}: it was written for another configuration")
-    live = Live(str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None)
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, params.epochs):
-        model.train()
+            log(f"ignoring {checkpoint_path}: it was written for another configuration or version of the code")
+    saved = time.perf_counter()
+    for epoch in range(len(history), params.epochs):
+        net.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(train_x), generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{params.epochs}", leave=False)
-        for step in bar:
+        order = torch.randperm(len(train_x), generator=generator, device=device)
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{params.epochs}", leave=False, disable=True if rank else None)
+        for step in bar:  # no bar on other ranks, nor where output is not a terminal (disable=None)
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            x = normalize(augment(train_x[idx], generator)).to(device)
-            y = train_y[idx].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=params.label_smoothing)
+            x = normalize(augment(train_x[idx], generator)[local]).to(device)
+            y = train_y[idx][local]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = net(x)
+                loss = classification_loss(logits, y, params, params.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        elapsed += time.perf_counter() - t0
-        val_logits = predict_logits(model, val_x, device=device)
-        metrics = {
-            "train_loss": total_loss / seen,
-            "train_acc": correct / seen,
-            "val_loss": F.cross_entropy(val_logits, val_y).item(),
-            "val_acc": (val_logits.argmax(1) == val_y).float().mean().item(),
+        totals = torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        if world > 1:
+            dist.all_reduce(totals)
+            for buffer in model.buffers():  # batch-norm statistics: every rank keeps rank 0's
+                dist.broadcast(buffer, 0)
+        total, right, count = totals.tolist()  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        entry = {
+            "train_loss": total / count,
+            "train_acc": right / count,
+            **validation_metrics(model, val_x, val_y, params, device),
+            "seconds": seconds,
         }
-        for name, value in metrics.items():
-            live.log_metric(name, value)
-        live.next_step()
-        print(f"epoch {epoch + 1}/{params.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "elapsed": elapsed,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                },
-                tmp,
-            )
-    live.end()
+        history.append(entry)
+        log(f"epoch {epoch + 1}/{params.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items()))
+        if rank == 0 and (epoch + 1 == params.epochs or time.perf_counter() - saved >= CHECKPOINT_SECONDS):
+            state = {"fingerprint": fingerprint, "history": history, "generator": generator.get_state()}
+            state |= {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save(state, tmp)
+            saved = time.perf_counter()
+    if rank == 0:
+        write_curves(history, live_dir)
     model.to("cpu", memory_format=torch.contiguous_format)
+    seconds = [entry["seconds"] for entry in history]
     return {
-        **metrics,
+        **{k: v for k, v in history[-1].items() if k != "seconds"},
         "epochs": params.epochs,
-        "train_seconds": elapsed,
-        "train_images_per_second": params.epochs * steps_per_epoch * params.batch_size / max(elapsed, 1e-9),
+        "train_seconds": sum(seconds),
+        "seconds_per_epoch": sum(seconds) / params.epochs,
+        "median_epoch_seconds": statistics.median(seconds),  # the first epoch also tunes cuDNN
+        "train_images_per_second": params.epochs * steps_per_epoch * params.batch_size / max(sum(seconds), 1e-9),
         "device": device.type,
+        "processes": world,
     }
