@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,6 @@ from edgeml.deploy import (
     sha256_file,
     threshold_at_tpr,
 )
-from edgeml.detectors import MSP
 from edgeml.params import QuantizeParams
 from edgeml.quantization import int8_path, load_deployable, make_quantizer
 from edgeml.training import predict_logits
@@ -29,20 +29,27 @@ from edgeml.training import predict_logits
 BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def artifact(request, float_model_and_images, tmp_path_factory):
-    """(artifact path, in-pipeline INT8 model path, threshold) built from a small calibrated ResNet18."""
-    model, images = float_model_and_images
-    backend = request.param
-    folder = tmp_path_factory.mktemp(f"artifact-{backend}")
+def msp(logits: torch.Tensor) -> torch.Tensor:
+    """The maximum softmax probability: a logit detector's score, as the artifact carries one."""
+    return logits.softmax(dim=1).amax(dim=1)
+
+
+def make_artifact(backend: str, model: torch.nn.Module, images: torch.Tensor, folder: Path) -> tuple[Path, Path, float]:
+    """(artifact path, in-pipeline INT8 model path, threshold) of ``backend`` built from ``model``, as the package stage does."""
     observer = "minmax" if backend == "onnxruntime" else "histogram"
     quantizer = make_quantizer(QuantizeParams(backend=backend, observer=observer, calibration_size=64))
     quantizer.run(model, images[:64], int8_path(backend, folder))
-    threshold = threshold_at_tpr(MSP().score_logits(predict_logits(load_deployable(int8_path(backend, folder), backend), images)).numpy(), 0.95)
+    threshold = threshold_at_tpr(msp(predict_logits(load_deployable(int8_path(backend, folder), backend), images)).numpy(), 0.95)
     metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp", "threshold": threshold}
     path = artifact_path(backend, folder)
-    build_artifact(int8_path(backend, folder), backend, MSP().score_logits, metadata, path)
+    build_artifact(int8_path(backend, folder), backend, msp, metadata, path)
     return path, int8_path(backend, folder), threshold
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def artifact(request, float_model_and_images, tmp_path_factory):
+    """(artifact path, in-pipeline INT8 model path, threshold) built from a small calibrated ResNet18."""
+    return make_artifact(request.param, *float_model_and_images, tmp_path_factory.mktemp(f"artifact-{request.param}"))
 
 
 def png(array: np.ndarray) -> bytes:
@@ -72,7 +79,7 @@ def test_artifact_round_trips(artifact, float_model_and_images):
     int8 = load_deployable(int8_path, loaded.metadata["backend"])
     with torch.no_grad():
         probs, scores = loaded.module(images)
-    np.testing.assert_allclose(scores.numpy(), MSP().score_logits(predict_logits(int8, images)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), msp(predict_logits(int8, images)).numpy(), rtol=1e-5, atol=1e-6)
     records = loaded.predict_images(images.permute(0, 2, 3, 1).numpy())
     assert [r["class"] for r in records] == [CIFAR10_CLASSES[k] for k in probs.argmax(1)]
     assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()
@@ -134,6 +141,8 @@ def test_a_plain_model_file_is_not_an_artifact(artifact):
 
 
 def test_installed_command(artifact, tmp_path):
+    """The command as users run it: a record on stdout, nothing on stderr (torch's C++ deprecation
+    notice for quantized tensors, printed when a TorchScript INT8 model loads, is dropped)."""
     path, _, _ = artifact
     image = tmp_path / "x.png"
     image.write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
@@ -143,3 +152,4 @@ def test_installed_command(artifact, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["file"] == str(image)
+    assert result.stderr == ""

@@ -5,70 +5,59 @@ detector's score and, as metadata (``edgeml.json``), the class names, input spec
 name and decision threshold. Its format is the quantization backend's: TorchScript (``.pt``,
 loads with ``torch.jit.load``), torch.export (``.pt2``) or ONNX (``.onnx``, runs with
 onnxruntime alone). A ``.sha256`` file beside it guards against a truncated or tampered copy.
+
+Running one needs numpy and Pillow, plus onnxruntime for ``.onnx`` or torch for ``.pt``/``.pt2``:
+torch is imported only to build an artifact or to load a torch-format one.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
-import warnings
+import os
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import nn
 
+from edgeml.errors import EdgeMLError
 from edgeml.io import atomic_path, write_text
-from edgeml.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, DataError, decode_image, normalize, to_tensor
-from edgeml.quantization import load_deployable, load_file, quantizer_class
-from edgeml.quantization.base import LogitsOnly
+from edgeml.preprocess import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGE_SIZE,
+    MAX_FILE_MB,
+    MAX_MEGAPIXELS,
+    PREPROCESSING,
+    DataError,
+    read_image,
+)
+from edgeml.runtime import OnnxRunner, Runner, TorchRunner
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "edgeml-artifact/1"
 METADATA = "edgeml.json"
 ARTIFACT_DIR = Path("models/artifact")
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads that decode files while the model runs
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(EdgeMLError, RuntimeError):
     """A missing, tampered or unreadable artifact."""
-
-
-class _Pipeline(nn.Module):
-    """uint8 NCHW images -> (class probabilities, OOD score): what the artifact computes."""
-
-    def __init__(self, model: nn.Module, score_logits: ScoreFn):
-        super().__init__()
-        self.model = model
-        self.score_logits = score_logits
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(normalize(images))
-        return logits.softmax(dim=1), self.score_logits(logits)
-
-
-class _Scores(nn.Module):
-    """logits -> (class probabilities, OOD score): the ONNX artifact's tail."""
-
-    def __init__(self, score_logits: ScoreFn):
-        super().__init__()
-        self.score_logits = score_logits
-
-    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.softmax(dim=1), self.score_logits(logits)
-
-
-class _Normalize(nn.Module):
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize(images)
 
 
 def artifact_path(backend: str, folder: str | Path = ARTIFACT_DIR) -> Path:
     """Where the package stage writes the artifact for ``backend`` (its suffix is the backend's format)."""
+    from edgeml.quantization import quantizer_class
+
     return Path(folder) / f"edgeml_int8{quantizer_class(backend).suffix}"
 
 
@@ -84,110 +73,78 @@ def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
 
 
 def build_artifact(
-    int8_path: str | Path, backend: str, score_logits: ScoreFn, metadata: dict[str, Any], out_path: str | Path
+    int8_path: str | Path,
+    backend: str,
+    score_logits: Callable[["torch.Tensor"], "torch.Tensor"],
+    metadata: dict[str, Any],
+    out_path: str | Path,
 ) -> str:
     """Preprocessing + INT8 model + detector in one file of the backend's format, with metadata; write its .sha256; return the digest."""
-    int8_path, out_path = Path(int8_path), Path(out_path)
+    from edgeml.artifact_export import write_artifact
+
+    out_path = Path(out_path)
     meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
-    writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
-    with torch.no_grad(), warnings.catch_warnings(), atomic_path(out_path) as tmp:
-        warnings.simplefilter("ignore")  # TorchScript/ONNX exporter deprecation and constant-capture notices
-        writers[int8_path.suffix](int8_path, backend, score_logits, meta, tmp)
+    with atomic_path(out_path) as tmp:
+        write_artifact(Path(int8_path), backend, score_logits, meta, tmp)
     digest = sha256_file(out_path)
     write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
     return digest
 
 
-def _example_images(batch: int = 2) -> torch.Tensor:
-    return torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-
-
-def _write_torchscript(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
-    pipeline = _Pipeline(load_deployable(int8_path, backend), score_logits).eval()
-    traced = torch.jit.freeze(torch.jit.trace(pipeline, _example_images()))
-    torch.jit.save(traced, str(out), _extra_files={METADATA: meta})
-
-
-def _write_exported(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
-    from edgeml.quantization.pt2e import export_program
-
-    pipeline = _Pipeline(LogitsOnly(torch.export.load(str(int8_path)).module()), score_logits)
-    torch.export.save(export_program(pipeline, _example_images()), str(out), extra_files={METADATA: meta})
-
-
-def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
-    """The INT8 graph, unchanged, between a normalisation head and a detector tail (onnx.compose)."""
-    import onnx
-    import onnx.compose
-
-    from edgeml.quantization.onnxrt import export_onnx
-
-    model = onnx.load(str(int8_path))
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    head_path, tail_path = out.with_suffix(".head.onnx"), out.with_suffix(".tail.onnx")
-    try:
-        export_onnx(_Normalize(), head_path, _example_images(), ["images"], ["normalized"], opset)
-        export_onnx(_Scores(score_logits), tail_path, torch.zeros(2, 10), ["logits"], ["probabilities", "ood_score"], opset)
-        head, tail = onnx.load(str(head_path)), onnx.load(str(tail_path))
-    finally:
-        head_path.unlink(missing_ok=True)
-        tail_path.unlink(missing_ok=True)
-    head.ir_version = tail.ir_version = model.ir_version
-    (model_input,) = model.graph.input
-    merged = onnx.compose.merge_models(
-        head, model, io_map=[("normalized", model_input.name)], prefix2="model/", outputs=["model/logits"]
-    )
-    merged = onnx.compose.merge_models(merged, tail, io_map=[("model/logits", "logits")], prefix2="detector/")
-    for output in merged.graph.output:  # plain output names, as the other formats have
-        merged.graph.node.append(onnx.helper.make_node("Identity", [output.name], [output.name.removeprefix("detector/")]))
-        output.name = output.name.removeprefix("detector/")
-    onnx.helper.set_model_props(merged, {METADATA: meta})
-    onnx.checker.check_model(merged)
-    onnx.save(merged, str(out))
-
-
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The artifact's metadata, read without loading the model (the quantization engine must be set first)."""
+    """The metadata of a TorchScript or torch.export artifact, read without loading the model (the
+    quantization engine must be set first). An ONNX artifact's comes with its session (:meth:`EdgeModel.load`)."""
     path = Path(path)
     try:
-        if path.suffix == ".onnx":
-            import onnx
-
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            metadata = json.loads(props[METADATA])
-        else:
-            with zipfile.ZipFile(path) as archive:
-                name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
-                metadata = json.loads(archive.read(name))
-    except (zipfile.BadZipFile, StopIteration, KeyError, ValueError, OSError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
+            text = archive.read(name)
+    except (zipfile.BadZipFile, StopIteration, OSError) as exc:
         raise ArtifactError(f"{path}: not an EdgeML artifact (no readable {METADATA})") from exc
+    return _parse_metadata(path, text)
+
+
+def _parse_metadata(path: Path, text: Optional[str | bytes]) -> dict[str, Any]:
+    try:
+        metadata = json.loads(text) if text is not None else None
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{path}: not an EdgeML artifact (no readable {METADATA})")
     if metadata.get("format") != FORMAT:
         raise ArtifactError(f"{path}: unsupported artifact format {metadata.get('format')!r}; expected {FORMAT}")
     return metadata
 
 
 def input_metadata() -> dict[str, Any]:
+    """The input spec stored in the artifact: what :func:`edgeml.preprocess.read_image` does to a file."""
     return {
         "size": IMAGE_SIZE,
         "color": "RGB",
         "dtype": "uint8 NCHW",
         "mean": CIFAR10_MEAN,
         "std": CIFAR10_STD,
-        "resize": f"bilinear to {IMAGE_SIZE}x{IMAGE_SIZE} when the image is another size",
+        "preprocessing": PREPROCESSING,
     }
+
+
+# (images of the readable files, stacked; each file's error, None when it was read)
+Decoded = tuple[Optional[np.ndarray], list[Optional[str]]]
 
 
 @dataclasses.dataclass
 class EdgeModel:
     """A loaded artifact: ``predict`` turns image files into one record each."""
 
-    module: torch.jit.ScriptModule
+    path: Path
     metadata: dict[str, Any]
     sha256: str
+    runner: Runner
 
     @classmethod
-    def load(cls, path: str | Path, sha256: Optional[str] = None) -> "EdgeModel":
-        """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load."""
+    def load(cls, path: str | Path, sha256: Optional[str] = None, threads: Optional[int] = None) -> "EdgeModel":
+        """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load; the model runs on
+        ``threads`` CPU threads (None: all cores)."""
         path = find_artifact(path)
         if sha256 is None:
             sidecar = path.with_name(path.name + ".sha256")
@@ -197,45 +154,135 @@ class EdgeModel:
         actual = sha256_file(path)
         if actual != sha256.lower():
             raise ArtifactError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or was modified")
-        metadata = read_metadata(path)
+        runner: Runner
         try:
-            module = load_file(path, metadata["backend"])  # images in, (probabilities, score) out
-        except (RuntimeError, ValueError) as exc:
+            if path.suffix == ".onnx":  # its metadata comes with the session, read by onnxruntime alone
+                session = OnnxRunner(path, threads)
+                metadata, runner = _parse_metadata(path, session.metadata(METADATA)), session
+            else:
+                metadata = read_metadata(path)
+                runner = TorchRunner(path, metadata["backend"], threads)
+        except ImportError as exc:
+            raise ArtifactError(
+                f"{path}: a {path.suffix} artifact needs {exc.name!r}, which is not installed; install it, "
+                f"or package with quantize.backend onnxruntime for an artifact that runs on onnxruntime alone"
+            ) from exc
+        except ArtifactError:
+            raise
+        except (RuntimeError, ValueError) as exc:  # ONNX Runtime's and torch's load errors derive from these
             raise ArtifactError(f"{path}: cannot load the model ({exc})") from exc
-        return cls(module, metadata, actual)
+        return cls(path, metadata, actual, runner)
 
-    @torch.no_grad()
+    @functools.cached_property
+    def module(self) -> "torch.nn.Module":
+        """The artifact as a torch module (uint8 NCHW tensor in, (probabilities, OOD score) out), for
+        checks against the pipeline's models; needs torch."""
+        return self.runner.torch_module()
+
     def predict_images(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Records for uint8 HWC RGB 32x32 images."""
-        probs, scores = self.module(to_tensor(images))
-        confidence, label = probs.max(dim=1)
-        threshold = self.metadata["threshold"]
+        """Records for a batch of images: uint8 RGB, shape (N, 32, 32, 3) (HWC, as Pillow and
+        :func:`edgeml.preprocess.read_image` give). Integer arrays whose values all lie in 0-255 are
+        converted to uint8; anything else (floats, whose scale is ambiguous; NCHW; other sizes)
+        raises ValueError saying what was expected."""
+        images = check_images(images)
+        if not len(images):
+            return []
+        probabilities, scores = self.runner(images)
+        labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        threshold, classes = self.metadata["threshold"], self.metadata["classes"]
         return [
             {
-                "class": self.metadata["classes"][int(k)],
+                "class": classes[int(k)],
                 "confidence": round(float(c), 6),
                 "ood_score": round(float(s), 6),
                 "in_distribution": bool(s >= threshold),
             }
-            for k, c, s in zip(label, confidence, scores)
+            for k, c, s in zip(labels, confidences, scores)
         ]
 
-    def predict(self, files: Iterable[Path], batch_size: int = 64) -> Iterator[dict[str, Any]]:
-        """One record per file, in order; an unreadable file gives an error record and the rest go on."""
-        batch: list[tuple[Path, Optional[np.ndarray], Optional[str]]] = []
-        for file in files:
-            batch.append((file, *load_image(file)))
-            if len(batch) == batch_size:
-                yield from self._run(batch)
-                batch = []
-        if batch:
-            yield from self._run(batch)
+    def predict(
+        self,
+        files: Iterable[str | Path],
+        batch_size: int = 64,
+        workers: int = DECODE_WORKERS,
+        max_file_mb: float = MAX_FILE_MB,
+        max_megapixels: float = MAX_MEGAPIXELS,
+    ) -> Iterator[dict[str, Any]]:
+        """One record per file, in order: its prediction, or an error naming the file and why it is
+        not a usable image (the run goes on). ``workers`` threads decode the next ``workers`` batches
+        while the model runs on one (0: decode in this thread), so memory stays bounded for any number
+        of files. Files over ``max_file_mb`` or images over ``max_megapixels``
+        are refused before being read or decoded."""
+        if batch_size < 1 or workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+        read = functools.partial(_read_batch, max_file_mb=max_file_mb, max_megapixels=max_megapixels)
+        batches = _batched(map(Path, files), batch_size)
+        if workers == 0:
+            for batch in batches:
+                yield from self._records(batch, read(batch))
+            return
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="edgeml-decode")
+        pending: collections.deque[tuple[list[Path], Future[Decoded]]] = collections.deque()
+        try:
+            for batch in batches:
+                pending.append((batch, pool.submit(read, batch)))
+                if len(pending) > workers:  # backpressure: no more batches ahead than there are workers
+                    done, decoded = pending.popleft()
+                    yield from self._records(done, decoded.result())
+            while pending:
+                done, decoded = pending.popleft()
+                yield from self._records(done, decoded.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, batch: list[tuple[Path, Optional[np.ndarray], Optional[str]]]) -> Iterator[dict[str, Any]]:
-        good = [image for _, image, _ in batch if image is not None]
-        results = iter(self.predict_images(np.stack(good)) if good else [])
-        for file, image, error in batch:
-            yield {"file": str(file), **(next(results) if image is not None else {"error": error})}
+    def _records(self, files: list[Path], decoded: Decoded) -> Iterator[dict[str, Any]]:
+        images, errors = decoded
+        results = iter(self.predict_images(images) if images is not None else [])
+        for file, error in zip(files, errors):
+            yield {"file": str(file), **(next(results) if error is None else {"error": error})}
+
+
+def check_images(images: Any) -> np.ndarray:
+    """``images`` as uint8 (N, 32, 32, 3), or ValueError naming what was expected and what came."""
+    expected = f"uint8 RGB images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) (HWC, values 0-255)"
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"expected a numpy array of {expected}, got {type(images).__qualname__}")
+    shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
+    if images.ndim != 4 or images.shape[1:] != shape:
+        hint = ""
+        if images.shape == shape:
+            hint = "; for one image pass images[None]"
+        elif images.ndim == 4 and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE):
+            hint = "; this looks like NCHW: pass images.transpose(0, 2, 3, 1)"
+        elif images.ndim == 4:
+            hint = "; resize with edgeml.preprocess.resize_image (or read files with edgeml.preprocess.read_image)"
+        raise ValueError(f"expected {expected}, got shape {images.shape}{hint}")
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind in "iu":  # unambiguous when every value is a 0-255 intensity
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ValueError(f"expected {expected}, got {images.dtype} values from {images.min()} to {images.max()}")
+        return images.astype(np.uint8)
+    hint = "; if they are in [0, 1], pass (images * 255).round().astype(np.uint8)" if images.dtype.kind == "f" else ""
+    raise ValueError(f"expected {expected}, got dtype {images.dtype}{hint}")
+
+
+def _batched(files: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    iterator = iter(files)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _read_batch(files: list[Path], max_file_mb: float, max_megapixels: float) -> Decoded:
+    """Read and preprocess one batch of files; an unusable file gets its error instead of an image."""
+    images, errors = [], []
+    for file in files:
+        try:
+            images.append(read_image(file, max_file_mb, max_megapixels))
+            errors.append(None)
+        except DataError as exc:
+            errors.append(str(exc))
+    return (np.stack(images) if images else None), errors
 
 
 def find_artifact(path: str | Path) -> Path:
@@ -251,25 +298,18 @@ def find_artifact(path: str | Path) -> Path:
     return path
 
 
-def load_image(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
-    """(uint8 32x32 RGB array, None), or (None, reason) for a file that is not a usable image."""
-    try:
-        image = decode_image(path.read_bytes(), str(path))
-    except DataError as exc:
-        if isinstance(exc.__cause__, UnidentifiedImageError):  # PIL's message names an in-memory buffer
-            return None, f"{path}: not an image file (no known image format)"
-        return None, str(exc)
-    except OSError as exc:  # missing or unreadable file
-        return None, f"{path}: {exc.strerror or exc}"
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    return np.asarray(image), None
-
-
 def list_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, and every file under folders named, sorted; a missing path is an error record later."""
+    """The paths named, with every folder among them replaced by all it holds (searched recursively,
+    sorted; symbolic links to folders are listed, not followed). Nothing found is left out: a FIFO, a
+    dangling link or a folder that cannot be listed is listed too, and gets its error record later."""
     files: list[Path] = []
     for path in map(Path, paths):
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found: list[Path] = []
+        for root, folders, names in os.walk(path, onerror=lambda exc: found.append(Path(exc.filename))):
+            found.extend(Path(root, name) for name in names)
+            found.extend(Path(root, name) for name in folders if os.path.islink(os.path.join(root, name)))
+        files.extend(sorted(found))
     return files
-

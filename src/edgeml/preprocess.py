@@ -1,23 +1,41 @@
 """What the models expect as input: decoded RGB 32x32 uint8, normalised with CIFAR-10 statistics.
 
-Shared by the pipeline and by anything that feeds the models images, so preprocessing is
-defined once.
+Shared by the pipeline and by anything that feeds the models images (``edgeml predict``), so
+preprocessing is defined once: :func:`resize_image` makes the resized OOD sets and the CLI's
+input alike. Needs numpy and Pillow only; torch is imported by the two functions that make
+tensors, so the ONNX artifact runs on a machine without torch.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgeml.errors import EdgeMLError
+
+if TYPE_CHECKING:
+    import torch
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SIZE = 32
+MAX_FILE_MB = 50.0  # files over this are refused before being read
+MAX_MEGAPIXELS = 40.0  # images over this are refused before being decoded (a 40 MP RGB image is 120 MB)
+PREPROCESSING = (
+    "first frame of an animated image; EXIF orientation applied; 16-bit gray keeps its top 8 bits; "
+    f"grayscale, palette, RGBA (alpha dropped) and CMYK converted to RGB; the central square, box-filtered "
+    f"down (bilinear up) to {IMAGE_SIZE}x{IMAGE_SIZE}; uint8 RGB, normalised inside the artifact"
+)
 
 
-class DataError(RuntimeError):
+class DataError(EdgeMLError, RuntimeError):
     """An archive or image that cannot be decoded; the message names the file."""
 
 
@@ -26,21 +44,133 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{name}: cannot decode image ({exc})") from exc
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):  # 16-bit grayscale: keep the top 8 bits, as 8-bit tools would
         array = np.asarray(image, dtype=np.float64) / 257
         image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
+def resize_image(image: np.ndarray | Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One image to ``size`` x ``size`` RGB: its central square, area-averaged when shrinking (ODIN's
+    resize) or bilinear when enlarging (OpenOOD's for MNIST); grayscale is copied to three channels.
+    Square images are not cropped, so Tiny ImageNet and MNIST are resized whole. Takes an HWC array
+    (the pipeline's OOD sets) or a decoded Pillow image (``edgeml predict``), with the same result."""
+    if isinstance(image, np.ndarray):
+        if image.shape == (size, size, 3):
+            return image
+        image = Image.fromarray(image)
+    width, height = image.size
+    side = min(height, width)
+    if width != height:
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if side != size:
+        image = image.resize((size, size), Image.BOX if side >= size else Image.BILINEAR)
+    return np.asarray(image)
+
+
+def resize_rgb(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
+    """:func:`resize_image` over a set of images."""
+    return np.stack([resize_image(image, size) for image in images])
+
+
+def read_image(path: str | Path, max_file_mb: float = MAX_FILE_MB, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+    """An image file as the models' input (uint8 32x32 RGB, by :data:`PREPROCESSING`); a file that is
+    not a usable image raises DataError naming it and why. Never blocks on a FIFO or device, and
+    never reads more than ``max_file_mb`` or decodes more than ``max_megapixels``."""
+    data = _read_regular_file(Path(path), max_file_mb)
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        megapixels = image.width * image.height / 1e6
+        if megapixels > max_megapixels:
+            raise DataError(
+                f"{path}: {image.width}x{image.height} pixels ({megapixels:.0f} MP) is over the "
+                f"{max_megapixels:g} MP limit (max_megapixels / --max-megapixels)"
+            )
+        image.load()  # the first frame of an animated GIF/PNG/WebP
+        ImageOps.exif_transpose(image, in_place=True)
+        return resize_image(_to_rgb(image))
+    except DataError:
+        raise
+    except UnidentifiedImageError as exc:  # its message names an in-memory buffer
+        raise DataError(f"{path}: not an image file (no known image format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning, where made an error
+        raise DataError(f"{path}: refused as a decompression bomb ({exc})") from exc
+    except Exception as exc:  # decoders of untrusted bytes raise anything (struct.error, IndexError, ...)
+        raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_regular_file(path: Path, max_file_mb: float) -> bytes:
+    """The bytes of a regular file of at most ``max_file_mb``. The type and size are checked before
+    opening (a FIFO, device or folder is never opened) and again on the open descriptor, in case the
+    path was swapped in between; the open itself does not wait for a FIFO's writer."""
+    limit = int(max_file_mb * 1e6)
+    try:
+        _check_regular(path, os.stat(path), limit, max_file_mb)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: {'dangling symbolic link' if path.is_symlink() else 'no such file'}") from None
+    except OSError as exc:  # permission denied, a symbolic link loop, ...
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # a name no file can have (an embedded NUL)
+        raise DataError(f"{str(path)!r}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        size = _check_regular(path, os.fstat(fd), limit, max_file_mb)
+        try:
+            data = f.read(size + 1)  # one byte more tells a file that grew since
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if len(data) > size:
+        raise DataError(f"{path}: changed while being read")
+    if not data:
+        raise DataError(f"{path}: empty file")
+    return data
+
+
+def _check_regular(path: Path, info: os.stat_result, limit: int, max_file_mb: float) -> int:
+    """``info``'s size, if it is a regular file within ``limit`` bytes."""
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: {_kind(info.st_mode, path)}, not an image file")
+    if info.st_size > limit:
+        raise DataError(f"{path}: {info.st_size / 1e6:.3g} MB is over the {max_file_mb:g} MB limit (max_file_mb / --max-file-mb)")
+    return info.st_size
+
+
+def _kind(mode: int, path: Path) -> str:
+    if stat.S_ISDIR(mode):  # found as a link while searching, or a folder that could not be searched
+        if path.is_symlink():
+            return "a symbolic link to a folder (not followed)"
+        try:
+            os.scandir(path).close()
+        except OSError as exc:
+            return f"a folder that cannot be listed ({exc.strerror or exc})"
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def to_tensor(images: np.ndarray) -> "torch.Tensor":
     """uint8 HWC arrays -> uint8 NCHW tensor (channels-last in memory, as the models run)."""
+    import torch
+
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize(images: "torch.Tensor") -> "torch.Tensor":
     """uint8 NCHW -> float32 normalised with CIFAR-10 statistics (the models' input)."""
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1) * 255
+    import torch
+
+    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1) * 255
     return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)

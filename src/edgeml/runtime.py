@@ -1,0 +1,127 @@
+"""Running a loaded artifact: uint8 NHWC images in, (class probabilities, OOD scores) out, as numpy.
+
+ONNX artifacts run on onnxruntime alone, so a device needs only numpy, Pillow and onnxruntime;
+TorchScript (``.pt``) and torch.export (``.pt2``) artifacts import torch when they are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# Notices torch prints while loading or first running a torch-format artifact. They concern torch's
+# and torchao's maintainers, not a user of the artifact, so they are dropped there and nowhere else.
+# torch's C++ side on stderr, once per process, when a TorchScript INT8 model loads:
+QUANTIZED_TENSOR_NOTICE = "quantized tensor creation functions that produce tensors with dtype"
+NOTICE_LOGGERS = (
+    "torch.utils._pytree",  # torchao registers an Enum as a pytree constant, deprecated upstream
+    "torch.utils.cpp_extension",  # Inductor finds no CUDA while it compiles a .pt2 artifact for the CPU
+)
+
+
+class Runner(Protocol):
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def torch_module(self) -> "torch.nn.Module": ...
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on the CPU; ``threads`` None uses ONNX Runtime's default (the physical cores)."""
+
+    def __init__(self, path: Path, threads: Optional[int] = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
+        # Idle ORT threads sleep instead of spinning, leaving the cores to the threads that decode the next batch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path, self.threads = path, threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base but Exception
+            raise ValueError(f"onnxruntime cannot load it ({type(exc).__name__}: {exc})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def metadata(self, key: str) -> Optional[str]:
+        return self.session.get_modelmeta().custom_metadata_map.get(key)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(images.transpose(0, 3, 1, 2))})
+        return probabilities, scores
+
+    def torch_module(self) -> "torch.nn.Module":
+        from edgeml.quantization.onnxrt import OnnxModule
+
+        return OnnxModule(self.path, self.threads)
+
+
+class TorchRunner:
+    """A TorchScript or torch.export artifact, loaded by its quantization backend."""
+
+    def __init__(self, path: Path, backend: str, threads: Optional[int] = None):
+        import torch
+
+        from edgeml.quantization import load_file
+
+        if threads:
+            torch.set_num_threads(threads)
+        with dropped_stderr_lines(QUANTIZED_TENSOR_NOTICE), quiet_loggers(NOTICE_LOGGERS):
+            self.module = load_file(path, backend)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad(), quiet_loggers(NOTICE_LOGGERS):  # a .pt2 artifact compiles on its first call
+            probabilities, scores = self.module(torch.from_numpy(images).permute(0, 3, 1, 2))
+        return probabilities.numpy(), scores.numpy()
+
+    def torch_module(self) -> "torch.nn.Module":
+        return self.module
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: Sequence[str]) -> Iterator[None]:
+    """Only errors from the Python loggers ``names`` inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def dropped_stderr_lines(text: str) -> Iterator[None]:
+    """Drop the lines containing ``text`` that anything, C++ included, writes to stderr (file
+    descriptor 2) inside the block; every other line is passed on when the block ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True) if text not in line]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
