@@ -7,13 +7,15 @@ only ever a real CUDA-event measurement; without a GPU it is recorded as not mea
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
 import platform
 import statistics
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,13 +23,18 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from edgeml.deploy import EdgeModel
-from edgeml.detectors import ODIN, Detector, Outputs
+from edgeml.deploy import DECODE_WORKERS, EdgeModel
+from edgeml.memory import PeakRSS
 from edgeml.preprocess import normalize
+
+if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
+    from edgeml.detectors import Detector
 from edgeml.quantization import LogitsOnly
 
 NOT_MEASURED = "not measured"
-ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
+ISA_FLAGS = (
+    "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "asimddp",
+)
 
 
 def cpu_info() -> dict[str, object]:
@@ -45,6 +52,21 @@ def cpu_info() -> dict[str, object]:
         "model": model,
         "logical_cores": os.cpu_count(),
         "isa": {flag: flag in flags for flag in ISA_FLAGS},
+        # the vector ISA PyTorch dispatches its own CPU kernels to (DEFAULT, AVX2, AVX512, ...)
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def gpu_environment() -> dict[str, object]:
+    """The GPU and the CUDA stack its numbers come from. FP32 convolutions run on TF32 tensor cores
+    where ``fp32_convolutions_allow_tf32`` (PyTorch's default)."""
+    available = torch.cuda.is_available()
+    return {
+        "gpu": torch.cuda.get_device_name(0) if available else None,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if available else None,
+        "fp32_convolutions_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
 
 
@@ -52,7 +74,7 @@ def environment(threads: int) -> dict[str, object]:
     return {
         "cpu": cpu_info(),
         "threads": threads,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **gpu_environment(),
         "versions": {pkg: _version(pkg) for pkg in ("torch", "torchvision", "numpy", "onnxruntime", "torchao")},
         "python": platform.python_version(),
         "quantized_engine": torch.backends.quantized.engine,
@@ -91,19 +113,60 @@ def cpu_latency_ms(
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
+GPU = torch.device("cuda")
+GPU_PATHS = {  # GPU row name -> (dtype of the model copy and its input, replay a captured CUDA graph)
+    "fp32_eager": (torch.float32, False),
+    "fp32_cuda_graph": (torch.float32, True),
+    "fp16_cuda_graph": (torch.float16, True),
+    "bf16_cuda_graph": (torch.bfloat16, True),
+}
+
+
 @torch.no_grad()
-def gpu_latency_ms(model: nn.Module, example: torch.Tensor, warmup: int, runs: int) -> float:
-    """Median ms per forward on the GPU, timed with CUDA events."""
-    model, example = model.cuda(), example.cuda()
+def gpu_latency_ms(
+    model: nn.Module, example: torch.Tensor, warmup: int, runs: int, dtype: torch.dtype = torch.float32, cuda_graph: bool = False
+) -> float:
+    """Median ms per forward of a ``dtype`` copy of ``model`` on the GPU, timed with CUDA events.
+
+    A copy, because the caller keeps using ``model`` on the CPU (the bench stage's detectors do).
+    ``cuda_graph``: replay one captured graph, which removes the per-kernel launch cost that bounds
+    a small batch in eager mode."""
+    model = copy.deepcopy(model).to(GPU, dtype).eval()
+    example = example.to(GPU, dtype)
+
+    def forward() -> object:
+        return model(example)
+
+    return _event_median_ms(_cuda_graph(forward, warmup) if cuda_graph else forward, warmup, runs)
+
+
+def _cuda_graph(forward: Callable[[], object], warmup: int) -> Callable[[], object]:
+    """``forward`` captured once as a CUDA graph (its input tensor is the graph's static input);
+    warmed up on a side stream first, as capture requires (cuDNN picks its kernels there)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 3)):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph.replay
+
+
+def _event_median_ms(forward: Callable[[], object], warmup: int, runs: int) -> float:
+    """Median ms of ``forward`` on the GPU's timeline between two CUDA events, one call at a time."""
+    for _ in range(warmup):
+        forward()
     times = []
-    for i in range(warmup + runs):
+    for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(example)
+        forward()
         end.record()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(end))
+        end.synchronize()
+        times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
@@ -118,45 +181,74 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def bench_artifact(
     artifact: str | Path, images: np.ndarray, workdir: Path, threads: int, batch_size: int, repeats: int
-) -> dict[str, float]:
-    """The whole `edgeml predict` path on real PNG files: load, then file -> decode -> model -> decision."""
-    torch.set_num_threads(threads)
-    files = []
+) -> dict[str, object]:
+    """The whole `edgeml predict` path on real files: load, then file -> decode -> model -> decision.
+
+    Latency is per file at batch 1. Throughput (images/s, median of ``repeats``) and peak RSS are
+    measured on ``images`` as 32x32 PNGs and enlarged to 256x256 JPEGs (a camera-like decoding
+    cost), decoding in turn (``sequential``: workers 0) and by the default pool of decoding threads
+    (``parallel``); RSS growth is the peak over the RSS before the run."""
+    png_files, jpeg_files = [], []
     for i, image in enumerate(images):
-        files.append(workdir / f"{i:05d}.png")
-        Image.fromarray(image).save(files[-1])
-    load_s = _median_seconds(lambda: EdgeModel.load(artifact), repeats)
-    model = EdgeModel.load(artifact)
-    list(model.predict(files[:10], batch_size=1))  # warm-up
+        png_files.append(workdir / f"{i:05d}.png")
+        Image.fromarray(image).save(png_files[-1])
+        jpeg_files.append(workdir / f"{i:05d}.jpg")
+        Image.fromarray(image).resize((256, 256), Image.BILINEAR).save(jpeg_files[-1], quality=90)
+    load_s = _median_seconds(lambda: EdgeModel.load(artifact, threads=threads), repeats)
+    model = EdgeModel.load(artifact, threads=threads)
+    list(model.predict(png_files[:10], batch_size=1))  # warm-up
     latencies = []
-    for file in tqdm(files, desc="artifact latency", leave=False):
+    for file in tqdm(png_files, desc="artifact latency", leave=False):
         start = time.perf_counter()
-        list(model.predict([file], batch_size=1))
+        list(model.predict([file], batch_size=1, workers=0))
         latencies.append(time.perf_counter() - start)
-    batch_s = _median_seconds(lambda: list(model.predict(files, batch_size)), repeats)
+    throughput: dict[str, dict[str, object]] = {}
+    for kind, files in {"png_32": png_files, "jpeg_256": jpeg_files}.items():
+        throughput[kind] = {}
+        for mode, workers in {"sequential": 0, "parallel": DECODE_WORKERS}.items():
+            with PeakRSS() as rss:
+                seconds = _median_seconds(lambda: list(model.predict(files, batch_size, workers)), repeats)
+            throughput[kind][mode] = {
+                "images_per_s": len(files) / seconds,
+                "peak_rss_mb": rss.peak_mb,
+                "rss_growth_mb": None if rss.peak_mb is None else rss.peak_mb - rss.start_mb,
+            }
+        throughput[kind]["speedup"] = throughput[kind]["parallel"]["images_per_s"] / throughput[kind]["sequential"]["images_per_s"]
     return {
         "artifact_load_ms": 1e3 * load_s,
-        "artifact_size_mb": file_size_mb(artifact),
+        "artifact_size_mb": file_size_mb(model.path),
         "artifact_latency_ms": 1e3 * statistics.median(latencies),
-        "artifact_throughput_images_per_s": len(files) / batch_s,
+        "artifact_throughput_images_per_s": throughput["png_32"]["parallel"]["images_per_s"],  # as `edgeml predict` runs
+        "decode_workers": DECODE_WORKERS,
+        "throughput": throughput,
     }
 
 
-def detector_cost_us(model: nn.Module, detectors: dict[str, Detector], runs: int) -> dict[str, float]:
-    """What each (fitted) detector adds per sample on top of ``model``, which returns (logits, features):
-    median µs at batch 1. KNN's cost grows with the number of fitted samples; ODIN's includes the
-    FP32 twin's forward and backward pass and a second forward pass of ``model``."""
-    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        outputs = Outputs(*model(normalize(image)))
-    logits_model = LogitsOnly(model)
+def detector_cost_us(model: nn.Module, detectors: dict[str, "Detector"], runs: int) -> dict[str, float]:
+    """What each (fitted) detector adds per sample on top of ``model``, which returns (logits, features,
+    map): median µs at batch 1, outputs computed beforehand. KNN's cost grows with the number of fitted
+    samples. Input-perturbation detectors (ODIN) run the model again on changed inputs: their cost is
+    their scoring time minus the plain forward pass they replace, and their per-set gradient cache is
+    bypassed (each run is a fresh image set), so the FP32 twin's forward and backward pass is counted."""
+    from edgeml.detectors import Evidence
 
-    def cost(detector: Detector) -> float:
-        if isinstance(detector, ODIN):  # measured on top of the plain forward pass it replaces
-            return _median_seconds(lambda: detector.score_images(logits_model, image), runs) - _median_seconds(
-                lambda: logits_model(normalize(image)), runs
-            )
-        return _median_seconds(lambda: detector.score(outputs), runs)
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    forward_s = _median_seconds(lambda: model(normalize(image)), runs)
+    runs_done = iter(range(10**9))
+
+    def evidence() -> "Evidence":
+        fresh = Evidence(f"cost/{next(runs_done)}", image, model, batch_size=1)
+        fresh.outputs  # computed outside the timed call
+        return fresh
+
+    def cost(detector: "Detector") -> float:
+        timed = []
+        for _ in range(runs):
+            fresh = evidence()
+            start = time.perf_counter()
+            detector.score(fresh)
+            timed.append(time.perf_counter() - start)
+        return statistics.median(timed) - (forward_s if detector.perturbs_inputs else 0.0)
 
     return {name: 1e6 * cost(detector) for name, detector in detectors.items()}
 
@@ -187,27 +279,60 @@ def bench_cpu(
     }
 
 
-def bench_gpu(float_model: nn.Module, int8_onnx: Optional[Path], warmup: int, runs: int) -> dict[str, float | str]:
-    """Batch-1 GPU latency of FP32 (PyTorch, CUDA events) and of INT8 through ONNX Runtime's TensorRT
-    provider (the QDQ model from the onnxruntime backend); anything that cannot run is recorded as not measured."""
+def bench_gpu(
+    float_model: nn.Module, int8_onnx: Optional[Path], warmup: int, runs: int, batch_size: int
+) -> dict[str, dict[str, float] | str]:
+    """GPU latency (ms per batch, CUDA events) at batch 1 and ``batch_size`` of every :data:`GPU_PATHS`
+    row, and of INT8 through ONNX Runtime's TensorRT provider (the onnxruntime backend's QDQ model);
+    a row that cannot run here is a "not measured: why" string. ``float_model`` is left untouched."""
     if not torch.cuda.is_available():
-        reason = f"{NOT_MEASURED}: no CUDA GPU on this machine"
-        return {"fp32": reason, "int8": reason}
-    result: dict[str, float | str] = {"fp32": gpu_latency_ms(float_model, torch.randn(1, 3, 32, 32), warmup, runs)}
-    if int8_onnx is None:
+        return dict.fromkeys([*GPU_PATHS, "int8"], f"{NOT_MEASURED}: no CUDA GPU on this machine")
+    sizes = (1, batch_size)
+    examples = {size: torch.randn(size, 3, 32, 32, generator=torch.Generator().manual_seed(0)) for size in sizes}
+    result: dict[str, dict[str, float] | str] = {
+        name: {
+            f"batch{size}_ms": gpu_latency_ms(float_model, examples[size], warmup, runs, dtype, cuda_graph)
+            for size in sizes
+        }
+        for name, (dtype, cuda_graph) in GPU_PATHS.items()
+    }
+    runtimes = tensorrt_runtimes()
+    if not runtimes:
+        result["int8"] = f"{NOT_MEASURED}: TensorRT not installed"
+    elif int8_onnx is None or "onnxruntime" not in runtimes:
         result["int8"] = (
-            f"{NOT_MEASURED}: PyTorch INT8 kernels are CPU-only; GPU INT8 needs TensorRT "
-            f"(quantize with backend onnxruntime to get a QDQ model TensorRT runs)"
+            f"{NOT_MEASURED}: INT8 on the GPU is measured from the onnxruntime backend's QDQ model through "
+            f"onnxruntime's TensorRT provider (found here: {', '.join(runtimes)}; INT8 model: {int8_onnx or 'not ONNX'})"
         )
-    elif "TensorrtExecutionProvider" not in ort_providers():
-        result["int8"] = f"{NOT_MEASURED}: onnxruntime here has no TensorRT provider (install onnxruntime-gpu and TensorRT)"
     else:
         from edgeml.quantization.onnxrt import OnnxModule
 
         trt = OnnxModule(int8_onnx, providers=[("TensorrtExecutionProvider", {"trt_int8_enable": True}), "CUDAExecutionProvider"])
         # Host-to-device copies included: ORT takes the input from host memory.
-        result["int8"] = cpu_latency_ms({"int8": trt}, torch.randn(1, 3, 32, 32), warmup, runs)["int8"]
+        result["int8"] = {
+            f"batch{size}_ms": cpu_latency_ms({"int8": trt}, examples[size], warmup, runs)["int8"] for size in sizes
+        }
     return result
+
+
+def tensorrt_runtimes() -> list[str]:
+    """The TensorRT front ends installed here: Torch-TensorRT and ONNX Runtime's TensorRT provider."""
+    found = ["torch_tensorrt"] if importlib.util.find_spec("torch_tensorrt") else []
+    return found + (["onnxruntime"] if "TensorrtExecutionProvider" in ort_providers() else [])
+
+
+def gpu_table_cells(gpu: dict[str, dict[str, float] | str]) -> dict[str, dict[str, float | str | None]]:
+    """Table 1's GPU cells, batch 1: FP32 is the fastest FP32 row, INT8 its row, each named in ``path``
+    (None, with the reason as latency, where nothing was measured)."""
+
+    def fastest(names: list[str]) -> dict[str, float | str | None]:
+        measured = [name for name in names if isinstance(gpu[name], dict)]
+        if not measured:
+            return {"path": None, "latency_ms": gpu[names[0]]}
+        best = min(measured, key=lambda name: gpu[name]["batch1_ms"])
+        return {"path": best, "latency_ms": gpu[best]["batch1_ms"]}
+
+    return {"fp32": fastest([name for name in GPU_PATHS if name.startswith("fp32_")]), "int8": fastest(["int8"])}
 
 
 def ort_providers() -> list[str]:

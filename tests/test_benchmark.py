@@ -1,0 +1,156 @@
+"""GPU rows of Table 1 without a GPU: the CUDA boundary (device, graph capture, event timer) is
+replaced by the meta device and a fake timer, so everything above it runs for real."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgeml import benchmark
+from edgeml.models import build_resnet18, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+NO_CUDA = "not measured: no CUDA GPU on this machine"
+NO_TENSORRT = "not measured: TensorRT not installed"
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    ).eval()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """CUDA "available", the GPU replaced by the meta device; records (dtype, batch, device, graph) per timing."""
+    timed: list[tuple] = []
+
+    def capture(forward, warmup):
+        def replay():
+            return forward()
+
+        replay.captured = True
+        return replay
+
+    def timer(forward, warmup, runs):
+        out = forward()
+        captured = getattr(forward, "captured", False)
+        timed.append((out.dtype, out.shape[0], out.device.type, captured))
+        # fp32 eager 3 ms, fp32 graph 2 ms, fp16 graph 1 ms, bf16 graph 1.5 ms; batch 64 +10 ms
+        return {torch.float32: 3.0, torch.float16: 2.0, torch.bfloat16: 2.5}[out.dtype] - captured + 10 * (out.shape[0] > 1)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(benchmark, "GPU", torch.device("meta"))
+    monkeypatch.setattr(benchmark, "_cuda_graph", capture)
+    monkeypatch.setattr(benchmark, "_event_median_ms", timer)
+    monkeypatch.setattr(benchmark, "tensorrt_runtimes", lambda: [])
+    return timed
+
+
+def test_gpu_rows_time_copies_and_leave_the_callers_model_on_cpu(fake_cuda):
+    model = tiny_model()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    gpu = benchmark.bench_gpu(model, None, warmup=1, runs=1, batch_size=64)
+
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)  # still usable on CPU tensors, as the bench stage does
+
+    assert sorted(fake_cuda, key=str) == sorted(
+        [(dtype, batch, "meta", graph) for dtype, graph in benchmark.GPU_PATHS.values() for batch in (1, 64)], key=str
+    )
+    assert gpu == {
+        "fp32_eager": {"batch1_ms": 3.0, "batch64_ms": 13.0},
+        "fp32_cuda_graph": {"batch1_ms": 2.0, "batch64_ms": 12.0},
+        "fp16_cuda_graph": {"batch1_ms": 1.0, "batch64_ms": 11.0},
+        "bf16_cuda_graph": {"batch1_ms": 1.5, "batch64_ms": 11.5},
+        "int8": NO_TENSORRT,
+    }
+    # Table 1's FP32 cell is the fastest FP32 path, named; FP16 is not FP32 even when faster
+    assert benchmark.gpu_table_cells(gpu) == {
+        "fp32": {"path": "fp32_cuda_graph", "latency_ms": 2.0},
+        "int8": {"path": None, "latency_ms": NO_TENSORRT},
+    }
+
+
+def test_int8_row_says_which_tensorrt_front_end_is_missing_what(fake_cuda, monkeypatch):
+    monkeypatch.setattr(benchmark, "tensorrt_runtimes", lambda: ["torch_tensorrt"])
+    int8 = benchmark.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=2)["int8"]
+    assert int8.startswith("not measured: ") and "onnxruntime backend" in int8 and "torch_tensorrt" in int8
+
+
+def test_without_cuda_every_gpu_row_is_not_measured(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu = benchmark.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=64)
+    assert gpu == dict.fromkeys(["fp32_eager", "fp32_cuda_graph", "fp16_cuda_graph", "bf16_cuda_graph", "int8"], NO_CUDA)
+    assert benchmark.gpu_table_cells(gpu) == {
+        "fp32": {"path": None, "latency_ms": NO_CUDA},
+        "int8": {"path": None, "latency_ms": NO_CUDA},
+    }
+
+
+def test_gpu_bench_script_runs_without_the_pipeline_tools(tmp_path):
+    """As on the lent GPU machine: no pytorch-ood, dvclive, DVC or scikit-learn, run from the working tree."""
+    checkpoint, output = tmp_path / "fp32.pt", tmp_path / "gpu.json"
+    save_checkpoint(build_resnet18("cifar"), "cifar", 10, checkpoint)
+    code = textwrap.dedent(
+        f"""
+        import importlib.abc, importlib.machinery, runpy, sys
+
+        class Missing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {{"pytorch_ood", "dvclive", "dvc", "sklearn"}}:
+                    return importlib.machinery.ModuleSpec(name, self)  # no origin: found, but fails to import
+
+            def exec_module(self, module):
+                raise ModuleNotFoundError(f"No module named {{module.__name__!r}}", name=module.__name__)
+
+        sys.meta_path.insert(0, Missing())
+        sys.argv = ["gpu_bench.py", {str(checkpoint)!r}, {str(output)!r}, "--warmup", "1", "--runs", "2"]
+        runpy.run_path("scripts/gpu_bench.py", run_name="__main__")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": "src", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    result = json.loads(output.read_text())
+    assert result["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert set(result["gpu_paths"].values()) == {NO_CUDA}
+    assert result["table1_gpu"]["fp32"] == {"path": None, "latency_ms": NO_CUDA}
+    environment = result["environment"]
+    assert environment["gpu"] is None and environment["cuda"] == torch.version.cuda
+    assert environment["cpu"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (result["settings"]["warmup"], result["settings"]["runs"]) == (1, 2)
+
+
+def test_fp32_torchscript_runs_fused_by_onednn_and_restores_the_switch(tmp_path, float_model_and_images):
+    from edgeml.quantization import WithFeatureMap, load_file
+    from edgeml.quantization.eager import OneDNNFused, export_torchscript, load_torchscript
+    from edgeml.preprocess import normalize
+
+    model, images = float_model_and_images
+    path = tmp_path / "fp32.pt"
+    export_torchscript(WithFeatureMap(model), path)
+    fused, plain = load_file(path), load_torchscript(path)
+    assert isinstance(fused, OneDNNFused)
+    x = normalize(images[:1])
+    with torch.no_grad():
+        for _ in range(3):  # the fuser compiles after a couple of profiling runs
+            outputs = fused(x)
+        assert "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
+        for a, b in zip(outputs, plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.jit.onednn_fusion_enabled()
