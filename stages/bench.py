@@ -11,16 +11,18 @@ from edgeml import benchmark
 from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.deploy import ARTIFACT_DIR, find_artifact
-from edgeml.detectors import fit_set, make_detector, predict_outputs
+from edgeml.detectors import Evidence, GradientSigns, ModelContext, check_params, fit_set
+from edgeml.evaluation import fitted
 from edgeml.io import read_json, write_json
 from edgeml.models import load_checkpoint, parameter_count
-from edgeml.quantization import fp32_paths, int8_path, load_deployable
+from edgeml.quantization import fp32_paths, int8_path, load_deployable, load_head
 from edgeml.stage import run
 
 
 def main() -> None:
     params = P.load()
     bench, backend = params.bench, params.quantize.backend
+    check_params(params.ood.detectors, {})
     torch.set_num_threads(bench.threads)  # before loading: ONNX Runtime sessions take torch's thread count
     float_model = load_checkpoint("models/fp32.pt")
     files = {**fp32_paths(), "int8": int8_path(backend)}
@@ -32,18 +34,17 @@ def main() -> None:
     compute = benchmark.compare_to_floor(
         cpu, list(fp32_paths()), benchmark.count_macs(float_model, example), benchmark.gemm_peak_gmacs(bench.threads)
     )
-    gpu = benchmark.bench_gpu(float_model, files["int8"] if files["int8"].suffix == ".onnx" else None, bench.warmup, bench.runs)
+    int8_onnx = files["int8"] if files["int8"].suffix == ".onnx" else None
+    gpu = benchmark.bench_gpu(float_model, int8_onnx, bench.warmup, bench.runs, bench.throughput_batch_size)
+    gpu_cells = benchmark.gpu_table_cells(gpu)  # Table 1: the fastest FP32 GPU path at batch 1
     int8_with_features = load_deployable(files["int8"], backend, features=True)
     arrays = load_arrays("data/prepared/cifar10.npz")
     fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
-    fit = predict_outputs(int8_with_features, fit_images, params.ood.batch_size)
-    chosen = read_json("metrics/ood.json")["hyperparameters"]["int8"]  # the INT8 model's validation-chosen settings
-    detectors = {
-        name: make_detector(name, float_model.fc, float_model, **chosen[name].get("validation", {}).get("chosen", {})).fit(
-            fit, fit_labels
-        )
-        for name in params.ood.detectors
-    }
+    fit = Evidence("fit", fit_images, int8_with_features, params.ood.batch_size).outputs
+    # the INT8 model's own head and its validation-chosen settings, as the ood stage used them
+    context = ModelContext(load_head(files["int8"], backend), GradientSigns(float_model))
+    chosen = read_json("metrics/detectors.json")["int8"]
+    detectors = {name: fitted(name, chosen[name]["chosen"], context, fit, fit_labels) for name in params.ood.detectors}
     detector_cost = benchmark.detector_cost_us(int8_with_features, detectors, bench.runs)
     images = arrays["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
@@ -62,11 +63,12 @@ def main() -> None:
                 "size_mb": benchmark.file_size_mb(files[source]),
                 "cpu_latency_ms": cpu[source]["latency_ms"],
                 "cpu_throughput_images_per_s": cpu[source]["throughput_images_per_s"],
-                "gpu_latency_ms": gpu[name],
+                "gpu_latency_ms": gpu_cells[name]["latency_ms"],
+                "gpu_path": gpu_cells[name]["path"],
             }
             for name, source in table_models.items()
         }
-        | {"cpu_paths": cpu, "compute": compute, "artifact": artifact, "detector_cost_us": detector_cost}
+        | {"cpu_paths": cpu, "gpu_paths": gpu, "compute": compute, "artifact": artifact, "detector_cost_us": detector_cost}
         | {"environment": benchmark.environment(bench.threads), "settings": dataclasses.asdict(bench)},
     )
 

@@ -1,80 +1,76 @@
-"""Stage ood: score the ID test set and every OOD set with each detector, on FP32 and INT8,
-each model with its own logits and features; hyperparameters chosen on validation data only."""
+"""Stage ood: score the ID test set and every OOD set with each detector, on FP32 and INT8, each
+model with its own outputs and head; hyperparameters chosen on validation data only. INT8 is also
+scored with the FP32 model's choices, separating the quantization effect from the re-tuning."""
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from edgeml import evaluation
 from edgeml import params as P
 from edgeml.data import id_split, load_arrays
-from edgeml.detectors import ODIN, Detector, choose, fit_set, make_detector, predict_outputs
+from edgeml.detectors import Evidence, GradientSigns, ModelContext, check_params, fit_set
 from edgeml.io import atomic_dir, write_json, write_npz
-from edgeml.metrics import group_means, ood_metrics
 from edgeml.models import load_checkpoint
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import LogitsOnly, deployed_models
+from edgeml.quantization import deployed_paths, load_deployable, load_head
 from edgeml.stage import run
 
 SCORES = Path("data/scores")
+REFERENCE = "fp32"  # whose choices the pure-quantization view re-uses
 
 
 def main() -> None:
     params = P.load()
-    ood = params.ood
+    ood, backend = params.ood, params.quantize.backend
+    check_params(ood.detectors, ood.search)
     torch.set_num_threads(ood.threads)
     arrays = load_arrays("data/prepared/cifar10.npz")
     fit_images, fit_labels = fit_set(arrays, ood.fit_images, ood.seed)
     id_positions, id_validation = id_split(arrays, ood.id_split)
-    id_test = arrays["test_x"][id_positions]
-    images = {"id": to_tensor(id_test)} | {
+    test_images = {"id": to_tensor(arrays["test_x"][id_positions])} | {
         name: to_tensor(load_arrays(f"data/prepared/ood/{name}.npz")["x"]) for name in ood.sets
     }
-    # Hyperparameters are chosen on validation only: ID validation images vs an OOD validation set.
-    validation = {"id": to_tensor(id_validation[: ood.validation_images])}
-    if ood.validation_set:
-        validation["ood"] = to_tensor(load_arrays(f"data/prepared/ood/{ood.validation_set}.npz")["x"])
-    # The FP32 twin: its head is re-applied by ViM, ReAct and ASH, its gradients drive ODIN's input nudge.
-    twin = load_checkpoint("models/fp32.pt")
-    results: dict[str, dict] = {
-        "id_split": {"name": ood.id_split, "test_images": len(id_test), "validation_images": len(validation["id"])},
-        "hyperparameters": {},
+    validation_images = {
+        "id": to_tensor(id_validation[: ood.validation_images]),
+        "ood": to_tensor(load_arrays(f"data/prepared/ood/{ood.validation_set}.npz")["x"]),
     }
+    # The FP32 twin's gradients drive ODIN's nudge for both models; computed once per set and temperature.
+    gradients = GradientSigns(load_checkpoint("models/fp32.pt"))
+    metrics: dict[str, dict] = {}
+    choices: dict[str, dict] = {}
     with atomic_dir(SCORES) as out:
-        for model_name, model in deployed_models(params.quantize.backend, features=True).items():
-            logits_model = LogitsOnly(model)
-            fit = predict_outputs(model, fit_images, ood.batch_size)
-            outputs = {key: predict_outputs(model, x, ood.batch_size) for key, x in images.items()}  # once per model
-            validation_outputs = {key: predict_outputs(model, x, ood.batch_size) for key, x in validation.items()}
-
-            def scores_on(detector: Detector, data: dict[str, torch.Tensor], data_outputs: dict) -> dict[str, torch.Tensor]:
-                if isinstance(detector, ODIN):
-                    return {key: detector.score_images(logits_model, x, ood.batch_size) for key, x in data.items()}
-                return {key: detector.score(data_outputs[key]) for key in data}
-
-            for detector_name in ood.detectors:
-                def build(**setting: float) -> Detector:
-                    return make_detector(detector_name, twin.fc, twin, **setting).fit(fit, fit_labels)
-
-                search = {}
-                if detector_name in ood.search:
-                    detector, search = choose(
-                        ood.search[detector_name], build,
-                        lambda d: tuple(scores_on(d, validation, validation_outputs).values()),
-                    )
-                else:
-                    detector = build()
-                scores = {key: s.numpy() for key, s in scores_on(detector, images, outputs).items()}
-                broken = [key for key, s in scores.items() if not np.isfinite(s).all()]
-                if broken:
-                    raise ValueError(f"ood: detector {detector_name!r} gave NaN/inf scores on {model_name} for {broken}")
-                write_npz(out / f"{model_name}_{detector_name}.npz", **scores)
-                per_set = {name: ood_metrics(scores["id"], scores[name]) for name in ood.sets}
-                results.setdefault(model_name, {})[detector_name] = per_set | group_means(per_set, ood.groups)
-                results["hyperparameters"].setdefault(model_name, {})[detector_name] = detector.hyperparameters() | (
-                    {"validation": search} if search else {}
+        for model_name, path in deployed_paths(backend).items():
+            model = load_deployable(path, backend, features=True)
+            context = ModelContext(load_head(path, backend), gradients)
+            fit = Evidence("fit", fit_images, model, ood.batch_size).outputs
+            validation = tuple(Evidence(f"validation/{k}", x, model, ood.batch_size) for k, x in validation_images.items())
+            test = {key: Evidence(f"test/{key}", x, model, ood.batch_size) for key, x in test_images.items()}
+            views = [model_name] + ([f"{model_name}_{REFERENCE}_settings"] if model_name != REFERENCE else [])
+            for name in ood.detectors:
+                detector, record = evaluation.choose(
+                    name, ood.search.get(name, {}), context, fit, fit_labels, validation
                 )
-    write_json("metrics/ood.json", results)
+                choices.setdefault(model_name, {})[name] = record
+                scores = evaluation.score_sets(detector, name, test, ood.perturbation_images, ood.seed)
+                write_npz(out / f"{model_name}_{name}.npz", **scores)
+                metrics.setdefault(model_name, {})[name] = evaluation.set_metrics(scores, ood.sets, ood.groups)
+                if len(views) > 1:  # the same model with the reference model's validation choice
+                    reference = choices[REFERENCE][name]["chosen"]
+                    if reference != record["chosen"]:
+                        same = evaluation.fitted(name, reference, context, fit, fit_labels)
+                        scores = evaluation.score_sets(same, name, test, ood.perturbation_images, ood.seed)
+                    metrics.setdefault(views[1], {})[name] = evaluation.set_metrics(scores, ood.sets, ood.groups)
+    write_json("metrics/detectors.json", choices)
+    write_json(
+        "metrics/ood.json",
+        {
+            "id_split": {"name": ood.id_split, "test_images": len(test_images["id"]),
+                         "validation_images": len(validation_images["id"]), "validation_set": ood.validation_set},
+            "perturbation_images": ood.perturbation_images,
+            **metrics,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Stage package: INT8 model + OOD detector + threshold + preprocessing in one deployable file."""
+"""Stage package: INT8 model + OOD detector + threshold + preprocessing in one deployable file. The
+detector is chosen on validation data (cheap enough for the edge, then best validation AUROC); the
+threshold is set on the held-out training split, disjoint from the training images calibration used."""
 
 import dataclasses
 
@@ -6,53 +8,69 @@ import numpy as np
 import torch
 
 from edgeml import params as P
+from edgeml.benchmark import detector_cost_us
 from edgeml.data import CIFAR10_CLASSES, load_arrays
 from edgeml.deploy import ARTIFACT_DIR, EdgeModel, artifact_path, build_artifact, input_metadata, sha256_file, threshold_at_tpr
-from edgeml.detectors import LogitDetector, make_detector
-from edgeml.io import atomic_dir, write_json
+from edgeml.detectors import LogitDetector, ModelContext, check_params, detector_class, make_detector
+from edgeml.evaluation import choose_packaged
+from edgeml.io import atomic_dir, read_json, write_json
 from edgeml.params import ParamsError
 from edgeml.preprocess import to_tensor
-from edgeml.quantization import int8_path, load_deployable
+from edgeml.quantization import int8_path, load_deployable, load_head
 from edgeml.stage import run
 from edgeml.training import predict_logits
 
 
 def main() -> None:
     params = P.load()
-    detector = make_detector(params.package.detector)
-    if not isinstance(detector, LogitDetector):
-        raise ParamsError(f"package.detector: {params.package.detector!r} needs more than logits; the artifact carries logit detectors")
+    package, backend = params.package, params.quantize.backend
+    check_params(params.ood.detectors, {})
+    path = int8_path(backend)
+    torch.set_num_threads(params.bench.threads)
+    context = ModelContext(load_head(path, backend))
+    candidates = {name: make_detector(name, context) for name in params.ood.detectors if issubclass(detector_class(name), LogitDetector)}
+    if package.detector == "auto":
+        choices = read_json("metrics/detectors.json")["int8"]
+        added_us = detector_cost_us(load_deployable(path, backend, features=True), candidates, params.bench.runs)
+        name, selection = choose_packaged({n: choices[n]["validation_auroc"] for n in candidates}, added_us, package.max_added_us)
+    elif package.detector in candidates:
+        name, selection = package.detector, {"rule": "set by params package.detector"}
+    else:
+        raise ParamsError(f"package.detector: {package.detector!r} needs more than logits; the artifact carries {sorted(candidates)} or auto")
+    detector = candidates[name]
     val_x = to_tensor(load_arrays("data/prepared/cifar10.npz")["val_x"])
-    backend = params.quantize.backend
-    int8 = load_deployable(int8_path(backend), backend)
-    val_scores = detector.score_logits(predict_logits(int8, val_x, params.ood.batch_size)).numpy()
-    threshold = threshold_at_tpr(val_scores, params.package.id_tpr)
+    val_scores = detector.score_logits(predict_logits(load_deployable(path, backend), val_x, params.ood.batch_size)).numpy()
+    threshold = threshold_at_tpr(val_scores, package.id_tpr)
     metadata = {
         "classes": list(CIFAR10_CLASSES),
         "input": input_metadata(),
-        "detector": params.package.detector,
+        "detector": name,
         "threshold": threshold,
-        "threshold_rule": f"keeps {params.package.id_tpr:.0%} of {len(val_x)} ID validation images",
+        "threshold_rule": f"keeps {package.id_tpr:.0%} of {len(val_x)} ID validation images",
         "quantize": dataclasses.asdict(params.quantize),
-        "int8_model_sha256": sha256_file(int8_path(backend)),
+        "int8_model_sha256": sha256_file(path),
     }
     with atomic_dir(ARTIFACT_DIR) as out:
-        digest = build_artifact(int8_path(backend), backend, detector.score_logits, metadata, artifact_path(backend, out))
+        digest = build_artifact(path, backend, detector.score_logits, metadata, artifact_path(backend, out))
         # The artifact must score exactly as the pipeline's INT8 model + detector did.
         with torch.no_grad():
             _, artifact_scores = EdgeModel.load(out).module(val_x)
-        np.testing.assert_allclose(artifact_scores.numpy(), val_scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(artifact_scores), val_scores, rtol=1e-5, atol=1e-6)
 
-    scores = load_arrays(f"data/scores/int8_{params.package.detector}.npz")
+    scores = load_arrays(f"data/scores/int8_{name}.npz")
     write_json(
         "metrics/package.json",
         {
             "sha256": digest,
-            "detector": params.package.detector,
+            "detector": name,
+            "selection": selection,
             "threshold": threshold,
+            # disjoint image sets: calibration draws from the training split, the threshold from the held-out one
+            "calibration_images": {"split": params.quantize.calibration_split, "count": params.quantize.calibration_size},
+            "threshold_images": {"split": "val", "count": len(val_x)},
             "val_tpr": float((val_scores >= threshold).mean()),
             "test_tpr": float((scores["id"] >= threshold).mean()),
-            "test_fpr": {name: float((scores[name] >= threshold).mean()) for name in params.ood.sets},
+            "test_fpr": {s: float((scores[s] >= threshold).mean()) for s in params.ood.sets},
         },
     )
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -33,13 +34,14 @@ def tiny_params(mirror: Path) -> dict:
     for noise in ("gaussian", "uniform"):
         params["prepare"]["ood_sets"][noise]["count"] = 12
     params["prepare"]["val_size"] = 20
-    params["train"].update(epochs=1, batch_size=16, threads=1)
+    params["model"]["stem"] = "torchvision"  # trains in seconds on tiny data; the published weights are CIFAR-stem
+    params["train"].update(epochs=1, batch_size=16, threads=1, weights=None)
     params["quantize"]["calibration_size"] = 16
     params["sweep"]["recipes"] = {  # one per deployable format
         "fbgemm_histogram": {"backend": "fbgemm", "calibration_size": 16},
         "onnxruntime_minmax": {"backend": "onnxruntime", "observer": "minmax", "calibration_size": 16},
     }
-    params["ood"].update(batch_size=32, threads=1, fit_images=60)
+    params["ood"].update(batch_size=32, threads=1, fit_images=60, perturbation_images=20)
     params["ood"]["search"] = {"knn": {"k": [1, 5]}, "react": {"percentile": [0.8, 0.9]}, "vim": {"dim": [8, 16]}}
     params["bench"].update(threads=1, warmup=1, runs=3, throughput_batch_size=4, throughput_runs=2, artifact_images=8)
     return params
@@ -56,7 +58,7 @@ def project(tmp_path: Path, mirror: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(mirror)))
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
-    # A clone always has a commit; dvclive needs one to find the baseline revision.
+    # A clone always has a commit (DVC experiments need a baseline revision).
     sh("git", "add", "-A", cwd=root)
     sh("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init", cwd=root)
     return root
@@ -80,7 +82,8 @@ def test_dvc_repro_end_to_end(project: Path):
         for detector in params["ood"]["detectors"]:
             for ood_set in ("tin_crop", "tin_resize"):
                 m = ood[model][detector][ood_set]
-                assert 0 <= m["auroc"] <= 1 and (m["id_samples"], m["ood_samples"]) == (30, 30)  # OpenOOD's ID test list
+                # OpenOOD's ID test list; ODIN scores a sample of ood.perturbation_images per set
+                assert (m["id_samples"], m["ood_samples"]) == ((20, 20) if detector == "odin" else (30, 30))
             far = [ood[model][detector][s]["auroc"] for s in ("mnist", "fashion_mnist", "gaussian", "uniform")]
             assert ood[model][detector]["mean_far"]["auroc"] == pytest.approx(sum(far) / 4)
     bench = json.loads((project / "metrics/bench.json").read_text())
@@ -92,19 +95,35 @@ def test_dvc_repro_end_to_end(project: Path):
     assert artifact.sha256 == package["sha256"] and artifact.metadata["threshold"] == package["threshold"]
     assert bench["artifact"]["artifact_throughput_images_per_s"] > 0
     assert set(bench["detector_cost_us"]) == set(params["ood"]["detectors"]) >= {"msp", "mahalanobis", "knn", "vim", "react", "ash"}
-    knn = ood["hyperparameters"]["int8"]["knn"]
-    assert knn["k"] == knn["validation"]["chosen"]["k"] in (1, 5) and len(knn["validation"]["tried"]) == 2
-    assert ood["id_split"] == {"name": "openood", "test_images": 30, "validation_images": 10}
+    choices = json.loads((project / "metrics/detectors.json").read_text())
+    knn = choices["int8"]["knn"]
+    assert knn["hyperparameters"]["k"] == knn["chosen"]["k"] in (1, 5) and len(knn["tried"]) == 2
+    assert ood["id_split"] == {"name": "openood", "test_images": 30, "validation_images": 10, "validation_set": "tin_val"}
+    # ODIN scores a seeded sample of ood.perturbation_images per set
+    assert (ood["int8"]["odin"]["tin_crop"]["id_samples"], ood["int8"]["odin"]["tin_crop"]["ood_samples"]) == (20, 20)
+    # the pure-quantization view: INT8 with the FP32 model's choices, for every detector
+    assert set(ood["int8_fp32_settings"]) == set(params["ood"]["detectors"])
+    assert package["detector"] in ("msp", "maxlogit", "energy", "gen")  # chosen on validation among logit detectors
+    assert set(package["selection"]["validation_auroc"]) == {"msp", "maxlogit", "energy", "gen"}
+    assert package["calibration_images"]["split"] == "train" and package["threshold_images"] == {"split": "val", "count": 20}
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    timing = json.loads((project / "metrics/timing.json").read_text())
+    assert len(summary) + len(timing) <= 40 and all(isinstance(v, (int, float)) or v is None for v in {**summary, **timing}.values())
+    assert summary["top1_int8"] == pytest.approx(100 * evaluate["int8_top1"])
     assert "tin_val" not in ood["int8"]["msp"]  # validation data is never reported as a test set
     assert 0 <= ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] <= 1
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
-    for figure in ("msp_tin_crop.png", "energy_mnist.png", "auroc_change.png", "training.png"):
+    figures = {"msp_tin_crop.png", f"{package['detector']}_tin_crop.png", "auroc_change.png", "training.png"}
+    assert {p.name for p in (project / "plots/figures").iterdir()} == figures  # a handful, not one per curve
+    for figure in figures:
         assert (project / "plots/figures" / figure).stat().st_size > 1000
     assert (project / "plots/ood/roc/int8/msp_tin_crop.csv").read_text().startswith("fpr,tpr")
     assert bench["compute"]["fastest_fp32_path"] in bench["cpu_paths"] and bench["compute"]["macs_per_sample"] > 3e7
     sweep = json.loads((project / "metrics/quant_sweep.json").read_text())
     assert set(sweep["recipes"]) == {"fbgemm_histogram", "onnxruntime_minmax"} and sweep["best"] in sweep["recipes"]
+    shown = json.loads((project / "metrics/sweep/onnxruntime_minmax.json").read_text())["validation"]
+    assert set(shown["auroc"]) == {"msp", "maxlogit", "energy", "gen"}  # the detectors the artifact can carry
     assert sweep["recipes"]["onnxruntime_minmax"]["size_ratio"] > 3.5
     assert "onnxruntime_minmax" in (project / "metrics/quant_sweep.md").read_text()
 
@@ -143,3 +162,25 @@ def test_failed_stage_leaves_no_partial_output(project: Path, mirror: Path):
     assert "test_7.JPEG: cannot decode image" in result.stderr + result.stdout
     assert not (project / "data/prepared").exists()
     assert sorted(p.name for p in (project / "data").iterdir()) == ["raw", "sources.json"]
+
+
+def test_sweep_chooses_without_test_data(project: Path):
+    """The recipe choice reads validation data only: with every test array gone from the prepared data,
+    each recipe's quality numbers (what the rule chooses on, besides timings) come out identical."""
+    sh("dvc", "repro", "sweep_report", cwd=project)
+    recipes = yaml.safe_load((project / "params.yaml").read_text())["sweep"]["recipes"]
+    before = {r: json.loads((project / f"metrics/sweep/{r}.json").read_text())["validation"] for r in recipes}
+    prepared = project / "data/prepared"
+    with np.load(prepared / "cifar10.npz") as data:
+        kept = {k: data[k] for k in data.files if not k.startswith("test")}
+    (prepared / "cifar10.npz").unlink()
+    np.savez(prepared / "cifar10.npz", **kept)
+    for test_set in yaml.safe_load((project / "params.yaml").read_text())["ood"]["sets"]:
+        (prepared / "ood" / f"{test_set}.npz").unlink()
+    (prepared / "openood_cifar10.npz").unlink()
+    for recipe in recipes:
+        sh("python", "stages/sweep.py", recipe, cwd=project)
+    sh("python", "stages/sweep_reference.py", cwd=project)
+    sh("python", "stages/sweep_report.py", cwd=project)
+    after = {r: json.loads((project / f"metrics/sweep/{r}.json").read_text())["validation"] for r in recipes}
+    assert after == before

@@ -1,77 +1,138 @@
-"""OOD detectors with one interface, after pytorch-ood: ``fit`` on ID data, then ``score``.
+"""OOD detectors with one interface, after pytorch-ood: ``fit`` on ID training data, then ``score``.
 
-A detector works on a model's outputs (:class:`Outputs`: logits and penultimate features),
-so the same detector runs on the FP32 model and on its INT8 twin, each with its own outputs,
-and the outputs of a data set are computed once for every detector. A score is higher for
-inputs that look more in-distribution. Scores come from pytorch-ood where it is correct
-(checked on synthetic cases in the tests); its detectors return outlier scores (higher =
-more OOD), negated here.
+A detector scores :class:`Evidence`: a set of images, the model that is being judged, and that
+model's outputs on them (logits, pooled penultimate features, and the layer4 activation map
+before pooling), computed once and shared by every detector. The FP32 and the INT8 model are
+each judged with their own outputs and their own classifier head (:class:`ModelContext`), so the
+INT8 column measures the INT8 model. A score is higher for inputs that look more
+in-distribution. Scores come from pytorch-ood where it is correct (checked on synthetic cases in
+the tests); its detectors return outlier scores (higher = more OOD), negated here.
+
+Adding a detector: one class here and one line in :data:`DETECTORS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_ood.detector import ASH as PoodASH
 from pytorch_ood.detector import GEN as PoodGEN
 from pytorch_ood.detector import KNN as PoodKNN
-from pytorch_ood.detector import EnergyBased, MaxLogit as PoodMaxLogit, MaxSoftmax
+from pytorch_ood.detector import EnergyBased, MaxSoftmax
+from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 from pytorch_ood.detector import ReAct as PoodReAct
 from pytorch_ood.detector import ViM as PoodViM
-from pytorch_ood.detector.odin import odin_preprocessing
-import torch.nn.functional as F
 from torch import nn
 
-from edgeml.metrics import ood_metrics
 from edgeml.params import ParamsError
 from edgeml.preprocess import CIFAR10_STD, normalize, to_tensor
 
 
 @dataclasses.dataclass
 class Outputs:
-    """What a model gives for a set of images: logits, and the penultimate (pooled) features."""
+    """What a model gives for a set of images: logits, pooled penultimate features and the pre-pool map."""
 
     logits: torch.Tensor
     features: torch.Tensor
+    maps: torch.Tensor
 
     def __getitem__(self, index: slice | torch.Tensor) -> "Outputs":
-        return Outputs(self.logits[index], self.features[index])
+        return Outputs(self.logits[index], self.features[index], self.maps[index])
+
+    def __len__(self) -> int:
+        return len(self.logits)
 
 
 @torch.no_grad()
 def predict_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Outputs:
-    """Logits and features of uint8 NCHW images, batched; ``model`` returns both (``load_deployable(..., features=True)``)."""
+    """Outputs of uint8 NCHW images, batched; ``model`` returns (logits, features, map) as every deployable file does."""
     model.eval()
-    logits, features = zip(*(model(normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)))
-    return Outputs(torch.cat(logits).float(), torch.cat(features).float())
+    parts = [model(normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return Outputs(*(torch.cat([p[k] for p in parts]).float() for k in range(3)))
 
 
-def fit_set(arrays: Mapping[str, np.ndarray], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training images (uint8 NCHW) and labels detectors fit on: a seeded sample of ``count``, as
-    OpenOOD fits on training data (never test, and not the validation split kept for choices)."""
-    if count > len(arrays["train_x"]):
-        raise ParamsError(f"ood.fit_images: {count} exceeds the {len(arrays['train_x'])} training images")
-    index = np.sort(np.random.default_rng(seed).choice(len(arrays["train_x"]), count, replace=False))
-    return to_tensor(arrays["train_x"][index]), torch.from_numpy(arrays["train_y"][index])
+@dataclasses.dataclass
+class Evidence:
+    """One set of images as one model sees it. ``key`` names the image set (e.g. ``test/tin_crop``):
+    input-perturbation detectors cache per-set work under it across models and settings."""
+
+    key: str
+    images: torch.Tensor  # uint8 NCHW
+    model: nn.Module  # normalised float NCHW in, (logits, features, map) out
+    batch_size: int = 500
+
+    @functools.cached_property
+    def outputs(self) -> Outputs:
+        return predict_outputs(self.model, self.images, self.batch_size)
+
+    def sample(self, count: Optional[int], seed: int) -> "Evidence":
+        """A seeded sample of at most ``count`` images (all when ``count`` is None), outputs shared."""
+        if count is None or count >= len(self.images):
+            return self
+        index = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self.images), count, replace=False)))
+        sampled = Evidence(f"{self.key}[{count}@{seed}]", self.images[index], self.model, self.batch_size)
+        if "outputs" in self.__dict__:
+            sampled.outputs = self.outputs[index]
+        return sampled
+
+
+class GradientSigns:
+    """sign(-grad_x log S_y(x; T)) of the FP32 twin, per image set and temperature: ODIN's nudge
+    direction does not depend on eps or on the model being judged, so one backward pass serves
+    every eps of the grid and both the FP32 and the INT8 model."""
+
+    def __init__(self, twin: nn.Module):
+        self.twin = twin.eval()
+        self._cache: dict[tuple[str, float], torch.Tensor] = {}
+
+    def __call__(self, evidence: Evidence, temperature: float) -> torch.Tensor:
+        key = (evidence.key, temperature)
+        if key not in self._cache:
+            signs = []
+            for start in range(0, len(evidence.images), evidence.batch_size):
+                x = normalize(evidence.images[start : start + evidence.batch_size]).requires_grad_()
+                logits = self.twin(x) / temperature
+                # ODIN (Liang et al. 2018, eq. 2): cross-entropy against the predicted class = -log S_y(x; T)
+                F.cross_entropy(logits, logits.argmax(dim=1), reduction="sum").backward()
+                signs.append(torch.sign(x.grad).to(torch.int8))
+            self._cache[key] = torch.cat(signs)
+        return self._cache[key]
+
+
+@dataclasses.dataclass
+class ModelContext:
+    """What a detector may use besides the evidence: the judged model's own classifier ``head``
+    (for the INT8 model its dequantized INT8 layer), and the FP32 twin's gradients (ODIN)."""
+
+    head: nn.Linear
+    gradients: Optional[GradientSigns] = None
 
 
 class Detector(ABC):
     name: ClassVar[str]
+    # True for detectors that run the model themselves on changed inputs (their cost includes a forward pass)
+    perturbs_inputs: ClassVar[bool] = False
+    # hyperparameter -> (low, high, low inclusive): the values ``ood.search`` may try
+    ranges: ClassVar[dict[str, tuple[float, float, bool]]] = {}
+
+    def __init__(self, context: ModelContext):
+        self.context = context
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "Detector":
-        """Learn what the detector needs from ID training data (outputs and class labels); none by default."""
+        """Learn what the detector needs from ID training outputs and class labels; none by default."""
         return self
 
     @abstractmethod
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        """One score per input; higher = more in-distribution."""
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        """One score per image; higher = more in-distribution."""
 
     def hyperparameters(self) -> dict[str, float]:
         """The values this detector ran with (written to the metrics)."""
@@ -81,8 +142,8 @@ class Detector(ABC):
 class LogitDetector(Detector):
     """A function of the logits alone: it can travel inside the deployable artifact."""
 
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        return self.score_logits(outputs.logits)
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        return self.score_logits(evidence.outputs.logits)
 
     @abstractmethod
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor: ...
@@ -125,14 +186,7 @@ class GEN(PytorchOODLogitDetector):
     outlier_score = staticmethod(PoodGEN.score)
 
 
-class FeatureDetector(Detector):
-    """A detector on penultimate features; ``head`` is the model's final linear layer, for those that re-apply it."""
-
-    def __init__(self, head: Optional[nn.Linear] = None):
-        self.head = head
-
-
-class Mahalanobis(FeatureDetector):
+class Mahalanobis(Detector):
     """Distance to the closest class mean under a shared covariance (Lee et al. 2018), features only
     (no input perturbation). Written here rather than taken from pytorch-ood, whose matrix inverse
     fails when the covariance is singular (fewer samples than dimensions, or dead features); the
@@ -148,19 +202,20 @@ class Mahalanobis(FeatureDetector):
         self.precision = torch.linalg.pinv(centred.T @ centred / len(features), hermitian=True)
         return self
 
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        diff = outputs.features.double()[:, None, :] - self.means[None]  # samples x classes x dims
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        diff = evidence.outputs.features.double()[:, None, :] - self.means[None]  # samples x classes x dims
         distances = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
         return -distances.min(dim=1).values.float()
 
 
-class KNN(FeatureDetector):
+class KNN(Detector):
     """Distance to the k-th nearest ID training feature, features L2-normalised (Sun et al. 2022)."""
 
     name = "knn"
+    ranges = {"k": (1, float("inf"), True)}
 
-    def __init__(self, head: Optional[nn.Linear] = None, k: int = 50):
-        super().__init__(head)
+    def __init__(self, context: ModelContext, k: int = 50):
+        super().__init__(context)
         self.k = int(k)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "KNN":
@@ -168,112 +223,121 @@ class KNN(FeatureDetector):
         self._pood = PoodKNN(None, k=self.k, normalize=False).fit_features(F.normalize(outputs.features), labels)
         return self
 
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        return -self._pood.predict_features(F.normalize(outputs.features))
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        return -self._pood.predict_features(F.normalize(evidence.outputs.features))
 
     def hyperparameters(self) -> dict[str, float]:
         return {"k": self.k}
 
 
-class ViM(FeatureDetector):
-    """Virtual-logit matching (Wang et al. 2022): the feature's norm off the principal ID subspace vs the energy."""
+class ViM(Detector):
+    """Virtual-logit matching (Wang et al. 2022): the feature's norm off the principal ID subspace vs
+    the energy, with the judged model's own head."""
 
     name = "vim"
+    ranges = {"dim": (1, float("inf"), True)}
 
-    def __init__(self, head: Optional[nn.Linear] = None, dim: int = 256):
-        super().__init__(head)
+    def __init__(self, context: ModelContext, dim: int = 256):
+        super().__init__(context)
         self.dim = int(dim)
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ViM":
         if len(outputs.features) <= self.dim:
             # fewer samples than the principal subspace: no residual to scale by (division by zero)
-            raise ParamsError(f"vim dim {self.dim} needs more than {self.dim} fit images (ood.fit_images: {len(outputs.features)})")
-        w, b = self.head.weight.detach(), self.head.bias.detach()
-        self._pood = PoodViM(None, d=self.dim, w=w, b=b).fit_features(outputs.features, labels)
+            raise ParamsError(f"ood.search.vim: dim {self.dim} needs more than {self.dim} fit images (ood.fit_images: {len(outputs.features)})")
+        # in float64: the covariance of few or quantized features is ill-conditioned, and float32's
+        # eigensolver can fail to converge on it
+        head = self.context.head
+        w, b = head.weight.detach().double(), head.bias.detach().double()
+        self._pood = PoodViM(None, d=self.dim, w=w, b=b).fit_features(outputs.features.double(), labels)
         return self
 
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        return -self._pood.predict_features(outputs.features)
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        return -self._pood.predict_features(evidence.outputs.features.double()).float()
 
     def hyperparameters(self) -> dict[str, float]:
         return {"principal_dim": self.dim}
 
 
-class _PooledMapDetector(FeatureDetector):
-    """Shared by ReAct and ASH: pytorch-ood's versions act on feature maps, then re-apply the head and
-    score with Energy. At 32x32 the torchvision-stem ResNet18's last map is 1x1, so the pooled
-    features are that map."""
-
-    percentile: float
-
-    def _head(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.head(maps.flatten(1))
-
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        with torch.no_grad():
-            scores = -self._pood.predict_feature_maps(outputs.features[:, :, None, None])
-            # an all-zero feature (dead ReLUs) has nothing to prune or rescale (ASH's ratio is 0/0)
-            dead = outputs.features.abs().sum(dim=1) == 0
-            scores[dead] = torch.logsumexp(self.head(torch.zeros_like(outputs.features[dead])), dim=1)
-            return scores
-
-    def hyperparameters(self) -> dict[str, float]:
-        return {"percentile": self.percentile}
-
-
-class ReAct(_PooledMapDetector):
-    """Energy after clipping features at their ID percentile (Sun et al. 2021)."""
+class ReAct(Detector):
+    """Energy after clipping the pooled penultimate features at their ID percentile (Sun et al. 2021),
+    with the judged model's own head."""
 
     name = "react"
+    ranges = {"percentile": (0.0, 1.0, False)}
 
-    def __init__(self, head: Optional[nn.Linear] = None, percentile: float = 0.9):
-        super().__init__(head)
+    def __init__(self, context: ModelContext, percentile: float = 0.9):
+        super().__init__(context)
         self.percentile = percentile
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "ReAct":
-        self._pood = PoodReAct(nn.Identity(), self._head, percentile=self.percentile, detector=EnergyBased.score)
+        head = self.context.head
+        self._pood = PoodReAct(nn.Identity(), lambda maps: head(maps.flatten(1)), percentile=self.percentile, detector=EnergyBased.score)
         self._pood._set_threshold_from_activations(outputs.features.flatten())
         return self
+
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        return -self._pood.predict_feature_maps(evidence.outputs.features[:, :, None, None])
 
     def hyperparameters(self) -> dict[str, float]:
         return {"percentile": self.percentile, "threshold": float(self._pood.threshold)}
 
 
-class ASH(_PooledMapDetector):
-    """ASH-S (Djurisic et al. 2023): prune all but the top activations per sample, rescale by exp(sum ratio), Energy."""
+class ASH(Detector):
+    """ASH-S (Djurisic et al. 2023), as pytorch-ood's ``ASH``: on the layer4 activation map before
+    global pooling (C x H x W), keep the top ``1 - percentile`` activations per sample, scale them by
+    exp(sum before / sum after), then pool, apply the judged model's own head and score Energy."""
 
     name = "ash"
+    ranges = {"percentile": (0.0, 1.0, False)}
 
-    def __init__(self, head: Optional[nn.Linear] = None, percentile: float = 0.9):
-        super().__init__(head)
+    def __init__(self, context: ModelContext, percentile: float = 0.9):
+        super().__init__(context)
         self.percentile = percentile
-        self._pood = PoodASH(nn.Identity(), self._head, variant="ash-s", percentile=percentile, detector=EnergyBased.score)
+        head = context.head
+        self._pood = PoodASH(nn.Identity(), lambda maps: head(maps.mean(dim=(2, 3))), variant="ash-s",
+                             percentile=percentile, detector=EnergyBased.score)
+
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        maps = evidence.outputs.maps
+        with torch.no_grad():
+            scores = -self._pood.predict_feature_maps(maps)
+            # an all-zero map (dead ReLUs) has nothing to prune or rescale (ASH's ratio is 0/0): its energy as is
+            dead = maps.flatten(1).abs().sum(dim=1) == 0
+            scores[dead] = torch.logsumexp(self.context.head(torch.zeros(int(dead.sum()), maps.shape[1])), dim=1)
+        return scores
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {"percentile": self.percentile}
 
 
 class ODIN(Detector):
-    """Temperature-scaled MSP on inputs nudged to raise it (Liang et al. 2018), via pytorch-ood's
-    ``odin_preprocessing``. INT8 kernels have no gradients: the nudge comes from the FP32 twin
-    (the float network both models were exported from), and each model scores the nudged
-    inputs with its own logits."""
+    """Temperature-scaled MSP on inputs nudged to raise it (Liang et al. 2018):
+    x' = x - eps * sign(-grad_x log S_y(x; T)) / std, score = max softmax(f(x') / T).
+    INT8 kernels have no gradients: the nudge comes from the FP32 twin (the float network both
+    models were exported from, :class:`GradientSigns`), and the judged model scores the nudged
+    images with its own logits. Equal to pytorch-ood's ``odin_preprocessing`` (tested)."""
 
     name = "odin"
+    perturbs_inputs = True
+    ranges = {"temperature": (0.0, float("inf"), False), "eps": (0.0, float("inf"), True)}
 
-    def __init__(self, twin: Optional[nn.Module] = None, temperature: float = 1000.0, eps: float = 0.0014):
-        self.twin, self.temperature, self.eps = twin, float(temperature), float(eps)
+    def __init__(self, context: ModelContext, temperature: float = 1000.0, eps: float = 0.0014):
+        super().__init__(context)
+        self.temperature, self.eps = float(temperature), float(eps)
 
-    def score(self, outputs: Outputs) -> torch.Tensor:
-        raise TypeError("ODIN perturbs its inputs: score images with score_images")
-
-    def score_images(self, model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        """Scores of uint8 NCHW images; ``model`` returns logits (the deployed FP32 or INT8 model)."""
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        if not self.eps:  # no nudge: temperature-scaled MSP of the outputs already computed
+            return (evidence.outputs.logits / self.temperature).softmax(dim=1).amax(dim=1)
+        signs = self.context.gradients(evidence, self.temperature)
+        std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
         scores = []
-        model.eval()
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size])
-            if self.eps:
-                x = odin_preprocessing(self.twin.eval(), x, eps=self.eps, temperature=self.temperature, norm_std=list(CIFAR10_STD))
-            with torch.no_grad():
-                scores.append((model(x.detach().contiguous()).float() / self.temperature).softmax(dim=1).amax(dim=1))
+        with torch.no_grad():
+            for start in range(0, len(evidence.images), evidence.batch_size):
+                stop = start + evidence.batch_size
+                x = normalize(evidence.images[start:stop]) - self.eps * signs[start:stop].float() / std
+                logits = evidence.model(x.contiguous())[0].float()
+                scores.append((logits / self.temperature).softmax(dim=1).amax(dim=1))
         return torch.cat(scores)
 
     def hyperparameters(self) -> dict[str, float]:
@@ -285,36 +349,46 @@ DETECTORS: dict[str, type[Detector]] = {
 }
 
 
-def make_detector(
-    name: str, head: Optional[nn.Linear] = None, twin: Optional[nn.Module] = None, **hyperparameters: float
-) -> Detector:
-    """A detector by its params name; feature detectors that re-apply the classifier get ``head``,
-    ODIN gets the FP32 ``twin`` for its input gradients."""
+def detector_class(name: str) -> type[Detector]:
     if name not in DETECTORS:
         raise ParamsError(f"ood.detectors: {name!r} is not one of {sorted(DETECTORS)}")
-    cls = DETECTORS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "head", "twin")]
-    unknown = sorted(set(hyperparameters) - set(allowed))
+    return DETECTORS[name]
+
+
+def hyperparameter_names(name: str) -> list[str]:
+    """The keyword arguments a detector takes besides its context (what ``ood.search`` may set)."""
+    return [p for p in inspect.signature(detector_class(name).__init__).parameters if p not in ("self", "context")]
+
+
+def check_params(detectors: list[str], search: dict[str, dict[str, list[float]]]) -> None:
+    """Refuse unknown detectors, and search grids naming unknown hyperparameters or values out of
+    range, before any work (params.py cannot: it must load where pytorch-ood is not installed)."""
+    for name in detectors:
+        detector_class(name)
+    for name, grid in search.items():
+        allowed = hyperparameter_names(name)
+        for key, values in grid.items():
+            if key not in allowed:
+                raise ParamsError(f"ood.search.{name}: unknown hyperparameter {key!r}; allowed: {allowed}")
+            low, high, inclusive = DETECTORS[name].ranges.get(key, (float("-inf"), float("inf"), True))
+            for value in values:
+                if not (low <= value if inclusive else low < value) or value >= high:
+                    bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high != float("inf") else "")
+                    raise ParamsError(f"ood.search.{name}.{key}: {value!r} must be {bound}")
+
+
+def make_detector(name: str, context: ModelContext, **hyperparameters: float) -> Detector:
+    """A detector by its params name, for the model whose ``context`` it gets."""
+    unknown = sorted(set(hyperparameters) - set(hyperparameter_names(name)))
     if unknown:
-        raise ParamsError(f"ood.search.{name}: unknown hyperparameter(s) {unknown}; allowed: {allowed}")
-    if issubclass(cls, FeatureDetector):
-        return cls(head, **hyperparameters)
-    return cls(twin, **hyperparameters) if cls is ODIN else cls()
+        raise ParamsError(f"ood.search.{name}: unknown hyperparameter(s) {unknown}; allowed: {hyperparameter_names(name)}")
+    return detector_class(name)(context, **hyperparameters)
 
 
-def choose(
-    grid: dict[str, list[float]],
-    build: Callable[..., Detector],
-    validation_scores: Callable[[Detector], tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[Detector, dict[str, object]]:
-    """Grid search on validation data only (as OpenOOD does): ``build(**setting)`` makes a fitted
-    detector, ``validation_scores`` scores ID and OOD validation data with it; the setting with the
-    highest AUROC wins. Returns that detector and the search record."""
-    tried = []
-    for values in itertools.product(*grid.values()):
-        setting = dict(zip(grid, values))
-        detector = build(**setting)
-        id_scores, ood_scores = validation_scores(detector)
-        tried.append((ood_metrics(id_scores.numpy(), ood_scores.numpy())["auroc"], setting, detector))
-    auroc, setting, detector = max(tried, key=lambda t: t[0])
-    return detector, {"chosen": setting, "validation_auroc": auroc, "tried": [[s, a] for a, s, _ in tried]}
+def fit_set(arrays: Mapping[str, np.ndarray], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (uint8 NCHW) and labels detectors fit on: a seeded sample of ``count``, as
+    OpenOOD fits on training data (never test, and not the validation split kept for choices)."""
+    if count > len(arrays["train_x"]):
+        raise ParamsError(f"ood.fit_images: {count} exceeds the {len(arrays['train_x'])} training images")
+    index = np.sort(np.random.default_rng(seed).choice(len(arrays["train_x"]), count, replace=False))
+    return to_tensor(arrays["train_x"][index]), torch.from_numpy(arrays["train_y"][index])

@@ -1,0 +1,116 @@
+"""One evaluation path for the ood, sweep, package and bench stages: score a model with detectors on
+image sets, each detector's hyperparameters chosen on validation data only (OpenOOD's protocol:
+tune on validation, report on test). Test data is scored here, never compared or chosen on."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from edgeml.detectors import Detector, Evidence, LogitDetector, ModelContext, Outputs, detector_class, make_detector
+from edgeml.metrics import group_means, ood_metrics
+from edgeml.params import ParamsError
+from edgeml.preprocess import DataError
+
+Validation = tuple[Evidence, Evidence]  # (ID validation, OOD validation)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def fitted(name: str, setting: dict[str, float], context: ModelContext, fit: Outputs, labels: torch.Tensor) -> Detector:
+    """Detector ``name`` with ``setting``, fitted on ID training outputs."""
+    return make_detector(name, context, **setting).fit(fit, labels)
+
+
+def validation_auroc(detector: Detector, validation: Validation) -> float:
+    """AUROC of ID vs OOD validation images: the only number choices are made on."""
+    id_scores, ood_scores = (detector.score(evidence).numpy() for evidence in validation)
+    return ood_metrics(id_scores, ood_scores)["auroc"]
+
+
+def choose(
+    name: str, grid: dict[str, list[float]], context: ModelContext, fit: Outputs, labels: torch.Tensor, validation: Validation
+) -> tuple[Detector, dict[str, Any]]:
+    """Grid search on validation only: every setting in ``grid`` (the defaults alone when it is empty)
+    is fitted and scored on ``validation``; the highest AUROC wins. Returns that detector and the record
+    (chosen setting, its validation AUROC, every setting tried)."""
+    tried = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        detector = fitted(name, setting, context, fit, labels)
+        tried.append((validation_auroc(detector, validation), setting, detector))
+    auroc, setting, detector = max(tried, key=lambda t: t[0])
+    return detector, {
+        "chosen": setting,
+        "hyperparameters": detector.hyperparameters(),
+        "validation_auroc": auroc,
+        "tried": [[s, a] for a, s, _ in tried],
+    }
+
+
+def score_sets(
+    detector: Detector, name: str, sets: dict[str, Evidence], perturbation_images: Optional[int], seed: int
+) -> dict[str, np.ndarray]:
+    """Scores per image set. Detectors that perturb their inputs (a backward pass per image) score a
+    seeded sample of at most ``perturbation_images`` per set; a NaN/inf score stops with the set named."""
+    count = perturbation_images if detector.perturbs_inputs else None
+    scores = {key: detector.score(evidence.sample(count, seed)).numpy() for key, evidence in sets.items()}
+    broken = [key for key, s in scores.items() if not np.isfinite(s).all()]
+    if broken:
+        raise DataError(f"ood: detector {name!r} gave NaN/inf scores on {broken}; check the model file and ood.search")
+    return scores
+
+
+def set_metrics(scores: dict[str, np.ndarray], sets: list[str], groups: dict[str, list[str]]) -> dict[str, Any]:
+    """ODIN's metrics of ID (``scores["id"]``) vs each OOD set, plus each group's mean."""
+    per_set = {name: ood_metrics(scores["id"], scores[name]) for name in sets}
+    return per_set | group_means(per_set, groups)
+
+
+def validation_quality(
+    model: torch.nn.Module,
+    context: ModelContext,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ood_images: torch.Tensor,
+    detectors: list[str],
+    id_images: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """What a quantization recipe is chosen on, validation data only: top-1 on the held-out training
+    split ``images``, and each logit detector's AUROC of its first ``id_images`` vs ``ood_images``
+    (the detectors the artifact can carry, MSP among them)."""
+    everything = Evidence("validation/all", images, model, batch_size)
+    id_evidence = Evidence("validation/id", images[:id_images], model, batch_size)
+    id_evidence.outputs = everything.outputs[:id_images]
+    validation = (id_evidence, Evidence("validation/ood", ood_images, model, batch_size))
+    return {
+        "top1": top1(everything.outputs.logits, labels),
+        "auroc": {
+            name: validation_auroc(make_detector(name, context), validation)
+            for name in detectors
+            if issubclass(detector_class(name), LogitDetector)
+        },
+    }
+
+
+def choose_packaged(validation_auroc: dict[str, float], added_us: dict[str, float], max_added_us: float) -> tuple[str, dict[str, Any]]:
+    """The detector the artifact carries: the best validation AUROC among the candidates that add at most
+    ``max_added_us`` per image on the INT8 model. Returns its name and the record of the choice."""
+    eligible = {name: auroc for name, auroc in validation_auroc.items() if added_us[name] <= max_added_us}
+    if not eligible:
+        raise ParamsError(
+            f"package.max_added_us: no detector the artifact can carry adds at most {max_added_us} µs per image "
+            f"(measured: {', '.join(f'{n} {us:.1f}' for n, us in added_us.items())}); raise the bound"
+        )
+    best = max(eligible, key=eligible.get)
+    return best, {
+        "rule": f"best INT8 validation AUROC among detectors adding at most {max_added_us} µs per image",
+        "validation_auroc": validation_auroc,
+        "added_us": added_us,
+    }
