@@ -1,9 +1,10 @@
-"""Stage report: Tables 1 and 2 (markdown and metrics) and the plots."""
+"""Stage report: Tables 1 and 2 (markdown and JSON), the headline metrics (quality and timing apart),
+and the plots."""
 
 from pathlib import Path
 
+from edgeml import figures, report
 from edgeml import params as P
-from edgeml import report
 from edgeml.data import load_arrays
 from edgeml.io import read_json, write_json, write_text
 from edgeml.stage import run
@@ -13,8 +14,15 @@ PLOTS = Path("plots")
 
 def main() -> None:
     params = P.load().ood
-    bench, evaluate, ood = (read_json(f"metrics/{name}.json") for name in ("bench", "evaluate", "ood"))
-    write_text("metrics/report.md", report.render_markdown(bench, evaluate, ood, "msp", params.sets, params.groups))
+    bench, evaluate, ood, choices, package = (
+        read_json(f"metrics/{name}.json") for name in ("bench", "evaluate", "ood", "detectors", "package")
+    )
+    write_text(
+        "metrics/report.md", report.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups)
+    )
+    quality, timing = report.headline(bench, evaluate, ood, package, params.groups)
+    write_json("metrics/summary.json", quality)
+    write_json("metrics/timing.json", timing)
     write_json(
         "metrics/tables.json",
         {
@@ -23,18 +31,20 @@ def main() -> None:
                 f"{detector}/{ood_set}": {
                     row: dict(zip(report.MODELS, v)) for row, v in report.table2(ood, detector, ood_set).items()
                 }
-                for detector in params.detectors
+                for detector in sorted({"msp", package["detector"]})
                 for ood_set in params.sets
             },
         },
     )
+    readme_figures = {("msp", "tin_crop"), (package["detector"], "tin_crop")}
     for detector in params.detectors:
         scores = {model: load_arrays(f"data/scores/{model}_{detector}.npz") for model in report.MODELS}
         for ood_set in params.sets:
-            report.plot_ood(scores, ood_set, detector, PLOTS / "ood", PLOTS / "figures")
-    report.plot_auroc_change(ood, params.sets, PLOTS / "figures" / "auroc_change.png")
-    report.plot_training(PLOTS / "train" / "plots" / "metrics", PLOTS / "figures" / "training.png")
-
+            figures.write_curves(scores, ood_set, detector, PLOTS / "ood")
+            if (detector, ood_set) in readme_figures:
+                figures.plot_ood(scores, ood_set, detector, PLOTS / "figures" / f"{detector}_{ood_set}.png")
+    figures.plot_auroc_change(ood, params.sets, PLOTS / "figures" / "auroc_change.png")
+    figures.plot_training(PLOTS / "train" / "plots" / "metrics", PLOTS / "figures" / "training.png")
 
 if __name__ == "__main__":
     run(main)

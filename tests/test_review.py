@@ -1,0 +1,126 @@
+"""`edgeml review` end to end on a throwaway git repository with two commits whose metrics differ."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeml import cli, review
+
+SETS = ("tin_crop", "mnist")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def write(repo: Path, path: str, data: object) -> None:
+    file = repo / path
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(yaml.safe_dump(data) if path.endswith(".yaml") else json.dumps(data))
+
+
+def commit(repo: Path, shift: float, summary: dict, timing: dict, lr: float) -> None:
+    """One revision of the pipeline's outputs; `shift` moves every INT8 quality number."""
+    write(repo, "params.yaml", {"train": {"lr": lr, "epochs": 3}})
+    write(repo, "metrics/summary.json", summary)
+    write(repo, "metrics/timing.json", timing)
+    write(repo, "metrics/package.json", {"detector": "msp"})
+    write(repo, "metrics/tables.json", {
+        "table1": {"Model size (MB)": {"fp32": 44.7, "int8": 11.2 + shift}, "GPU latency (ms/sample)":
+                   {"fp32": "not measured: no CUDA GPU", "int8": "not measured: no CUDA GPU"}},
+        "table2": {"msp/tin_crop": {"AUROC (%)": {"fp32": 78.0, "int8": 77.0 + shift}}},
+    })
+    auroc = {m: {d: {s: {"auroc": 0.8 + (shift if m == "int8" else 0) / 100} for s in SETS} for d in ("msp", "knn")}
+             for m in ("fp32", "int8")}
+    write(repo, "metrics/ood.json", {"id_split": {"name": "openood"}, **auroc})
+    write(repo, "metrics/quant_sweep.json", {
+        "goals": {"auroc_drop_points": 0.5}, "best": "a",
+        "recipes": {"a": {"latency_ms": 0.5, "max_auroc_drop_points": 0.2}, "b": {"latency_ms": 1.5, "max_auroc_drop_points": 2.0}},
+    })
+    for model in ("fp32", "int8"):
+        (repo / f"plots/ood/roc/{model}").mkdir(parents=True, exist_ok=True)
+        (repo / f"plots/ood/roc/{model}/msp_tin_crop.csv").write_text("fpr,tpr\n0,0\n0.1,0.6\n1,1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"shift {shift}")
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(review, "GOALS", {"top1_drop": ("<=", 0.3), "size_ratio": (">=", 3.9),
+                                          "cpu_speedup_batch1": (">=", 3.0), "worst_auroc_drop": ("<=", 0.5)})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    base = {"top1_drop": 0.5, "size_ratio": 4.0, "worst_auroc_drop": 0.4, "removed_key": 1.0}
+    commit(repo, 0.0, base, {"cpu_speedup_batch1": 2.0, "cpu_ms_int8": 0.25}, lr=0.2)
+    head = {"top1_drop": 0.1, "size_ratio": 3.5, "worst_auroc_drop": 0.4, "new_key": 7.0}
+    commit(repo, 1.0, head, {"cpu_speedup_batch1": 3.2, "cpu_ms_int8": 0.25}, lr=0.1)
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def rows(markdown: str) -> dict[str, list[str]]:
+    """Table rows by their first cell."""
+    out = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[cells[0]] = cells[1:]
+    return out
+
+
+def test_review_two_commits(repo: Path) -> None:
+    out = repo / "out" / "review.md"
+    assert cli.main(["review", "--base", "HEAD~1", "--head", "HEAD", "--out", str(out)]) == 0
+    text = out.read_text()
+    table = rows(text)
+    assert table["`train.lr`"] == ["0.2", "0.1"]
+    assert "`train.epochs`" not in table  # unchanged params are not listed
+    assert table["`top1_drop`"] == ["0.5 ❌", "0.1 ✅", "-0.4 (-80.0%)", "<= 0.3"]
+    assert table["`size_ratio`"] == ["4.00 ✅", "3.50 ❌", "-0.5 (-12.5%)", ">= 3.9"]
+    assert table["`worst_auroc_drop`"] == ["0.4 ✅", "0.4 ✅", "0", "<= 0.5"]
+    assert table["`cpu_speedup_batch1`"] == ["2.00 ❌", "3.20 ✅", "+1.20 (+60.0%)", ">= 3"]
+    assert table["`cpu_ms_int8`"] == ["0.25", "0.25", "0", ""]
+    assert text.index("**Quality** (`metrics/summary.json`)") < text.index("**Timing** (`metrics/timing.json`)")
+    assert table["`new_key`"] == ["—", "7.00", "", ""]
+    assert table["`removed_key`"] == ["1.00", "—", "", ""]
+    assert "Goals met: base 2/4, head 3/4; **no longer met: size_ratio**; newly met: top1_drop, cpu_speedup_batch1." in text
+    assert table["Model size (MB)"] == ["44.70", "11.20", "44.70", "12.20", "+1.00 (+8.9%)"]
+    assert table["GPU latency (ms/sample)"][:2] == ["not measured", "not measured"]
+    assert table["AUROC (%)"] == ["78.00", "77.00", "78.00", "78.00", "+1.00 (+1.3%)"]
+    for name in ("review_roc.png", "review_auroc_change.png", "review_recipes.png"):
+        assert f"]({name})" in text
+        assert (out.parent / name).read_bytes().startswith(b"\x89PNG")
+    assert len(text.encode()) <= review.MAX_BYTES
+
+
+def test_review_working_tree_with_missing_files(repo: Path) -> None:
+    """Head defaults to the working tree; a side without a file is reported, and its figures left out."""
+    (repo / "metrics/summary.json").unlink()
+    for path in ("metrics/quant_sweep.json", "plots/ood/roc/int8/msp_tin_crop.csv"):
+        (repo / path).unlink()
+    out = review.review("HEAD~1", None, repo / "review.md")
+    text = out.read_text()
+    assert "working tree has no `metrics/summary.json`." in text
+    assert rows(text)["`top1_drop`"] == ["0.5 ❌", "—", "", "<= 0.3"]
+    assert "review_auroc_change.png" in text and "review_roc.png" not in text and "review_recipes.png" not in text
+    assert not (repo / "review_roc.png").exists()
+
+
+def test_review_cuts_a_huge_params_diff(repo: Path) -> None:
+    write(repo, "params.yaml", {"sweep": {f"recipe_{i}": {"backend": "x" * 200, "seed": i} for i in range(2000)}})
+    text = review.review("HEAD", None, repo / "review.md").read_text()
+    assert len(text.encode()) <= review.MAX_BYTES
+    assert f"… {4000 + 2 - review.MAX_ROWS} more rows not shown." in text  # 4,000 keys added, train.lr and .epochs gone
+
+
+def test_review_unknown_base(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["review", "--base", "origin/nope"]) == 2
+    assert "unknown revision 'origin/nope'" in capsys.readouterr().err
