@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one GPU session of issue 10, as run on a lent machine: train both recipes (scripts/gpu_train.sh),
+# time the GPU rows of Table 1 on the best one (scripts/gpu_bench.py), and pack what comes back into
+# $OUT within the transfer limits (8 files, 16 MiB each): results.tar.gz (summaries, curves, logs,
+# params, GPU timings) and the validation-best checkpoint in 15 MiB parts with its sha256.
+#
+#   mkdir -p .gpu_data && cp ../shared/datasets/cifar10-jpeg.tar.gz .gpu_data/ && grep cifar10-jpeg \
+#     ../shared/datasets/SHA256SUMS > .gpu_data/SHA256SUMS
+#   OUT=/tmp/out EPOCHS=100 scripts/gpu_run.sh
+set -uo pipefail
+: "${OUT:?set OUT to the folder that receives the results}"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+RESULTS=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+OUT=$RESULTS timeout "${TRAIN_SECONDS:-440}" "$REPO/scripts/gpu_train.sh" > "$RESULTS/train_run.log" 2>&1
+echo "gpu_train.sh exit status $?" >> "$RESULTS/train_run.log"
+# the checkpoint to keep: best validation accuracy (test top-1 is recorded, never compared)
+BEST=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['recipes']; print(max(r, key=lambda k: r[k]['val_acc']))" \
+  "$RESULTS/summary.json" 2>> "$RESULTS/train_run.log" || echo ce)
+echo "validation-best recipe: $BEST" >> "$RESULTS/train_run.log"
+PYTHONPATH=$REPO/src timeout 150 python3 "$REPO/scripts/gpu_bench.py" "${WORK:-$REPO/.gpu_run}/$BEST/models/fp32.pt" \
+  "$RESULTS/gpu_bench.json" > "$RESULTS/gpu_bench.log" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$RESULTS/nvidia-smi.csv" 2>&1
+cp "$RESULTS/$BEST"/fp32.pt.part-* "$RESULTS/$BEST/fp32.pt.sha256" "$OUT/" 2>/dev/null
+tar czf "$OUT/results.tar.gz" --exclude='*.part-*' -C "$RESULTS" .
+tail -n 30 "$RESULTS/train_run.log"; cat "$RESULTS/gpu_bench.log"
