@@ -1,15 +1,20 @@
 """README shows exactly what the pipeline produced, and CI runs README's commands."""
 
+import importlib.util
 from pathlib import Path
 
 REPO = Path(__file__).parents[1]
 README = (REPO / "README.md").read_text()
+GENERATED = ("metrics/report.md", "metrics/quant_sweep.md", "metrics/gpu_recipe/report.md")
 
 
-def test_readme_tables_are_the_committed_report():
-    for report in ("metrics/report.md", "metrics/gpu_recipe/report.md"):
-        tables = (REPO / report).read_text().strip()
-        assert tables in README, f"README's tables differ from {report}: paste it again after `dvc repro`"
+def test_readme_tables_are_the_committed_reports():
+    spec = importlib.util.spec_from_file_location("sync_readme", REPO / "scripts/sync_readme.py")
+    sync_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync_readme)
+    for report in GENERATED:
+        assert f"<!-- BEGIN {report} -->" in README, f"README does not show {report}"
+    assert sync_readme.sync(README) == README, "README's tables differ from metrics/: run `python scripts/sync_readme.py`"
 
 
 def test_ci_runs_the_readme_install_and_test_commands():
