@@ -154,3 +154,20 @@ def test_fp32_torchscript_runs_fused_by_onednn_and_restores_the_switch(tmp_path,
         for a, b in zip(outputs, plain(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert not torch.jit.onednn_fusion_enabled()
+
+
+def test_detector_cost_runs_no_forward_pass_between_timed_calls():
+    # A model's forward pass just before a timed call leaves its thread pool busy (ONNX Runtime spins):
+    # outputs are computed once, so a logit detector's cost never follows a forward pass.
+    from edgeml.detectors import ModelContext, make_detector
+
+    calls = []
+
+    class Model(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return torch.zeros(len(x), 10), torch.zeros(len(x), 4), torch.zeros(len(x), 4, 1, 1)
+
+    detector = make_detector("energy", ModelContext(nn.Linear(4, 10)))
+    benchmark.detector_cost_us(Model(), {"energy": detector}, runs=5)
+    assert len(calls) == 5 + 1  # the timed plain forward passes, then the outputs once
