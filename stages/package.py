@@ -52,10 +52,17 @@ def main() -> None:
     }
     with atomic_dir(ARTIFACT_DIR) as out:
         digest = build_artifact(path, backend, detector.score_logits, metadata, artifact_path(backend, out))
-        # The artifact must score exactly as the pipeline's INT8 model + detector did.
+        # The artifact must score as the pipeline's INT8 model + detector did. Not bit for bit: it
+        # normalises inside its own graph, and a float rounding difference there can move an input
+        # across a quantization step (GEN's p**0.1 magnifies that for small probabilities). Its
+        # decisions at the threshold must agree on all but a handful of validation images.
         with torch.no_grad():
             _, artifact_scores = EdgeModel.load(out).module(val_x)
-        np.testing.assert_allclose(np.asarray(artifact_scores), val_scores, rtol=1e-5, atol=1e-6)
+        artifact_scores = np.asarray(artifact_scores)
+        np.testing.assert_allclose(artifact_scores, val_scores, rtol=1e-3, atol=1e-3)
+        flipped = int(((artifact_scores >= threshold) != (val_scores >= threshold)).sum())
+        if flipped > len(val_scores) // 1000:
+            raise AssertionError(f"package: the artifact decides differently on {flipped} of {len(val_scores)} validation images")
 
     scores = load_arrays(f"data/scores/int8_{name}.npz")
     write_json(
@@ -69,6 +76,7 @@ def main() -> None:
             "calibration_images": {"split": params.quantize.calibration_split, "count": params.quantize.calibration_size},
             "threshold_images": {"split": "val", "count": len(val_x)},
             "val_tpr": float((val_scores >= threshold).mean()),
+            "artifact_decisions_differing": flipped,
             "test_tpr": float((scores["id"] >= threshold).mean()),
             "test_fpr": {s: float((scores[s] >= threshold).mean()) for s in params.ood.sets},
         },
