@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- BEGIN (?P<path>\S+) -->\n).*?(\n<!-- END (?P=path) -->)", re.S)
+BLOCK = re.compile(r"(<!-- BEGIN (?P<path>\S+) -->\n)(?:.*?\n)?(<!-- END (?P=path) -->)", re.S)
 
 
 def sync(readme: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text().strip() + m.group(3), readme)
+    return BLOCK.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text().strip() + "\n" + m.group(3), readme)
 
 
 def main() -> int:

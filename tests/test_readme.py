@@ -21,3 +21,13 @@ def test_ci_runs_the_readme_install_and_test_commands():
     ci = (REPO / ".ci/run").read_text()
     for command in ('python -m pip install -e ".[dev]"', "python -m pytest"):
         assert command in README and command in ci
+
+
+def test_sync_fills_empty_and_stale_blocks(tmp_path):
+    spec = importlib.util.spec_from_file_location("sync_readme", REPO / "scripts/sync_readme.py")
+    sync_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync_readme)
+    report = (REPO / "metrics/report.md").read_text().strip()
+    for inside in ("", "stale table\n"):
+        text = f"intro\n<!-- BEGIN metrics/report.md -->\n{inside}<!-- END metrics/report.md -->\nend\n"
+        assert sync_readme.sync(text) == f"intro\n<!-- BEGIN metrics/report.md -->\n{report}\n<!-- END metrics/report.md -->\nend\n"
