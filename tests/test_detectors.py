@@ -247,9 +247,12 @@ def test_odin_nudge_from_the_twin_raises_the_score_and_is_computed_once_per_set(
     evidence = Evidence("images", images[:16], _with_maps(model))
     plain = make_detector("odin", context, temperature=1000, eps=0).score(evidence)
     backward_passes = []
-    model.conv1.register_full_backward_hook(lambda *args: backward_passes.append(1))
-    nudged = make_detector("odin", context, temperature=1000, eps=0.004).score(evidence)
-    make_detector("odin", context, temperature=1000, eps=0.0014).score(evidence)  # another eps: same gradients
+    hook = model.conv1.register_full_backward_hook(lambda *args: backward_passes.append(1))
+    try:  # the model is shared by other tests: the hook must not outlive this one
+        nudged = make_detector("odin", context, temperature=1000, eps=0.004).score(evidence)
+        make_detector("odin", context, temperature=1000, eps=0.0014).score(evidence)  # another eps: same gradients
+    finally:
+        hook.remove()
     assert (nudged > plain).all() and len(backward_passes) == 1
 
 
@@ -324,3 +327,16 @@ def test_vim_fits_an_ill_conditioned_covariance():
     head = nn.Linear(64, 2)
     detector = make_detector("vim", ModelContext(head), dim=8).fit(outputs_of(features, head), torch.arange(60) % 2)
     assert torch.isfinite(detector.score(evidence_of(outputs_of(features[:5], head)))).all()
+
+
+def test_vim_equals_pytorch_ood_where_its_float32_solver_converges():
+    from pytorch_ood.detector import ViM as PoodViM
+
+    rng = np.random.default_rng(1)
+    features = torch.tensor(np.abs(rng.normal(0, 1, (400, 32))), dtype=torch.float32)
+    head = nn.Linear(32, 10)
+    ours = make_detector("vim", ModelContext(head), dim=8).fit(outputs_of(features, head), torch.arange(400) % 10)
+    reference = PoodViM(None, d=8, w=head.weight.detach(), b=head.bias.detach()).fit_features(features, torch.arange(400) % 10)
+    queries = torch.tensor(np.abs(rng.normal(0, 1.5, (20, 32))), dtype=torch.float32)
+    torch.testing.assert_close(ours.score(evidence_of(outputs_of(queries, head))),
+                               -reference.predict_features(queries), rtol=1e-4, atol=1e-4)

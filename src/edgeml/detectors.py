@@ -29,7 +29,6 @@ from pytorch_ood.detector import KNN as PoodKNN
 from pytorch_ood.detector import EnergyBased, MaxSoftmax
 from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 from pytorch_ood.detector import ReAct as PoodReAct
-from pytorch_ood.detector import ViM as PoodViM
 from torch import nn
 
 from edgeml.params import ParamsError
@@ -231,8 +230,12 @@ class KNN(Detector):
 
 
 class ViM(Detector):
-    """Virtual-logit matching (Wang et al. 2022): the feature's norm off the principal ID subspace vs
-    the energy, with the judged model's own head."""
+    """Virtual-logit matching (Wang et al. 2022), with the judged model's own head (W, b): features are
+    centred at u = -pinv(W) b; the principal subspace is spanned by the ``dim`` leading eigenvectors of
+    their covariance on ID training data; score = logsumexp(logits) - alpha * ||x projected off it||,
+    alpha = mean max logit / mean residual norm on the fit data. pytorch-ood's ``ViM`` computes the same
+    (tested) but in float32, where the eigensolver fails to converge on the rank-deficient covariance of
+    few or quantized features; here it runs in float64."""
 
     name = "vim"
     ranges = {"dim": (1, float("inf"), True)}
@@ -245,15 +248,22 @@ class ViM(Detector):
         if len(outputs.features) <= self.dim:
             # fewer samples than the principal subspace: no residual to scale by (division by zero)
             raise ParamsError(f"ood.search.vim: dim {self.dim} needs more than {self.dim} fit images (ood.fit_images: {len(outputs.features)})")
-        # in float64: the covariance of few or quantized features is ill-conditioned, and float32's
-        # eigensolver can fail to converge on it
-        head = self.context.head
-        w, b = head.weight.detach().double(), head.bias.detach().double()
-        self._pood = PoodViM(None, d=self.dim, w=w, b=b).fit_features(outputs.features.double(), labels)
+        w, b = self.context.head.weight.detach().double(), self.context.head.bias.detach().double()
+        features = outputs.features.double()
+        self.origin = -(torch.linalg.pinv(w) @ b)
+        centred = features - self.origin
+        _, vectors = torch.linalg.eigh(centred.T @ centred / len(centred))  # ascending eigenvalues
+        self.residual_space = vectors[:, : vectors.shape[1] - self.dim]
+        residual = (centred @ self.residual_space).norm(dim=1)
+        self.alpha = ((features @ w.T + b).amax(dim=1).mean() / residual.mean()).item()
         return self
 
     def score(self, evidence: Evidence) -> torch.Tensor:
-        return -self._pood.predict_features(evidence.outputs.features.double()).float()
+        features = evidence.outputs.features.double()
+        head = self.context.head
+        logits = features @ head.weight.detach().double().T + head.bias.detach().double()
+        residual = ((features - self.origin) @ self.residual_space).norm(dim=1)
+        return (torch.logsumexp(logits, dim=1) - self.alpha * residual).float()
 
     def hyperparameters(self) -> dict[str, float]:
         return {"principal_dim": self.dim}
