@@ -1,6 +1,8 @@
 """End to end: `dvc repro` in a fresh git repo on tiny synthetic data, then a no-op second run."""
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,7 +78,7 @@ def test_dvc_repro_end_to_end(project: Path):
         "openood_test": 30, "openood_val": 10,
     }
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
-    assert evaluate["test_samples"] == 40 and 0 <= evaluate["int8_top1"] <= 1
+    assert evaluate["test_samples"] == 40 and abs(40 * evaluate["int8_top1"] - round(40 * evaluate["int8_top1"])) < 1e-4
     ood = json.loads((project / "metrics/ood.json").read_text())
     for model in ("fp32", "int8"):
         for detector in params["ood"]["detectors"]:
@@ -111,7 +113,8 @@ def test_dvc_repro_end_to_end(project: Path):
     assert len(summary) + len(timing) <= 40 and all(isinstance(v, (int, float)) or v is None for v in {**summary, **timing}.values())
     assert summary["top1_int8"] == pytest.approx(100 * evaluate["int8_top1"])
     assert "tin_val" not in ood["int8"]["msp"]  # validation data is never reported as a test set
-    assert 0 <= ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] <= 1
+    near = [ood["int8"]["energy"][s]["openood_fpr95_ood_positive"] for s in ("tin_crop", "tin_resize", "tin_openood")]
+    assert ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] == pytest.approx(sum(near) / 3)
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
     figures = {"msp_tin_crop.png", f"{package['detector']}_tin_crop.png", "auroc_change.png", "training.png"}
@@ -139,6 +142,14 @@ def test_dvc_repro_end_to_end(project: Path):
         assert "Running stage 'train'" not in variant and "Running stage 'sweep" not in variant
         assert EdgeModel.load(project / "models/artifact").metadata["backend"] == backend
         assert json.loads((project / "metrics/bench.json").read_text())["int8"]["path"] == backend
+
+    # README's compact `dvc exp show` fits a 200-column terminal with these experiments
+    line = next(l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("dvc exp show --no-pager"))
+    shown = subprocess.run(shlex.split(line), cwd=project, capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert max(len(row) for row in shown.stdout.splitlines()) <= 200, shown.stdout
+    assert all(backend in shown.stdout for backend in ("qnnpack", "pt2e_x86", "onnxruntime"))
 
 
 def test_bad_params_stop_before_any_work(project: Path):

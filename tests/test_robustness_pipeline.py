@@ -144,6 +144,8 @@ def hook(event, args):
         return
     if event not in ("open", "os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate"):
         return
+    if event in ("os.remove", "os.rmdir") and args[1] is not None:
+        return  # relative to a folder descriptor (shutil.rmtree inside a tree it logged), not to the cwd
     if not inside(args[0]):
         return
     if when == "after" and events and events[-1] == kill_event and events.count(kill_event) == int(kill_occurrence):
