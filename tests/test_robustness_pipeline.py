@@ -211,7 +211,8 @@ def kill_points(events: list[str], outputs: list[str]) -> dict[str, str]:
         renamed = f"os.rename {Path(out).parent / ('.' + Path(out).name + '.tmp')} -> {out}"
         if renamed in events:
             points[f"{out} is renamed into place"] = f"before {renamed}#1"
-            points[f"{out} was renamed into place"] = f"after {renamed}#1"
+            if events.index(renamed) < len(events) - 1:  # "after" kills at the next change: there must be one
+                points[f"{out} was renamed into place"] = f"after {renamed}#1"
     return points
 
 
