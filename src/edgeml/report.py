@@ -211,7 +211,6 @@ def headline(bench: dict, evaluate: dict, ood: dict, package: dict, groups: dict
     then the noisy timings apart. Percentages in points; the full detail stays in the other JSON files."""
     pct = lambda x: round(100 * x, 4)  # noqa: E731
     packaged = package["detector"]
-    models = (*MODELS, PURE)
     quality = {
         "top1_fp32": pct(evaluate["fp32_top1"]),
         "top1_int8": pct(evaluate["int8_top1"]),
