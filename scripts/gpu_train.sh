@@ -54,19 +54,11 @@ def prepare():
     settings = P.load(repo / "params.yaml").prepare
     record = fetch("cifar10", Source(env["ARCHIVE"]), work / "raw")
     cifar = data.load_cifar10(record.path)
-    train_idx, val_idx = data.split_validation(cifar["train_y"], settings.val_size, settings.seed)
+    arrays = data.split_cifar10(cifar, settings.val_size, settings.seed)
     if subset := int(env["SUBSET"]):  # spread over the whole set (its files are sorted by class)
-        train_idx = train_idx[:: len(train_idx) // subset][:subset]
-    write_npz(
-        prepared,
-        train_x=cifar["train_x"][train_idx],
-        train_y=cifar["train_y"][train_idx],
-        val_x=cifar["train_x"][val_idx],
-        val_y=cifar["train_y"][val_idx],
-        test_x=cifar["test_x"],
-        test_y=cifar["test_y"],
-        test_index=cifar["test_index"],
-    )
+        for key in ("train_x", "train_y"):
+            arrays[key] = arrays[key][:: len(arrays[key]) // subset][:subset]
+    write_npz(prepared, **arrays)
     write_json(work / "prepared.json", {"archive_sha256": record.sha256, "cifar10_npz_sha256": sha256(prepared)})
 
 

@@ -18,18 +18,9 @@ def main() -> None:
     sources = read_json("data/sources.json")
     with atomic_dir(OUT) as out:
         cifar = data.load_cifar10(sources["cifar10"]["path"])
-        train_idx, val_idx = data.split_validation(cifar["train_y"], params.val_size, params.seed)
-        write_npz(
-            out / "cifar10.npz",
-            train_x=cifar["train_x"][train_idx],
-            train_y=cifar["train_y"][train_idx],
-            val_x=cifar["train_x"][val_idx],
-            val_y=cifar["train_y"][val_idx],
-            test_x=cifar["test_x"],
-            test_y=cifar["test_y"],
-            test_index=cifar["test_index"],
-        )
-        counts = {"train": len(train_idx), "val": len(val_idx), "test": len(cifar["test_y"])}
+        arrays = data.split_cifar10(cifar, params.val_size, params.seed)
+        write_npz(out / "cifar10.npz", **arrays)
+        counts = {split: len(arrays[f"{split}_y"]) for split in ("train", "val", "test")}
         if "openood_cifar10_test_list" in sources and "openood_cifar10_val_list" in sources:
             split = data.openood_id_split(sources, cifar["test_y"], cifar["test_index"])
             write_npz(out / "openood_cifar10.npz", **split)

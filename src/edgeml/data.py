@@ -349,6 +349,21 @@ def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     return train, np.sort(val)
 
 
+def split_cifar10(cifar: dict[str, np.ndarray], val_size: int, seed: int) -> dict[str, np.ndarray]:
+    """The arrays of ``data/prepared/cifar10.npz``: the training set less a stratified validation split
+    of ``val_size`` images (:func:`split_validation`), and the test set with its per-class file index."""
+    train, val = split_validation(cifar["train_y"], val_size, seed)
+    return {
+        "train_x": cifar["train_x"][train],
+        "train_y": cifar["train_y"][train],
+        "val_x": cifar["train_x"][val],
+        "val_y": cifar["train_y"][val],
+        "test_x": cifar["test_x"],
+        "test_y": cifar["test_y"],
+        "test_index": cifar["test_index"],
+    }
+
+
 def id_split(arrays: dict[str, np.ndarray], name: str, prepared: str | Path = "data/prepared") -> tuple[np.ndarray, np.ndarray]:
     """(positions of the ID test images in the test set, ID validation images) for OOD detection, by
     ``ood.id_split``: "odin" = the whole test set, validation held out of the training set;
