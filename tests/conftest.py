@@ -7,7 +7,6 @@ import hashlib
 import io
 import pickle
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np

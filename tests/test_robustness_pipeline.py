@@ -431,5 +431,5 @@ def test_temporaries_left_by_a_kill_are_invisible_to_dvc_and_git(path: str):
     """A kill leaves `.<name>.tmp` / `.<name>.old` beside an output until the next run: inside a
     dependency folder (metrics/sweep) DVC would otherwise see a changed dependency, and git an
     untracked file in metrics/."""
-    assert sh("git", "check-ignore", "-q", "--no-index", path, cwd=REPO).returncode == 0, f"add .*.tmp and .*.old to .gitignore"
-    assert sh("dvc", "check-ignore", "-q", path, cwd=REPO).returncode == 0, f"add .*.tmp and .*.old to .dvcignore"
+    assert sh("git", "check-ignore", "-q", "--no-index", path, cwd=REPO).returncode == 0, "add .*.tmp and .*.old to .gitignore"
+    assert sh("dvc", "check-ignore", "-q", path, cwd=REPO).returncode == 0, "add .*.tmp and .*.old to .dvcignore"

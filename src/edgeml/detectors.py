@@ -30,6 +30,7 @@ from pytorch_ood.detector import EnergyBased, MaxSoftmax
 from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 from pytorch_ood.detector import ReAct as PoodReAct
 from torch import nn
+from tqdm import tqdm
 
 from edgeml.params import ParamsError
 from edgeml.preprocess import CIFAR10_STD, normalize, to_tensor
@@ -51,10 +52,12 @@ class Outputs:
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Outputs:
-    """Outputs of uint8 NCHW images, batched; ``model`` returns (logits, features, map) as every deployable file does."""
+def predict_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500, desc: Optional[str] = None) -> Outputs:
+    """Outputs of uint8 NCHW images, batched; ``model`` returns (logits, features, map) as every deployable file does.
+    A progress bar named ``desc`` shows when there is more than one batch (a stage scores sets for minutes)."""
     model.eval()
-    parts = [model(normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    starts = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=len(images) <= batch_size)
+    parts = [model(normalize(images[i : i + batch_size])) for i in starts]
     return Outputs(*(torch.cat([p[k] for p in parts]).float() for k in range(3)))
 
 
@@ -70,7 +73,7 @@ class Evidence:
 
     @functools.cached_property
     def outputs(self) -> Outputs:
-        return predict_outputs(self.model, self.images, self.batch_size)
+        return predict_outputs(self.model, self.images, self.batch_size, desc=self.key)
 
     def sample(self, count: Optional[int], seed: int) -> "Evidence":
         """A seeded sample of at most ``count`` images (all when ``count`` is None), outputs shared."""
