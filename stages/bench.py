@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from edgeml import benchmark
+from edgeml import benchmark, loadtest
 from edgeml import params as P
 from edgeml.data import load_arrays
-from edgeml.deploy import ARTIFACT_DIR, find_artifact
+from edgeml.deploy import ARTIFACT_DIR, DECODE_WORKERS, find_artifact
 from edgeml.detectors import Evidence, GradientSigns, ModelContext, check_params, fit_set
 from edgeml.evaluation import fitted
 from edgeml.io import read_json, write_json
@@ -51,6 +51,12 @@ def main() -> None:
         artifact = benchmark.bench_artifact(
             find_artifact(ARTIFACT_DIR), images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
         )
+        folder = Path(workdir, "soak")
+        loadtest.write_mixed_files(folder, bench.soak_files)
+        artifact["soak"] = {"mix": loadtest.MIX} | {
+            mode: loadtest.soak(ARTIFACT_DIR, folder, bench.throughput_batch_size, workers, bench.threads)
+            for mode, workers in {"sequential": 0, "parallel": DECODE_WORKERS}.items()
+        }
     # Table 1 compares INT8 with the fastest FP32 path measured in this run.
     table_models = {"fp32": compute["fastest_fp32_path"], "int8": "int8"}
     write_json(

@@ -20,6 +20,7 @@ def main() -> None:
     write_text(
         "metrics/report.md", report.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups)
     )
+    write_text("metrics/predict_load.md", report.predict_load_markdown(bench))
     quality, timing = report.headline(bench, evaluate, ood, package, params.groups)
     write_json("metrics/summary.json", quality)
     write_json("metrics/timing.json", timing)

@@ -78,7 +78,8 @@ def test_headline_metrics_are_few_flat_and_numeric():
     bench = {
         "fp32": {"size_mb": 44.8, "cpu_latency_ms": 6.0, "cpu_throughput_images_per_s": 150.0, "gpu_latency_ms": "not measured: no GPU"},
         "int8": {"size_mb": 11.2, "cpu_latency_ms": 2.0, "cpu_throughput_images_per_s": 600.0},
-        "compute": {"latency_over_floor": {"int8": 1.8}}, "artifact": {"artifact_latency_ms": 2.5},
+        "compute": {"latency_over_floor": {"int8": 1.8}},
+        "artifact": {"artifact_latency_ms": 2.5, "soak": {"parallel": {"images_per_s_steady": 612.34, "peak_rss_mb": 130.06}}},
     }
     evaluate = {"fp32_top1": 0.91, "int8_top1": 0.9085}
     package = {"detector": "energy", "test_tpr": 0.95, "test_fpr": {"tin_crop": 0.4, "mnist": 0.2}}
@@ -89,3 +90,32 @@ def test_headline_metrics_are_few_flat_and_numeric():
     assert quality["worst_auroc_drop"] == pytest.approx(0.5) and quality["worst_auroc_drop_fp32_settings"] == pytest.approx(0.7)
     assert quality["packaged_ood_accept_mean"] == pytest.approx(30.0)
     assert timing["cpu_speedup_batch1"] == 3.0 and timing["cpu_speedup_batch64"] == 4.0 and timing["gpu_ms_fp32"] is None
+    assert (timing["predict_images_per_s"], timing["predict_peak_rss_mb"]) == (612.3, 130.1)  # the soak, decoding in parallel
+
+
+def load_bench(soak: bool) -> dict:
+    def mode(images_per_s: float, workers: int) -> dict:
+        return {"files": 20000, "records": 20000, "errors": 1030, "exit_code": 1, "workers": workers, "stderr": "",
+                "images_per_s_steady": images_per_s, "cpu_us_per_image": 3001.0, "peak_rss_mb": 131.2}
+
+    def kind(decode_us: float, sequential: float, parallel: float) -> dict:
+        return {"decode_us_per_file": decode_us, "sequential": {"images_per_s": sequential},
+                "parallel": {"images_per_s": parallel, "share_of_model_only": parallel / 700.0, "peak_rss_mb": 2765.4}}
+
+    artifact = {"decode_workers": 2, "model_only_images_per_s": 700.0,
+                "throughput": {"png_32": kind(52.4, 560.0, 665.0), "jpeg_256": kind(480.0, 450.0, 602.0)}}
+    if soak:
+        artifact["soak"] = {"mix": "80% PNG", "sequential": mode(528.4, 0), "parallel": mode(658.7, 2)}
+    return {"artifact": artifact, "settings": {"throughput_batch_size": 64, "artifact_images": 256},
+            "environment": {"threads": 2, "cpu": {"model": "AMD EPYC", "isa": {"avx2": True, "avx512_vnni": True, "amx_int8": False}}}}
+
+
+def test_predict_load_table_shows_each_file_kind_against_the_model_alone():
+    text = report.predict_load_markdown(load_bench(soak=True))
+    assert "AMD EPYC, avx2, avx512_vnni; 2 threads, batch 64" in text and "amx" not in text
+    assert "| 32x32 PNG | 52 | 560 | 665 | 95% | 2765 |" in text
+    assert "| 256x256 JPEG | 480 | 450 | 602 | 86% | 2765 |" in text
+    assert "model alone, on the same images decoded beforehand: 700 images/s" in text
+    assert "| in turn (`--workers 0`) | 20,000 | 1,030 | 1 | empty | 528 | 3001 | 131 |" in text
+    assert "| 2 threads (`--workers 2`) | 20,000 | 1,030 | 1 | empty | 659 | 3001 | 131 |" in text
+    assert "Soak" not in report.predict_load_markdown(load_bench(soak=False))

@@ -18,6 +18,7 @@ from test_deploy import make_artifact, png, run_cli
 
 from edgeml.data import resize_rgb
 from edgeml.deploy import EdgeModel, list_files
+from edgeml.loadtest import soak, write_mixed_files
 from edgeml.preprocess import PREPROCESSING, DataError, read_image, resize_image
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -319,3 +320,26 @@ def test_onnx_artifact_runs_without_torch(onnx_artifact, tmp_path):
     assert summary["code"] == 1 and [Path(r["file"]).name for r in records] == ["a.png", "b.txt"]
     assert "class" in records[0] and "not an image file" in records[1]["error"]
     assert [r["class"] for r in summary["api"]] == [records[0]["class"]] * 2
+
+
+def test_soak_gives_every_file_one_record_and_reads_peak_memory_from_the_kernel(onnx_artifact, tmp_path):
+    """The bench stage's soak: the command in its own process on a folder of the mixed files."""
+    folder = tmp_path / "mixed"
+    write_mixed_files(folder, 60, seed=1)
+    names = sorted(p.name for p in folder.iterdir())
+    unusable = [n for n in names if (folder / n).suffix == ".png" and not _is_image(folder / n)]
+    assert len(names) == 60 and {Path(n).suffix for n in names} == {".png", ".jpg"} and unusable
+    for workers in (0, 2):
+        result = soak(onnx_artifact, folder, batch_size=8, workers=workers, threads=1)
+        assert (result["files"], result["records"], result["errors"]) == (60, 60, len(unusable))
+        assert result["exit_code"] == 1 and result["stderr"] == "" and result["workers"] == workers
+        # the command imports numpy, Pillow and onnxruntime at least: tens of MB, not a few KB or GB
+        assert 20 < result["peak_rss_mb"] < 2000 and result["images_per_s_steady"] > 0
+
+
+def _is_image(path: Path) -> bool:
+    try:
+        read_image(path)
+    except DataError:
+        return False
+    return True

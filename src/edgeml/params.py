@@ -202,6 +202,7 @@ class BenchParams:
     throughput_batch_size: int
     throughput_runs: int
     artifact_images: int  # image files pushed through the whole `edgeml predict` path
+    soak_files: int  # mixed files of the `edgeml predict` soak, run as its own process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +379,7 @@ RANGES: dict[str, Range] = {
     "BenchParams.throughput_batch_size": POSITIVE,
     "BenchParams.throughput_runs": POSITIVE,
     "BenchParams.artifact_images": POSITIVE,
+    "BenchParams.soak_files": POSITIVE,
 }
 
 
