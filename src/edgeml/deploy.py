@@ -67,10 +67,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
-    """A threshold that keeps ``tpr`` of the ID scores (score >= threshold is ID): midway between the
-    lowest score kept and the next one below, so that no image sits on the boundary, where the
-    smallest rounding difference (the artifact's own normalisation, say) would flip its decision."""
-    ordered = np.sort(np.asarray(id_scores))[::-1]
+    """A threshold that keeps at least ``tpr`` of the ID scores (score >= threshold is ID): midway
+    between the lowest score kept and the next one below, so that no image sits on the boundary
+    (unless two scores tie there), where the smallest rounding difference (the artifact's own
+    normalisation, say) would flip its decision. Keeping them all gives the lowest score."""
+    ordered = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
     kept = int(np.ceil(tpr * len(ordered)))
     if kept >= len(ordered):
         return float(ordered[-1])

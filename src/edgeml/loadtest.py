@@ -3,7 +3,7 @@
 A separate process is what makes the memory figure honest: peak RSS is the kernel's maximum
 resident set of the command (``wait4``), start-up and model load included, which no sampling inside
 the measuring process can give. Images/s is counted from the first output line to the last, so
-start-up and model load are left out of it (they are timed apart by the bench stage).
+start-up and model load are left out of it (the bench stage times model load apart).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -52,31 +53,38 @@ def soak(
     workers: Optional[int] = None,
     threads: Optional[int] = None,
     pythonpath: Optional[str | Path] = None,
+    timeout_s: float = 3600,
 ) -> dict[str, Any]:
     """Run ``edgeml predict FOLDER`` once and report: files found, records printed (they must be
     equal), error records, exit code, images/s in steady state and overall, CPU time per image (all
     threads, start-up included: steadier than images/s on a loaded machine), peak RSS in MB and the
     end of stderr. ``pythonpath`` runs the command from another source tree, e.g. the code before a
     change (``git archive REV src | tar -x -C /tmp/before``), for a comparison in the same run; with
-    ``workers`` None the command decodes as it does by default (as code from before ``--workers`` must)."""
+    ``workers`` None the command decodes as it does by default (as code from before ``--workers`` must).
+    A command still running after ``timeout_s`` is killed, and its exit code says so."""
     files = sum(len(names) for _, _, names in os.walk(folder))
     command = [sys.executable, "-m", cli.__name__, "predict", str(folder), "--artifact", str(artifact),
                "--batch-size", str(batch_size)]
     command += ["--workers", str(workers)] if workers is not None else []  # None: the command's default
-    command += ["--threads", str(threads)] if threads else []
+    command += ["--threads", str(threads)] if threads is not None else []
     env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
     records = errors = 0
     with tempfile.TemporaryFile() as stderr_file:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr_file, env=env)
+        watchdog = threading.Timer(timeout_s, process.kill)
+        watchdog.start()
         first = last = start
-        for line in process.stdout:
-            last = time.perf_counter()
-            if records == 0:
-                first = last
-            records += 1
-            errors += b'"error"' in line
-        _, status, usage = os.wait4(process.pid, 0)
+        with process.stdout:
+            for line in process.stdout:
+                last = time.perf_counter()
+                if records == 0:
+                    first = last
+                records += 1
+                errors += b'"error"' in line
+        _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): wait4 also gives its resource usage
+        watchdog.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         stderr_file.seek(0)
         stderr = stderr_file.read().decode(errors="replace")
@@ -84,7 +92,7 @@ def soak(
         "files": files,
         "records": records,
         "errors": errors,
-        "exit_code": os.waitstatus_to_exitcode(status),
+        "exit_code": process.returncode,
         "workers": workers,
         "wall_s": wall,
         "images_per_s_steady": (records - 1) / (last - first) if records > 1 and last > first else None,

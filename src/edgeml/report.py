@@ -217,20 +217,21 @@ def predict_load_markdown(bench: dict) -> str:
         f"batch {settings['throughput_batch_size']})",
         "",
         f"| files | decoding, 1 thread (µs/file) | decoding in turn (images/s) | {workers} decoding threads (images/s) "
-        f"| share of the model alone | peak RSS (MB) |",
+        f"| share of the model alone | RSS growth (MB) |",
         "|---|---|---|---|---|---|",
     ]
     for kind, row in artifact["throughput"].items():
         sequential, parallel = row["sequential"], row["parallel"]
         lines.append(
             f"| {_file_kind(kind)} | {row['decode_us_per_file']:.0f} | {sequential['images_per_s']:.0f} "
-            f"| {parallel['images_per_s']:.0f} | {100 * parallel['share_of_model_only']:.0f}% | {_fmt(parallel['peak_rss_mb'], 0)} |"
+            f"| {parallel['images_per_s']:.0f} | {100 * parallel['share_of_model_only']:.0f}% | {_fmt(parallel['rss_growth_mb'], 1)} |"
         )
     lines += [
         "",
         f"{settings['artifact_images']} CIFAR-10 test images, saved as files. The artifact's model alone, on the same "
         f"images decoded beforehand: {artifact['model_only_images_per_s']:.0f} images/s, the most that decoding ahead "
-        f"can approach, as decoding and the model share the cores. Peak RSS is the measuring process's.",
+        f"can approach, as decoding and the model share the cores. RSS growth: the peak while decoding in parallel, "
+        f"over the RSS before.",
     ]
     soak = artifact.get("soak")
     if soak:
