@@ -1,8 +1,8 @@
 """Soak `edgeml predict` as users run it: its own process, one folder of many mixed files.
 
-A separate process is what makes the memory figure honest: peak RSS is the kernel's maximum
-resident set of the command (``wait4``), start-up and model load included, which no sampling inside
-the measuring process can give. Images/s is counted from the first output line to the last, so
+A separate process is what makes the memory figure honest: peak RSS is the kernel's high-water mark
+of the command's own memory (VmHWM), start-up and model load included, whatever the memory of the
+process that measures it. Images/s is counted from the first output line to the last, so
 start-up and model load are left out of it (the bench stage times model load apart).
 """
 
@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from edgeml import cli  # run as a command, in its own process; imported so the pipeline tracks its code
+from edgeml.memory import PeakRSS
 
 MIX = "80% 32x32 PNG, 15% 256x256 JPEG (quality 90), 5% unusable (truncated PNG, empty, text)"
 
@@ -57,8 +58,8 @@ def soak(
 ) -> dict[str, Any]:
     """Run ``edgeml predict FOLDER`` once and report: files found, records printed (they must be
     equal), error records, exit code, images/s in steady state and overall, CPU time per image (all
-    threads, start-up included: steadier than images/s on a loaded machine), peak RSS in MB and the
-    end of stderr. ``pythonpath`` runs the command from another source tree, e.g. the code before a
+    threads, start-up included: steadier than images/s on a loaded machine), peak RSS in MB (None
+    without /proc) and the end of stderr. ``pythonpath`` runs the command from another source tree, e.g. the code before a
     change (``git archive REV src | tar -x -C /tmp/before``), for a comparison in the same run; with
     ``workers`` None the command decodes as it does by default (as code from before ``--workers`` must).
     A command still running after ``timeout_s`` is killed, and its exit code says so."""
@@ -75,14 +76,14 @@ def soak(
         watchdog = threading.Timer(timeout_s, process.kill)
         watchdog.start()
         first = last = start
-        with process.stdout:
+        with process.stdout, PeakRSS(process.pid, interval_s=0.02, high_water=True) as rss:
             for line in process.stdout:
                 last = time.perf_counter()
                 if records == 0:
                     first = last
                 records += 1
                 errors += b'"error"' in line
-        _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): wait4 also gives its resource usage
+        _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): wait4 also gives its CPU time
         watchdog.cancel()
         process.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
@@ -98,6 +99,6 @@ def soak(
         "images_per_s_steady": (records - 1) / (last - first) if records > 1 and last > first else None,
         "images_per_s_overall": records / wall,
         "cpu_us_per_image": 1e6 * (usage.ru_utime + usage.ru_stime) / max(records, 1),
-        "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6,  # Linux reports KiB
+        "peak_rss_mb": rss.peak_mb,
         "stderr": stderr[-500:],
     }

@@ -23,12 +23,30 @@ def rss_mb(pid: Optional[int] = None) -> Optional[float]:
     return resident_pages * PAGE_BYTES / 1e6
 
 
+def high_water_mb(pid: int) -> Optional[float]:
+    """The kernel's peak RSS of ``pid`` since it started its program (VmHWM) in MB; None once it has
+    exited or without /proc. Unlike ``wait4``'s ``ru_maxrss``, which keeps the RSS a child inherits
+    when it is forked (the whole parent's, however little the child's program then uses), this is the
+    program's own."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    kib = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return kib[0] * 1024 / 1e6 if kib else None  # a zombie has no memory lines
+
+
 class PeakRSS:
     """``with PeakRSS() as peak: ...``; then ``peak.start_mb`` and ``peak.peak_mb`` (None without /proc).
-    Samples every ``interval_s`` on a background thread, so a peak shorter than that can be missed."""
+    Samples every ``interval_s`` on a background thread, so a peak shorter than that can be missed,
+    except with ``high_water`` (for another process, whose whole life is the block), which samples the
+    kernel's own peak instead: then only what happens after the last sample can be missed."""
 
-    def __init__(self, pid: Optional[int] = None, interval_s: float = 0.005):
+    def __init__(self, pid: Optional[int] = None, interval_s: float = 0.005, high_water: bool = False):
+        if high_water and pid is None:
+            raise ValueError("high_water needs the pid of another process (this one's peak predates the block)")
         self.pid, self.interval_s = pid, interval_s
+        self._read = (lambda: high_water_mb(pid)) if high_water else (lambda: rss_mb(pid))
         self.start_mb: Optional[float] = None
         self.peak_mb: Optional[float] = None
         self._stop = threading.Event()
@@ -36,17 +54,20 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while True:
-            current = rss_mb(self.pid)
+            current = self._read()
             if current is not None:
                 self.peak_mb = max(self.peak_mb or 0.0, current)
             if self._stop.wait(self.interval_s):
                 return
 
     def __enter__(self) -> "PeakRSS":
-        self.start_mb = rss_mb(self.pid)
+        self.start_mb = self._read()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        final = self._read()
+        if final is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, final)

@@ -249,7 +249,7 @@ def predict_load_markdown(bench: dict) -> str:
                 f"| {label} | {run['records']:,} | {run['errors']:,} | {run['exit_code']} | {'empty' if not run['stderr'] else 'not empty'} "
                 f"| {_fmt(run['images_per_s_steady'], 0)} | {run['cpu_us_per_image']:.0f} | {run['peak_rss_mb']:.0f} |"
             )
-        lines += ["", "images/s: from the first output line to the last; peak RSS: the command's, from the kernel (wait4)."]
+        lines += ["", "images/s: from the first output line to the last; peak RSS: the command's own, the kernel's high-water mark (VmHWM)."]
     return "\n".join(lines) + "\n"
 
 
