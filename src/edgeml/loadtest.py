@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from edgeml import cli  # run as a command, in its own process; imported so the pipeline tracks its code
+from edgeml.deploy import list_files
 from edgeml.memory import PeakRSS
 
 MIX = "80% 32x32 PNG, 15% 256x256 JPEG (quality 90), 5% unusable (truncated PNG, empty, text)"
@@ -59,11 +60,11 @@ def soak(
     """Run ``edgeml predict FOLDER`` once and report: files found, records printed (they must be
     equal), error records, exit code, images/s in steady state and overall, CPU time per image (all
     threads, start-up included: steadier than images/s on a loaded machine), peak RSS in MB (None
-    without /proc) and the end of stderr. ``pythonpath`` runs the command from another source tree, e.g. the code before a
-    change (``git archive REV src | tar -x -C /tmp/before``), for a comparison in the same run; with
-    ``workers`` None the command decodes as it does by default (as code from before ``--workers`` must).
+    without /proc) and the end of stderr. ``pythonpath`` runs the command from another source tree,
+    e.g. the code before a change (``git archive REV src | tar -x -C /tmp/before``), for a comparison
+    in the same run; with ``workers`` None the command decodes as it does by default (as code from before ``--workers`` must).
     A command still running after ``timeout_s`` is killed, and its exit code says so."""
-    files = sum(len(names) for _, _, names in os.walk(folder))
+    files = len(list_files([folder]))  # what the command itself will find there
     command = [sys.executable, "-m", cli.__name__, "predict", str(folder), "--artifact", str(artifact),
                "--batch-size", str(batch_size)]
     command += ["--workers", str(workers)] if workers is not None else []  # None: the command's default
