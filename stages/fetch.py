@@ -1,4 +1,5 @@
-"""Stage fetch: copy or download each dataset archive, verify its checksum, record the source."""
+"""Stage fetch: copy or download each dataset archive (the first of its sources that is there),
+verify its checksum, record the source used and any that failed before it."""
 
 import dataclasses
 from pathlib import Path

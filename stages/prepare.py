@@ -14,7 +14,8 @@ OUT = Path("data/prepared")
 
 
 def main() -> None:
-    params = P.load().prepare
+    all_params = P.load()
+    params = all_params.prepare
     sources = read_json("data/sources.json")
     with atomic_dir(OUT) as out:
         cifar = data.load_cifar10(sources["cifar10"]["path"])
@@ -26,10 +27,12 @@ def main() -> None:
             write_npz(out / "openood_cifar10.npz", **split)
             counts |= {"openood_test": len(split["test"]), "openood_val": len(split["val"])}
         tinyimagenet: dict[str, dict[int, np.ndarray]] = {}  # decoded once per split
+        names = {}
         for name, spec in params.ood_sets.items():
-            x = data.build_ood_set(spec, sources, params.seed, tinyimagenet)
+            x, names[name] = data.build_ood_set(spec, sources, params.seed, tinyimagenet)
             write_npz(out / "ood" / f"{name}.npz", x=x)
             counts[name] = len(x)
+        data.check_disjoint(names, all_params.ood.validation_set)
     write_json("metrics/prepare.json", {"samples": counts})
 
 

@@ -1,9 +1,10 @@
 """Stage report: Tables 1 and 2 (markdown and JSON), the headline metrics (quality and timing apart),
 and the plots."""
 
+import sys
 from pathlib import Path
 
-from edgeml import figures, report
+from edgeml import figures, report, sweep
 from edgeml import params as P
 from edgeml.data import load_arrays
 from edgeml.io import read_json, write_json, write_text
@@ -13,15 +14,19 @@ PLOTS = Path("plots")
 
 
 def main() -> None:
-    params = P.load().ood
-    bench, evaluate, ood, choices, package = (
-        read_json(f"metrics/{name}.json") for name in ("bench", "evaluate", "ood", "detectors", "package")
+    all_params = P.load()
+    params, headline_set = all_params.ood, all_params.report.headline_set
+    bench, evaluate, ood, choices, package, recipes = (
+        read_json(f"metrics/{name}.json") for name in ("bench", "evaluate", "ood", "detectors", "package", "quant_sweep")
     )
-    write_text(
-        "metrics/report.md", report.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups)
-    )
+    warning = sweep.disagreement(all_params.quantize, recipes)
+    if warning:
+        print(warning, file=sys.stderr)
+    markdown = report.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups, headline_set)
+    write_text("metrics/report.md", (f"> **{warning}**\n\n" if warning else "") + markdown)
     write_text("metrics/predict_load.md", report.predict_load_markdown(bench))
-    quality, timing = report.headline(bench, evaluate, ood, package, params.groups)
+    quality, timing = report.headline(bench, evaluate, ood, choices, package, params.groups, headline_set)
+    quality["quantize_is_sweep_best"] = int(warning is None)
     write_json("metrics/summary.json", quality)
     write_json("metrics/timing.json", timing)
     write_json(
@@ -37,7 +42,7 @@ def main() -> None:
             },
         },
     )
-    readme_figures = {("msp", "tin_crop"), (package["detector"], "tin_crop")}
+    readme_figures = {("msp", headline_set), (package["detector"], headline_set)}
     for detector in params.detectors:
         scores = {model: load_arrays(f"data/scores/{model}_{detector}.npz") for model in report.MODELS}
         for ood_set in params.sets:

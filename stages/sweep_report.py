@@ -1,8 +1,8 @@
 """Stage sweep_report: every recipe of the sweep side by side (metrics/quant_sweep.md + .json) and the
-best one, chosen on validation numbers and timings only."""
+best one, chosen on validation numbers and the shared timing run only."""
 
 from edgeml import params as P
-from edgeml import report
+from edgeml import sweep
 from edgeml.io import read_json, write_json, write_text
 from edgeml.stage import run
 
@@ -10,9 +10,10 @@ from edgeml.stage import run
 def main() -> None:
     params = P.load()
     results = {name: read_json(f"metrics/sweep/{name}.json") for name in params.sweep.recipes}
-    summary = report.sweep_summary(results, read_json("metrics/sweep_reference.json")["fp32"])
+    timing, reference = read_json("metrics/sweep_timing.json"), read_json("metrics/sweep_reference.json")["fp32"]
+    summary = sweep.sweep_summary(results, timing, reference)
     write_json("metrics/quant_sweep.json", summary)
-    write_text("metrics/quant_sweep.md", report.render_sweep(summary))
+    write_text("metrics/quant_sweep.md", sweep.render_sweep(summary))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from conftest import (
 )
 from edgeml.data import (
     build_ood_set,
+    check_disjoint,
     load_cifar10,
     load_cifar100_test,
     load_idx_images,
@@ -183,9 +184,10 @@ def test_openood_list_selects_tinyimagenet_images(tmp_path):
     assert read_openood_tin_list(tmp_path / "list.txt", "val") == [7, 2, 9]
     sources = {"tinyimagenet": {"path": archive}, "openood_tin_list": {"path": tmp_path / "list.txt"}}
     spec = OODSetSpec(dataset="tinyimagenet", transform="resize", split="val", imglist="openood_tin_list")
-    selected = build_ood_set(spec, sources, seed=0, tinyimagenet={})
+    selected, names = build_ood_set(spec, sources, seed=0, tinyimagenet={})
     all_val = load_tinyimagenet(archive, "val")
     np.testing.assert_array_equal(selected, resize_rgb([all_val[7], all_val[2], all_val[9]]))
+    assert list(names) == ["tinyimagenet/val/7", "tinyimagenet/val/2", "tinyimagenet/val/9"]
     (tmp_path / "list.txt").write_text(openood_tin_list([3, 42]))
     with pytest.raises(DataError, match="1 images named by openood_tin_list are missing, e.g. val_42"):
         build_ood_set(spec, sources, seed=0, tinyimagenet={})
@@ -195,7 +197,32 @@ def test_openood_list_selects_tinyimagenet_images(tmp_path):
 
 
 def build(dataset: str, transform: str, path: Path, **spec) -> np.ndarray:
-    return build_ood_set(OODSetSpec(dataset=dataset, transform=transform, **spec), {dataset: {"path": path}}, 0, {})
+    return build_ood_set(OODSetSpec(dataset=dataset, transform=transform, **spec), {dataset: {"path": path}}, 0, {})[0]
+
+
+def test_an_ood_validation_set_sharing_an_image_with_a_test_set_is_refused(tmp_path):
+    """tin_val vs tin_openood: two lists over the same Tiny ImageNet split must not name the same image,
+    whatever the transforms; noise sets of one seed share their first images; disjoint sets pass."""
+    archive = write_tar(tmp_path / "tin.tar.gz", tinyimagenet_files(count=10))
+    (tmp_path / "test.txt").write_text(openood_tin_list([1, 2, 3]))
+    (tmp_path / "val.txt").write_text(openood_tin_list([4, 5]))
+    sources = {"tinyimagenet": {"path": archive}, "test_list": {"path": tmp_path / "test.txt"},
+               "val_list": {"path": tmp_path / "val.txt"}}
+    cache: dict = {}
+
+    def names(imglist: str, transform: str = "resize") -> np.ndarray:
+        spec = OODSetSpec(dataset="tinyimagenet", transform=transform, split="val", imglist=imglist)
+        return build_ood_set(spec, sources, 0, cache)[1]
+
+    noise = lambda count, seed=0: build_ood_set(  # noqa: E731
+        OODSetSpec(dataset="gaussian_noise", transform="none", count=count), {}, seed, {})[1]
+    check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list"), "noise": noise(5)}, "tin_val")
+    (tmp_path / "val.txt").write_text(openood_tin_list([4, 3]))
+    with pytest.raises(DataError, match=r"'tin_val' and test set 'tin_openood' share 1 source images \(e.g. tinyimagenet/val/3\)"):
+        check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list", "crop")}, "tin_val")
+    with pytest.raises(DataError, match="'noise_val' and test set 'noise' share 3 source images"):
+        check_disjoint({"noise": noise(10), "noise_val": noise(3)}, "noise_val")
+    check_disjoint({"noise": noise(10), "noise_val": noise(3, seed=1)}, "noise_val")
 
 
 def test_svhn_official_mat_file(tmp_path):

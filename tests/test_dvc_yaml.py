@@ -1,9 +1,10 @@
-"""dvc.yaml says what each stage really depends on: the library modules its script imports (directly
-or through other modules), no more and no less, so a change re-runs exactly the stages it can affect."""
+"""dvc.yaml says what each stage really depends on: the library modules its script imports (directly,
+through other modules, or by name through a registry), no more and no less, so a change re-runs exactly the stages it can affect."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,17 @@ def _module_file(name: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+REGISTERED = re.compile(r"(edgeml(?:\.\w+)+):\w+")  # a registry entry "module:Class", imported when used
+
+
 def edgeml_imports(path: Path) -> set[str]:
-    """edgeml modules named in ``path``'s imports (module level or inside functions)."""
+    """edgeml modules named in ``path``'s imports (module level or inside functions), and those its
+    registries load by name (``"edgeml.quantization.pt2e:PT2EX86Quantizer"``)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and REGISTERED.fullmatch(node.value):
+            names.add(REGISTERED.fullmatch(node.value).group(1))
+        elif isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)

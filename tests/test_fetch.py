@@ -2,13 +2,21 @@ import errno
 import functools
 import hashlib
 import http.server
+import json
+import runpy
 import threading
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 
-from edgeml.fetch import FetchError, fetch, tree_sha256
+from conftest import cifar_python_files, write_tar
+from edgeml.data import load_cifar10
+from edgeml.fetch import OFFICIAL_MD5, FetchError, fetch, tree_sha256
 from edgeml.params import Source
+
+REPO = Path(__file__).parents[1]
 
 
 def sha256(path: Path) -> str:
@@ -139,3 +147,87 @@ def test_relative_source_is_relative_to_the_repository_not_the_cwd(mirror, tmp_p
         fetch("cifar10", Source("../mirror/cifar10-jpeg.tar.gz"), copy / "raw")
     monkeypatch.chdir(repo)
     assert fetch("cifar10", Source("../mirror/cifar10-jpeg.tar.gz"), tmp_path / "raw2").sha256 == record.sha256
+
+
+# --- A list of sources: the mirror first, the official URL second ---------------------------------
+
+@pytest.fixture
+def official(tmp_path, monkeypatch):
+    """A loopback server holding a tiny cifar-10-python.tar.gz in the official pickle layout, whose md5
+    edgeml.fetch knows as it knows the real URL's; ``served`` lists the paths requested."""
+    folder = tmp_path / "official"
+    folder.mkdir()
+    archive = write_tar(folder / "cifar-10-python.tar.gz", cifar_python_files(train_per_class=1, test_per_class=1))
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):  # quiet; remember the request instead
+            served.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    monkeypatch.setitem(OFFICIAL_MD5, url, hashlib.md5(archive.read_bytes()).hexdigest())
+    yield types.SimpleNamespace(url=url, archive=archive, served=served)
+    server.shutdown()
+    server.server_close()
+
+
+def test_absent_mirror_falls_through_to_the_official_url(official, tmp_path, capsys):
+    absent = str(tmp_path / "shared" / "datasets" / "cifar10-jpeg.tar.gz")
+    record = fetch("cifar10", Source([absent, official.url]), tmp_path / "raw")
+    assert (record.source, record.failed_sources) == (official.url, (absent,))
+    assert record.checked_against == f"md5:{OFFICIAL_MD5[official.url]}"
+    assert Path(record.path).read_bytes() == official.archive.read_bytes()
+    assert len(load_cifar10(record.path)["test_y"]) == 10  # the official layout, as prepare reads it
+    err = capsys.readouterr().err
+    assert f"fetch.cifar10: source 1 of 2 {absent!r} failed: does not exist (looked for {absent}); trying the next" in err
+
+
+def test_every_source_failing_names_the_dataset_and_each_source(official, tmp_path):
+    absent = str(tmp_path / "absent.tar.gz")
+    gone = official.url.replace("cifar-10-python", "gone")
+    with pytest.raises(FetchError) as info:
+        fetch("cifar10", Source([absent, Source(gone, md5="0" * 32)]), tmp_path / "raw", retries=1)
+    message = str(info.value)
+    assert message.startswith("fetch.cifar10: none of its 2 sources could be obtained (")
+    assert f"1. {absent!r}: does not exist (looked for {absent})" in message
+    assert f"2. {gone!r}: could not read it after 1 tries: HTTP Error 404" in message
+    assert "add one to fetch.cifar10.source" in message
+    assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+def test_corrupt_mirror_stops_instead_of_falling_through(mirror, official, tmp_path, capsys):
+    """A mirror that is there but fails its checksum is corruption, not absence: other pixels from
+    the official URL must not replace it silently."""
+    archive = mirror / "cifar10-jpeg.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])  # SHA256SUMS still lists the complete file
+    with pytest.raises(FetchError, match=r"fetch.cifar10: checksum mismatch for .*cifar10-jpeg.tar.gz"):
+        fetch("cifar10", Source([str(archive), official.url]), tmp_path / "raw")
+    assert official.served == []
+    assert "trying the next" not in capsys.readouterr().err
+    assert [p for p in (tmp_path / "raw").rglob("*") if p.is_file()] == []
+
+
+def test_stage_records_the_source_used_and_those_that_failed(mirror, official, tmp_path, monkeypatch):
+    """The committed params with the mirror moved: cifar10 a list whose mirror is absent, every other
+    dataset a single string (as before lists); data/sources.json keeps its fields and adds failed_sources."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for spec in raw["fetch"].values():
+        if isinstance(spec, dict):
+            first = spec["source"][0] if isinstance(spec["source"], list) else spec["source"]
+            spec["source"] = str(mirror / first.removeprefix("../shared/datasets/"))
+    absent = str(tmp_path / "no-mirror" / "cifar10-jpeg.tar.gz")
+    raw["fetch"]["cifar10"]["source"] = [absent, official.url]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(project)
+    runpy.run_path(str(REPO / "stages" / "fetch.py"), run_name="stage")["main"]()
+    sources = json.loads((project / "data" / "sources.json").read_text())
+    cifar10, mnist = sources["cifar10"], sources["mnist"]
+    assert (cifar10["source"], cifar10["failed_sources"]) == (official.url, [absent])
+    assert cifar10["path"] == "data/raw/cifar10/cifar-10-python.tar.gz"
+    assert (project / cifar10["path"]).read_bytes() == official.archive.read_bytes()
+    assert set(mnist) == {"name", "source", "path", "sha256", "bytes", "checked_against", "failed_sources"}
+    assert (mnist["source"], mnist["failed_sources"]) == (str(mirror / "mnist/t10k-images-idx3-ubyte.gz"), [])

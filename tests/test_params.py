@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeml import params as P
+from edgeml.fetch import OFFICIAL_MD5
 from edgeml.params import RANGES, ParamsError, load, parse
 
 REPO_PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
@@ -58,6 +59,11 @@ def test_committed_params_are_valid():
         ("ood.validation_set", None, r"ood.validation_set: expected str, got None"),
         ("ood.search", {"nope": {"k": [1]}}, r"ood.search: 'nope' is not in ood.detectors"),
         ("sweep.recipes", {"x": {"backend": "onnxruntime", "qat_epochs": -1}}, r"sweep.recipes.x.qat_epochs: must be >= 0"),
+        ("report.headline_set", "tin_val", r"report.headline_set: 'tin_val' is not an OOD test set \(ood.sets: "),
+        ("report.headline_set", 3, r"report.headline_set: expected str, got 3"),
+        ("report.headline_sets", "tin_crop", r"report: unknown key\(s\) \['headline_sets'\]"),
+        # dropping the headline set from the test sets is refused before any work, not a traceback in the report stage
+        ("ood.sets", ["tin_resize", "mnist"], r"report.headline_set: 'tin_crop' is not an OOD test set"),
     ],
 )
 def test_bad_values_name_the_key(path, value, message):
@@ -101,6 +107,18 @@ def test_load_names_the_file(tmp_path):
         load(tmp_path / "absent.yaml")
 
 
+def test_committed_sources_list_the_mirror_then_a_known_official_url():
+    """Every dataset with an official URL falls back to it when the mirror is absent; its checksum is
+    known, so the list needs none. A plain entry takes the checksum beside the list, a mapping its own."""
+    fetch = parse(REPO_PARAMS).fetch
+    for name in ("cifar10", "tinyimagenet", "mnist", "fashion_mnist"):
+        mirror, official = getattr(fetch, name).source
+        assert mirror.startswith("../shared/datasets/") and official in OFFICIAL_MD5, name
+    assert fetch.openood_tin_list.candidates() == [fetch.openood_tin_list]  # no official URL: the mirror only
+    spec = P.Source(["a.tar.gz", P.Source("b.tar.gz", sha256="b" * 64)], sha256="a" * 64)
+    assert spec.candidates() == [P.Source("a.tar.gz", sha256="a" * 64), P.Source("b.tar.gz", sha256="b" * 64)]
+
+
 def test_optional_ood_sets_in_params_parse_once_uncommented():
     """The commented-out sources and sets in params.yaml are valid as documented."""
     text = (Path(__file__).parents[1] / "params.yaml").read_text()
@@ -121,7 +139,7 @@ def test_optional_ood_sets_in_params_parse_once_uncommented():
 CLASS_PATHS = {
     "FetchParams": "fetch", "PrepareParams": "prepare", "OODSetSpec": "prepare.ood_sets.gaussian",
     "ModelParams": "model", "TrainParams": "train", "QuantizeParams": "quantize", "OODParams": "ood",
-    "PackageParams": "package", "BenchParams": "bench",
+    "PackageParams": "package", "BenchParams": "bench", "SweepParams": "sweep",
 }
 
 
@@ -202,6 +220,14 @@ def test_inclusive_bounds_are_accepted(key, value):
         ("fetch.cifar10.sha256", "abc", r"fetch.cifar10.sha256: expected 64 hex digits, got 'abc'"),
         ("fetch.cifar10.md5", "z" * 32, r"fetch.cifar10.md5: expected 32 hex digits"),
         ("fetch.cifar10.source", " ", r"fetch.cifar10.source: empty"),
+        ("fetch.cifar10.source", 5, r"fetch.cifar10.source: expected str, got 5"),
+        ("fetch.cifar10.source", [], r"fetch.cifar10.source: an empty list; give one or more local paths or URLs"),
+        ("fetch.cifar10.source", ["a.tar.gz", " "], r"fetch.cifar10.source\[1\]: empty"),
+        ("fetch.cifar10.source", ["a.tar.gz", 5], r"fetch.cifar10.source\[1\]: expected str, got 5"),
+        ("fetch.cifar10.source", [{"source": "a.tar.gz", "sha256": "abc"}], r"fetch.cifar10.source\[0\].sha256: expected 64 hex digits"),
+        ("fetch.cifar10.source", [{"source": "a.tar.gz", "sha": "abc"}], r"fetch.cifar10.source\[0\]: unknown key\(s\) \['sha'\]"),
+        ("fetch.cifar10.source", [{"source": ["a.tar.gz"]}], r"fetch.cifar10.source\[0\].source: one location per entry"),
+        ("fetch.cifar10.source", [{"md5": "0" * 32}], r"fetch.cifar10.source\[0\].source: missing"),
         ("ood.sets", [], r"ood.sets: must not be empty"),
         ("ood.detectors", ["msp", "energy", "msp"], r"ood.detectors: \['msp'\] listed more than once"),
         ("ood.groups.near", [], r"ood.groups.near: must not be empty"),
@@ -243,11 +269,18 @@ PATHS = key_paths(REPO_PARAMS)
 MAPPINGS = [()] + [p for p in PATHS if isinstance(functools.reduce(operator.getitem, p, REPO_PARAMS), dict)]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.integers(), st.floats(), st.text(max_size=6),
-    st.sampled_from(["msp", "tin_crop", "fbgemm", "val", "none", "", "0xff"]),
+    st.sampled_from(["msp", "tin_crop", "tin_val", "mnist", "fbgemm", "val", "none", "", "0xff"]),
 )
+SOURCE_ENTRIES = st.fixed_dictionaries({"source": SCALARS}, optional={"sha256": SCALARS, "md5": SCALARS})
 VALUES = st.one_of(
-    SCALARS, st.lists(SCALARS, max_size=3), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2)
+    SCALARS, st.lists(SCALARS, max_size=3), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2),
+    st.lists(st.one_of(SCALARS, SOURCE_ENTRIES), max_size=3),  # fetch.<dataset>.source lists
 )
+
+
+def test_the_fuzz_reaches_every_committed_key():
+    for key in (("report", "headline_set"), ("sweep", "timing_rounds"), ("fetch", "cifar10", "source", 1)):
+        assert key in PATHS
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -154,6 +154,9 @@ def test_dvc_repro_end_to_end(project: Path):
     assert shown.returncode == 0, shown.stderr
     assert max(len(row) for row in shown.stdout.splitlines()) <= 200, shown.stdout
     assert all(backend in shown.stdout for backend in ("qnnpack", "pt2e_x86", "onnxruntime"))
+    experiments = sh("dvc", "exp", "list", "--name-only", cwd=project).split()
+    assert "Experiment" in shown.stdout and len(experiments) == 3
+    assert all(name in shown.stdout for name in experiments)  # the name column: two rows can be told apart
 
 
 def test_bad_params_stop_before_any_work(project: Path):
@@ -162,7 +165,7 @@ def test_bad_params_stop_before_any_work(project: Path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(["dvc", "repro", "fetch"], cwd=project, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime']" in result.stderr + result.stdout
+    assert "quantize.backend: 'tensorrt' is not one of ['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime'" in result.stderr + result.stdout
     assert not (project / "data/raw").exists()
 
 
@@ -196,6 +199,7 @@ def test_sweep_chooses_without_test_data(project: Path):
     for recipe in recipes:
         sh("python", "stages/sweep.py", recipe, cwd=project)
     sh("python", "stages/sweep_reference.py", cwd=project)
+    sh("python", "stages/sweep_timing.py", cwd=project)
     sh("python", "stages/sweep_report.py", cwd=project)
     after = {r: json.loads((project / f"metrics/sweep/{r}.json").read_text())["validation"] for r in recipes}
     assert after == before

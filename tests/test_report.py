@@ -1,49 +1,8 @@
-"""Tables, headline metrics and the sweep's selection rule, on hand-made metrics whose answers are known."""
+"""Tables and headline metrics, on hand-made metrics whose answers are known."""
 
 import pytest
 
 from edgeml import report
-
-
-def row(speedup: float, auroc_drop: float, size_ratio: float = 4.0, top1_drop: float = 0.1) -> dict:
-    meets = {
-        "size_ratio": size_ratio >= 3.9, "top1_drop_points": top1_drop <= 0.3,
-        "auroc_drop_points": auroc_drop <= 0.5, "speedup": speedup >= 3.0,
-    }
-    return {"speedup": speedup, "max_auroc_drop_points": auroc_drop, "meets": meets}
-
-
-def test_fastest_recipe_meeting_the_quality_goals_wins():
-    rows = {"slow": row(2.0, 0.1), "fast": row(3.4, 0.3), "fast_but_lossy": row(4.0, 0.9)}
-    assert report.best_recipe(rows)[0] == "fast"  # the lossy one misses the AUROC goal
-
-
-def test_speed_ties_within_the_noise_go_to_the_smaller_auroc_loss():
-    rows = {"a": row(3.40, 0.40), "b": row(3.30, 0.05), "c": row(3.00, 0.00)}
-    # b is within 5% of a (3.23 <= 3.30), c is not (3.00 < 3.23)
-    assert report.best_recipe(rows)[0] == "b"
-
-
-def test_without_a_recipe_meeting_the_quality_goals_the_smallest_auroc_loss_wins():
-    rows = {"a": row(3.4, 0.9, size_ratio=3.0), "b": row(1.0, 0.6)}
-    best, rule = report.best_recipe(rows)
-    assert best == "b" and "no recipe meets" in rule
-
-
-def test_sweep_row_compares_validation_quality_with_the_fp32_reference():
-    result = {
-        "recipe": {"backend": "fbgemm"}, "size_mb": {"fp32": 44.0, "int8": 11.0},
-        "cpu": {"fp32_onnxruntime": {"latency_ms": 6.0, "throughput_images_per_s": 100.0},
-                "int8": {"latency_ms": 2.0, "throughput_images_per_s": 400.0}},
-        "fastest_fp32_path": "fp32_onnxruntime", "int8_speedup_vs_fastest_fp32": 3.0,
-        "latency_over_floor": {"int8": 1.5}, "quantize_seconds": 1.0,
-        "validation": {"top1": 0.905, "auroc": {"msp": 0.85, "energy": 0.88}},
-    }
-    reference = {"top1": 0.91, "auroc": {"msp": 0.86, "energy": 0.881}}
-    r = report.sweep_row(result, reference)
-    assert r["size_ratio"] == 4.0 and r["top1_drop_points"] == pytest.approx(0.5)
-    assert r["max_auroc_drop_points"] == pytest.approx(1.0) and r["worst_detector"] == "msp"
-    assert r["meets"] == {"size_ratio": True, "top1_drop_points": False, "auroc_drop_points": False, "speedup": True}
 
 
 def metrics(auroc_fp32: float, auroc_int8: float, auroc_pure: float) -> dict:
@@ -83,10 +42,19 @@ def test_headline_metrics_are_few_flat_and_numeric():
     }
     evaluate = {"fp32_top1": 0.91, "int8_top1": 0.9085}
     package = {"detector": "energy", "test_tpr": 0.95, "test_fpr": {"tin_crop": 0.4, "mnist": 0.2}}
-    quality, timing = report.headline(bench, evaluate, ood, package, {"near": ["tin_crop"], "far": ["mnist"]})
+    # msp wins on validation, energy on test (89.9 vs 89.5): the headline follows validation
+    ood["int8"]["energy"]["tin_crop"] = {**ood["int8"]["energy"]["tin_crop"], "auroc": 0.899}
+    choices = {"int8": {"msp": {"validation_auroc": 0.85}, "energy": {"validation_auroc": 0.80}}}
+    groups = {"near": ["tin_crop"], "far": ["mnist"]}
+    quality, timing = report.headline(bench, evaluate, ood, choices, package, groups, "tin_crop")
     assert len(quality) + len(timing) <= 40
     assert quality["top1_drop"] == pytest.approx(0.15) and quality["size_ratio"] == 4.0
     assert quality["msp_auroc_tin_crop_int8"] == pytest.approx(89.5)
+    assert quality["val_chosen_auroc_tin_crop_int8"] == pytest.approx(89.5)
+    assert quality["packaged_ood_accept_tin_crop"] == pytest.approx(40.0)
+    other, _ = report.headline(bench, evaluate, ood, choices, package, groups, "mnist")  # report.headline_set
+    assert other["msp_auroc_mnist_int8"] == pytest.approx(89.5) and other["packaged_ood_accept_mnist"] == pytest.approx(20.0)
+    assert not any("tin_crop" in key for key in other)
     assert quality["worst_auroc_drop"] == pytest.approx(0.5) and quality["worst_auroc_drop_fp32_settings"] == pytest.approx(0.7)
     assert quality["packaged_ood_accept_mean"] == pytest.approx(30.0)
     assert timing["cpu_speedup_batch1"] == 3.0 and timing["cpu_speedup_batch64"] == 4.0 and timing["gpu_ms_fp32"] is None

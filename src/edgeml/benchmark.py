@@ -88,28 +88,71 @@ def _version(package: str) -> str:
 
 
 @torch.no_grad()
-def cpu_latency_ms(
-    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 50, settle: int = 10
-) -> dict[str, float]:
-    """Median ms per forward of each model on ``example``.
+def latency_rounds_s(
+    models: dict[str, Callable[[torch.Tensor], object]], example: torch.Tensor, warmup: int, rounds: int,
+    block: int = 50, settle: int = 10,
+) -> dict[str, list[list[float]]]:
+    """Seconds per forward of each model on ``example``: ``rounds`` rounds of ``block`` timed runs each.
 
-    The models take turns in blocks of ``block`` timed runs, so drift in machine load hits all
-    of them alike. Each block starts with ``settle`` untimed runs: the previous model's thread
-    pool (ONNX Runtime's spinning workers, OpenMP's) lingers for a few runs and would otherwise
-    be charged to this one (measured here: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT)."""
+    The models take turns within every round, so drift in machine load hits all of them alike. Each
+    block starts with ``settle`` untimed runs: the previous model's thread pool (ONNX Runtime's
+    spinning workers, OpenMP's) lingers for a few runs and would otherwise be charged to this one
+    (measured here: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT)."""
     for model in models.values():
         for _ in range(warmup):
             model(example)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in tqdm(range(-(-runs // block)), desc=f"latency batch {len(example)}", leave=False):
+    times: dict[str, list[list[float]]] = {name: [] for name in models}
+    for _ in tqdm(range(rounds), desc=f"latency batch {len(example)}", leave=False):
         for name, model in models.items():
             for _ in range(settle):
                 model(example)
+            samples = []
             for _ in range(block):
                 start = time.perf_counter()
                 model(example)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+                samples.append(time.perf_counter() - start)
+            times[name].append(samples)
+    return times
+
+
+def cpu_latency_ms(
+    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 50, settle: int = 10
+) -> dict[str, float]:
+    """Median ms per forward of each model on ``example`` over about ``runs`` interleaved runs (:func:`latency_rounds_s`)."""
+    rounds = latency_rounds_s(models, example, warmup, -(-runs // block), block, settle)
+    return {name: 1e3 * statistics.median(t for samples in r for t in samples) for name, r in rounds.items()}
+
+
+def time_recipes(
+    fp32: dict[str, Callable[[torch.Tensor], object]], int8: dict[str, Callable[[torch.Tensor], object]],
+    threads: int, warmup: int, rounds: int, block: int, batch_size: int, batch_runs: int,
+) -> dict[str, Any]:
+    """Batch-1 latency and batch-``batch_size`` throughput of every FP32 path and INT8 recipe, all in this
+    process, taking turns for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest
+    FP32 path, per round and overall, and its spread ((max - min) / median of the per-round speed-ups)."""
+    torch.set_num_threads(threads)
+    models = {**fp32, **int8}
+    generator = torch.Generator().manual_seed(0)
+    single = torch.randn(1, 3, 32, 32, generator=generator)
+    batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    samples = latency_rounds_s(models, single, warmup, rounds, block)
+    round_ms = {name: [1e3 * statistics.median(r) for r in per_round] for name, per_round in samples.items()}
+    latency_ms = {name: 1e3 * statistics.median(t for r in per_round for t in r) for name, per_round in samples.items()}
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3)
+    cpu = {name: {"latency_ms": latency_ms[name], "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)}
+           for name in models}
+    fastest = min(fp32, key=lambda name: latency_ms[name])
+    recipes = {}
+    for name in int8:
+        per_round = [f / i for f, i in zip(round_ms[fastest], round_ms[name])]
+        recipes[name] = {
+            **cpu[name],
+            "speedup": latency_ms[fastest] / latency_ms[name],
+            "speedup_rounds": per_round,
+            "speedup_spread": (max(per_round) - min(per_round)) / statistics.median(per_round),
+        }
+    return {"fp32": {name: cpu[name] for name in fp32}, "fastest_fp32_path": fastest, "recipes": recipes,
+            "rounds": rounds, "runs_per_round": block}
 
 
 GPU = torch.device("cuda")
@@ -426,20 +469,25 @@ def _ort_matmuls(size: int, threads: int) -> dict[str, Callable[[], object]]:
     return runs
 
 
+def floor_ms(macs: int, peaks: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Batch-1 compute floor per data type: ``macs`` per image at the best GEMM peak measured for it."""
+    return {dtype: 1e3 * macs / (peaks[dtype]["best"] * 1e9) for dtype in ("fp32", "int8")}
+
+
 def compare_to_floor(
     cpu: dict[str, dict[str, float]], fp32_paths: list[str], macs: int, peaks: dict[str, dict[str, float]]
 ) -> dict[str, object]:
     """The fastest FP32 path, the INT8 speed-up over it, and each batch-1 latency as a multiple of its
     compute floor (MACs / the best GEMM peak of its data type)."""
     fastest = min(fp32_paths, key=lambda name: cpu[name]["latency_ms"])
-    floor_ms = {dtype: 1e3 * macs / (peaks[dtype]["best"] * 1e9) for dtype in ("fp32", "int8")}
+    floor = floor_ms(macs, peaks)
     return {
         "fastest_fp32_path": fastest,
         "int8_speedup_vs_fastest_fp32": cpu[fastest]["latency_ms"] / cpu["int8"]["latency_ms"],
         "macs_per_sample": macs,
         "gemm_peak_gmacs": peaks,
-        "floor_ms": floor_ms,
+        "floor_ms": floor,
         "latency_over_floor": {
-            name: cpu[name]["latency_ms"] / floor_ms["int8" if name == "int8" else "fp32"] for name in cpu
+            name: cpu[name]["latency_ms"] / floor["int8" if name == "int8" else "fp32"] for name in cpu
         },
     }

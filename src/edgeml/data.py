@@ -272,28 +272,27 @@ def center_crop(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndar
 
 def _source_images(
     spec: OODSetSpec, sources: dict[str, dict], tinyimagenet: dict[str, dict[int, np.ndarray]]
-) -> Iterable[np.ndarray]:
-    """The images of the fetched dataset ``spec`` names, before any transform."""
+) -> tuple[Iterable[np.ndarray], list[str] | None]:
+    """The images of the fetched dataset ``spec`` names, before any transform, and for Tiny ImageNet the
+    name of each source image (other datasets: None, named by position once decoded)."""
     path = sources[spec.dataset]["path"]
     if spec.dataset == "tinyimagenet":
         if spec.split not in tinyimagenet:
             tinyimagenet[spec.split] = load_tinyimagenet(path, spec.split)
         by_number = tinyimagenet[spec.split]
-        if not spec.imglist:
-            return list(by_number.values())
-        listed = read_openood_tin_list(sources[spec.imglist]["path"], spec.split)
+        listed = read_openood_tin_list(sources[spec.imglist]["path"], spec.split) if spec.imglist else list(by_number)
         missing = sorted(set(listed) - set(by_number))
         if missing:
             raise DataError(f"{path}: {len(missing)} images named by {spec.imglist} are missing, e.g. {spec.split}_{missing[0]}")
-        return [by_number[n] for n in listed]
+        return [by_number[n] for n in listed], [f"tinyimagenet/{spec.split}/{n}" for n in listed]
     if spec.dataset in ("mnist", "fashion_mnist"):
-        return load_idx_images(path)
+        return load_idx_images(path), None
     if spec.dataset == "svhn":
-        return load_svhn(path)
+        return load_svhn(path), None
     if spec.dataset == "cifar100":
-        return load_cifar100_test(path)
+        return load_cifar100_test(path), None
     under = {"textures": "dtd/images/", "places365": "val_256/"}.get(spec.dataset, "")
-    return load_images(path, under)
+    return load_images(path, under), None
 
 
 def _as_released(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
@@ -311,14 +310,18 @@ def _as_released(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.nda
 
 def build_ood_set(
     spec: OODSetSpec, sources: dict[str, dict], seed: int, tinyimagenet: dict[str, dict[int, np.ndarray]]
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """One OOD set as (N, 32, 32, 3) uint8: the dataset's images (in file-number order for Tiny
     ImageNet, list order for an OpenOOD list, archive order otherwise) made 32x32 by ``spec.transform``;
-    with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets."""
+    with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets.
+    Also returns each image's source name (``tinyimagenet/val/17``, ``mnist/3``, ``gaussian_noise/seed0/5``),
+    the same for the same source image in any set, so :func:`check_disjoint` can compare sets."""
     if spec.dataset in NOISE:
-        return noise_images(spec.dataset, spec.count, seed)
+        # the generator fills images in order, so the first k images of any count are the same images
+        x = noise_images(spec.dataset, spec.count, seed)
+        return x, np.array([f"{spec.dataset}/seed{seed}/{i}" for i in range(len(x))])
     path = sources[spec.dataset]["path"]
-    images = _source_images(spec, sources, tinyimagenet)
+    images, names = _source_images(spec, sources, tinyimagenet)
     try:
         if spec.transform == "crop":
             x = odin_crop(images, seed)
@@ -330,11 +333,25 @@ def build_ood_set(
             x = _as_released(images)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
+    names = np.array(names if names is not None else [f"{spec.dataset}/{i}" for i in range(len(x))])
     if spec.count is not None:
         if spec.count > len(x):
             raise DataError(f"{path}: count {spec.count} exceeds the {len(x)} images there")
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), spec.count, replace=False))]
-    return x
+        chosen = np.sort(np.random.default_rng(seed).choice(len(x), spec.count, replace=False))
+        x, names = x[chosen], names[chosen]
+    return x, names
+
+
+def check_disjoint(names: dict[str, np.ndarray], validation_set: str) -> None:
+    """Refuse an OOD validation set that shares a source image with any other (test) set, as the ID
+    validation and test lists are refused: choices made on validation must never see a test image."""
+    for name, other in names.items():
+        shared = np.intersect1d(names[validation_set], other) if name != validation_set else []
+        if len(shared):
+            raise DataError(
+                f"OOD validation set {validation_set!r} and test set {name!r} share {len(shared)} source images "
+                f"(e.g. {shared[0]}); fix prepare.ood_sets or their image lists so they are disjoint"
+            )
 
 
 def split_validation(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
 """Obtain dataset archives from their official URLs or from a local mirror, checksum-verified.
 
 A source is either a URL (downloaded with retries and a progress bar) or a local archive
-or folder (copied, or for a folder, hashed file by file). Nothing lands at the destination
-unless its checksum matched; the returned :class:`FetchRecord` says which source was used
-so that results from different sources are never mixed silently. A relative local source is
-relative to the repository root, wherever the stage runs (see :func:`repository_root`).
+or folder (copied, or for a folder, hashed file by file), or a list of these tried in order:
+an absent local copy or an unreachable URL falls through to the next, a corrupt one stops.
+Nothing lands at the destination unless its checksum matched; the returned :class:`FetchRecord`
+says which source was used so that results from different sources are never mixed silently.
+A relative local source is relative to the repository root, wherever the stage runs (see
+:func:`repository_root`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -47,6 +50,15 @@ class FetchError(EdgeMLError):
     """A source that could not be obtained or failed its checksum."""
 
 
+class SourceUnavailable(FetchError):
+    """A local source that does not exist, or one that could not be read after the retries (a URL
+    that is unreachable): absent rather than corrupt, so a list of sources moves on to the next."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the message without the dataset's name, for the list's summary
+
+
 @dataclasses.dataclass(frozen=True)
 class FetchRecord:
     """What was fetched, from where, and its checksum: written to data/sources.json."""
@@ -57,6 +69,9 @@ class FetchRecord:
     sha256: str
     bytes: int
     checked_against: str
+    # sources listed before ``source`` that were absent or unreachable, in order (their reasons go to
+    # stderr, not here: sources.json should change when the data does, not when an error's wording does)
+    failed_sources: tuple[str, ...] = ()
 
 
 def _is_url(source: str) -> bool:
@@ -132,8 +147,33 @@ def expected_checksum(spec: Source) -> tuple[str, str]:
 
 
 def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRecord:
-    """Copy or download ``spec.source`` into ``dest_dir``/``name`` (sources may share a file
-    name) and verify it; return what was done. Network errors and truncated transfers are
+    """Obtain ``spec``'s source, or the first of its list that is there: absent or unreachable
+    sources are reported on stderr and skipped, but a checksum mismatch, a missing checksum or a
+    full disk stops at once (a corrupt mirror must not be replaced silently by other pixels)."""
+    if isinstance(spec.source, str):
+        return _fetch_one(name, spec, dest_dir, retries)
+    candidates = spec.candidates()
+    failed: list[tuple[str, str]] = []
+    for candidate in candidates:
+        try:
+            record = _fetch_one(name, candidate, dest_dir, retries)
+        except SourceUnavailable as exc:
+            failed.append((candidate.source, exc.reason))
+            then = "trying the next" if len(failed) < len(candidates) else "no source left"
+            print(f"fetch.{name}: source {len(failed)} of {len(candidates)} {candidate.source!r} failed: "
+                  f"{exc.reason}; {then}", file=sys.stderr)
+            continue
+        return dataclasses.replace(record, failed_sources=tuple(source for source, _ in failed))
+    tried = "; ".join(f"{i}. {source!r}: {reason}" for i, (source, reason) in enumerate(failed, 1))
+    raise FetchError(
+        f"fetch.{name}: none of its {len(failed)} sources could be obtained ({tried}); make one of them "
+        f"available (the mirror, or network access) or add one to fetch.{name}.source"
+    )
+
+
+def _fetch_one(name: str, spec: Source, dest_dir: Path, retries: int) -> FetchRecord:
+    """Copy or download ``spec.source`` (one location) into ``dest_dir``/``name`` (sources may share
+    a file name) and verify it; return what was done. Network errors and truncated transfers are
     retried; a checksum mismatch or a full disk stops at once, leaving nothing at the destination."""
     is_url = _is_url(spec.source)
     dest_dir = dest_dir / name
@@ -141,9 +181,10 @@ def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRec
     if local is not None and local.is_dir():
         return _fetch_folder(name, spec, local, dest_dir / local.name)
     if local is not None and not local.is_file():
-        raise FetchError(
+        raise SourceUnavailable(
             f"fetch.{name}.source: {spec.source!r} does not exist (looked for {local}); point it at the "
-            f"official URL, or at a local copy of the archive or its extracted folder"
+            f"official URL, or at a local copy of the archive or its extracted folder",
+            f"does not exist (looked for {local})",
         )
     algo, expected = expected_checksum(spec)
     dest = dest_dir / spec.source.rstrip("/").rsplit("/", 1)[-1]
@@ -170,9 +211,8 @@ def fetch(name: str, spec: Source, dest_dir: Path, retries: int = 3) -> FetchRec
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 raise _disk_full(name, dest, exc) from exc
             if attempt == retries:
-                raise FetchError(
-                    f"fetch.{name}: could not read {spec.source!r} after {retries} tries: {exc or type(exc).__name__}"
-                ) from exc
+                why = f"after {retries} tries: {exc or type(exc).__name__}"
+                raise SourceUnavailable(f"fetch.{name}: could not read {spec.source!r} {why}", f"could not read it {why}") from exc
         time.sleep(2**attempt)
     raise AssertionError("unreachable")
 

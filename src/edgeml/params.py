@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -25,11 +25,21 @@ class ParamsError(EdgeMLError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """Where one dataset comes from: an official URL, or a local archive or folder."""
+    """Where one dataset comes from: an official URL, or a local archive or folder; or a list of
+    these tried in order (e.g. the local mirror, then the official URL), so one params file serves
+    machines with and without the mirror. A list entry is a string, which takes ``sha256`` / ``md5``
+    from beside the list, or a mapping with its own (the mirror's file and the official one differ)."""
 
-    source: str
+    # str last: a scalar of the wrong type is reported against it ("expected str")
+    source: Union[list[Union[Source, str]], str]
     sha256: Optional[str] = None  # None: known checksum of the official file, or a SHA256SUMS file beside it
     md5: Optional[str] = None
+
+    def candidates(self) -> list[Source]:
+        """The sources to try, in order, each naming one location with the checksum it must match."""
+        if isinstance(self.source, str):
+            return [self]
+        return [e if isinstance(e, Source) else Source(e, self.sha256, self.md5) for e in self.source]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +169,9 @@ class SweepParams:
     """Quantization recipes compared side by side; each overrides :class:`QuantizeParams` defaults."""
 
     recipes: dict[str, QuantizeParams]
+    # The sweep_timing stage times every recipe in one process, taking turns this many rounds; the spread
+    # of a recipe's speed-up across rounds sets the band within which speed-ups count as ties.
+    timing_rounds: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +219,11 @@ class BenchParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportParams:
+    headline_set: str = "tin_crop"  # the OOD test set of the headline metrics and README figures (in ood.sets)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     fetch: FetchParams
     prepare: PrepareParams
@@ -216,16 +234,12 @@ class Params:
     ood: OODParams
     package: PackageParams
     bench: BenchParams
+    report: ReportParams = dataclasses.field(default_factory=ReportParams)
 
     def __post_init__(self) -> None:
         # Numbers were range-checked by _convert (RANGES); what follows relates keys to each other.
         for name, source in self.fetch.sources().items():
-            for algo, digits in (("sha256", 64), ("md5", 32)):
-                digest = getattr(source, algo)
-                if digest is not None and not is_hex_digest(digest, digits):
-                    raise ParamsError(f"fetch.{name}.{algo}: expected {digits} hex digits, got {digest!r}")
-            if not source.source.strip():
-                raise ParamsError(f"fetch.{name}.source: empty; give the official URL or a local path")
+            _check_source(f"fetch.{name}", source)
         if self.prepare.val_size % CIFAR10_CLASSES:
             raise ParamsError(
                 f"prepare.val_size: must be a multiple of CIFAR-10's {CIFAR10_CLASSES} classes (the split is "
@@ -262,6 +276,10 @@ class Params:
                     f"ood.sets: {name!r} is not built by prepare.ood_sets "
                     f"(defined: {sorted(self.prepare.ood_sets)})"
                 )
+        if self.report.headline_set not in self.ood.sets:
+            raise ParamsError(
+                f"report.headline_set: {self.report.headline_set!r} is not an OOD test set (ood.sets: {self.ood.sets})"
+            )
         if self.ood.validation_set not in self.prepare.ood_sets:
             raise ParamsError(
                 f"ood.validation_set: {self.ood.validation_set!r} is not built by prepare.ood_sets "
@@ -302,6 +320,28 @@ class Params:
                 f"{key}.calibration_split: val holds the images the package threshold and the sweep's choice "
                 f"are made on; calibrate on train so the image sets stay disjoint"
             )
+
+
+def _check_source(key: str, spec: Source) -> None:
+    """Checksums are hex digests; a location is not blank; a list has entries, each one location."""
+    for algo, digits in (("sha256", 64), ("md5", 32)):
+        digest = getattr(spec, algo)
+        if digest is not None and not is_hex_digest(digest, digits):
+            raise ParamsError(f"{key}.{algo}: expected {digits} hex digits, got {digest!r}")
+    if isinstance(spec.source, str):
+        if not spec.source.strip():
+            raise ParamsError(f"{key}.source: empty; give the official URL or a local path")
+        return
+    if not spec.source:
+        raise ParamsError(f"{key}.source: an empty list; give one or more local paths or URLs, tried in order")
+    for i, entry in enumerate(spec.source):
+        if isinstance(entry, str):
+            if not entry.strip():
+                raise ParamsError(f"{key}.source[{i}]: empty; give the official URL or a local path")
+        elif not isinstance(entry.source, str):
+            raise ParamsError(f"{key}.source[{i}].source: one location per entry, not a list; list the entries in {key}.source")
+        else:
+            _check_source(f"{key}.source[{i}]", entry)
 
 
 def is_hex_digest(text: str, digits: int) -> bool:
@@ -380,6 +420,7 @@ RANGES: dict[str, Range] = {
     "BenchParams.throughput_runs": POSITIVE,
     "BenchParams.artifact_images": POSITIVE,
     "BenchParams.soak_files": POSITIVE,
+    "SweepParams.timing_rounds": Range(2, 1000),
 }
 
 
@@ -420,6 +461,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        inner.sort(key=lambda arm: _same_shape(value, arm))  # the arm of a list's or mapping's shape names its error
         for arm in inner[:-1]:  # the first arm that accepts the value; the last one names the error
             try:
                 return _convert(value, arm, key)
@@ -448,6 +490,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     ):
         raise ParamsError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _same_shape(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is a list (mapping) and ``hint`` a list (mapping or dataclass) type."""
+    origin = typing.get_origin(hint)
+    if isinstance(value, list):
+        return origin is list
+    return isinstance(value, dict) and (origin is dict or dataclasses.is_dataclass(hint))
 
 
 def parse(raw: Any) -> Params:

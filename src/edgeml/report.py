@@ -1,4 +1,4 @@
-"""Tables 1 and 2 in the paper's layout, the headline metrics and the recipe sweep (figures: edgeml.figures).
+"""Tables 1 and 2 in the paper's layout and the headline metrics (figures: edgeml.figures; the sweep: edgeml.sweep).
 
 Every number comes from the metrics files the pipeline wrote; the paper's values appear only
 in clearly labelled reference columns.
@@ -87,13 +87,19 @@ def markdown_table(rows: dict[str, tuple], paper: dict[str, tuple] | None = None
     return "\n".join(lines)
 
 
-def summary_lines(bench: dict, evaluate: dict, ood: dict, package: dict) -> list[str]:
+def validation_chosen(choices: dict, model: str = "int8") -> str:
+    """The detector with the best validation AUROC for ``model`` (metrics/detectors.json): the honest
+    "best detector", since an argmax over test AUROCs would choose on test data."""
+    return max(choices[model], key=lambda d: choices[model][d]["validation_auroc"])
+
+
+def summary_lines(bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, headline_set: str) -> list[str]:
     """The run in a few sentences, every number from the metrics (the paper's from PAPER_TABLE*)."""
-    msp = {m: 100 * ood[m]["msp"]["tin_crop"]["auroc"] for m in MODELS}
+    msp = {m: 100 * ood[m]["msp"][headline_set]["auroc"] for m in MODELS}
     sets = [s for s in ood["fp32"]["msp"] if not s.startswith("mean_")]
     drops = {(d, s): 100 * (ood["fp32"][d][s]["auroc"] - ood["int8"][d][s]["auroc"]) for d in ood["fp32"] for s in sets}
     worst = max(drops, key=drops.get)
-    best = max(ood["int8"], key=lambda d: ood["int8"][d]["tin_crop"]["auroc"])
+    best = validation_chosen(choices)
     paper_loss = PAPER_TABLE2["AUROC (%)"][0] - PAPER_TABLE2["AUROC (%)"][1]
     return [
         "#### Summary",
@@ -102,16 +108,16 @@ def summary_lines(bench: dict, evaluate: dict, ood: dict, package: dict) -> list
         f"INT8 file {bench['fp32']['size_mb'] / bench['int8']['size_mb']:.2f}x smaller, "
         f"{bench['fp32']['cpu_latency_ms'] / bench['int8']['cpu_latency_ms']:.2f}x faster at batch 1 than the fastest FP32 "
         f"path on this CPU ({bench['fp32']['path']}).",
-        f"- MSP vs TinyImageNet (crop), AUROC: FP32 {msp['fp32']:.2f} → INT8 {msp['int8']:.2f} "
+        f"- MSP vs `{headline_set}`, AUROC: FP32 {msp['fp32']:.2f} → INT8 {msp['int8']:.2f} "
         f"({msp['int8'] - msp['fp32']:+.2f} points; the paper lost {paper_loss:.1f}).",
         f"- Across {len(drops) // len(sets)} detectors x {len(sets)} OOD sets, the largest AUROC loss from quantization is "
-        f"{drops[worst]:.2f} points ({worst[0]} on {worst[1]}); best INT8 detector on TinyImageNet (crop): {best}, "
-        f"AUROC {100 * ood['int8'][best]['tin_crop']['auroc']:.2f}, detection error "
-        f"{100 * ood['int8'][best]['tin_crop']['detection_error']:.2f}% (the paper's FP32 MSP: "
+        f"{drops[worst]:.2f} points ({worst[0]} on {worst[1]}); the INT8 detector with the best validation AUROC, "
+        f"{best}, on `{headline_set}`: AUROC {100 * ood['int8'][best][headline_set]['auroc']:.2f}, detection error "
+        f"{100 * ood['int8'][best][headline_set]['detection_error']:.2f}% (the paper's FP32 MSP: "
         f"{PAPER_TABLE2['AUROC (%)'][0]}, {PAPER_TABLE2['Detection error (%)'][0]}%).",
         f"- The artifact carries {package['detector'].upper()} ({package['selection']['rule']}); at its threshold it keeps "
-        f"{100 * package['test_tpr']:.1f}% of ID test images and accepts {100 * package['test_fpr']['tin_crop']:.1f}% of "
-        f"TinyImageNet (crop).",
+        f"{100 * package['test_tpr']:.1f}% of ID test images and accepts {100 * package['test_fpr'][headline_set]:.1f}% of "
+        f"`{headline_set}`.",
     ]
 
 
@@ -129,10 +135,11 @@ def table2_section(ood: dict, detector: str, ood_set: str, paper: bool) -> list[
 
 
 def render_markdown(
-    bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, sets: list[str], groups: dict[str, list[str]]
+    bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, sets: list[str], groups: dict[str, list[str]],
+    headline_set: str,
 ) -> str:
     env = bench["environment"]
-    parts = summary_lines(bench, evaluate, ood, package) + [
+    parts = summary_lines(bench, evaluate, ood, choices, package, headline_set) + [
         "",
         "#### Table 1: model cost (FP32 vs INT8)",
         "",
@@ -171,8 +178,8 @@ def render_markdown(
     for ood_set in [s for s in PAPER_SETS if s in sets]:  # the paper's baseline, as the paper reports it
         parts += table2_section(ood, "msp", ood_set, paper=ood_set == "tin_crop")
     packaged = package["detector"]
-    if packaged != "msp" and "tin_crop" in sets:
-        parts += table2_section(ood, packaged, "tin_crop", paper=False)
+    if packaged != "msp":
+        parts += table2_section(ood, packaged, headline_set, paper=False)
         parts += ["", f"{packaged.upper()} is the detector the deployable artifact carries: {package['selection']['rule']}."]
     group_text = "; ".join(f"mean_{g}: {', '.join(members)}" for g, members in groups.items())
     parts += [
@@ -259,9 +266,12 @@ def _file_kind(kind: str) -> str:
     return f"{size}x{size} {fmt.upper()}"
 
 
-def headline(bench: dict, evaluate: dict, ood: dict, package: dict, groups: dict[str, list[str]]) -> tuple[dict, dict]:
+def headline(
+    bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, groups: dict[str, list[str]], headline_set: str
+) -> tuple[dict, dict]:
     """The few numbers a reviewer reads (``dvc metrics show/diff``), flat and numeric: quality and size,
-    then the noisy timings apart. Percentages in points; the full detail stays in the other JSON files."""
+    then the noisy timings apart. Percentages in points; the full detail stays in the other JSON files.
+    Test numbers only: every detector here was chosen on validation data."""
     pct = lambda x: round(100 * x, 4)  # noqa: E731
     packaged = package["detector"]
     quality = {
@@ -274,17 +284,17 @@ def headline(bench: dict, evaluate: dict, ood: dict, package: dict, groups: dict
     for detector, prefix in (("msp", "msp"), (packaged, "packaged")):  # the paper's baseline, then what ships
         for key, metric in (("auroc", "auroc"), ("det_err", "detection_error"))[: 2 if detector == "msp" else 1]:
             for model in MODELS:
-                quality[f"{prefix}_{key}_tin_crop_{model}"] = pct(ood[model][detector]["tin_crop"][metric])
+                quality[f"{prefix}_{key}_{headline_set}_{model}"] = pct(ood[model][detector][headline_set][metric])
         for group in groups:
             for model in MODELS:
                 quality[f"{prefix}_auroc_{group}_{model}"] = pct(ood[model][detector][f"mean_{group}"]["auroc"])
-    best = max(ood["int8"], key=lambda d: ood["int8"][d]["tin_crop"]["auroc"])
-    quality["best_auroc_tin_crop_int8"] = pct(ood["int8"][best]["tin_crop"]["auroc"])
+    chosen = validation_chosen(choices)
+    quality[f"val_chosen_auroc_{headline_set}_int8"] = pct(ood["int8"][chosen][headline_set]["auroc"])
     sets = [s for s in ood["fp32"]["msp"] if not s.startswith("mean_")]
     for model, key in (("int8", "worst_auroc_drop"), (PURE, "worst_auroc_drop_fp32_settings")):
         quality[key] = max(pct(ood["fp32"][d][s]["auroc"] - ood[model][d][s]["auroc"]) for d in ood["fp32"] for s in sets)
     quality["packaged_id_accept"] = pct(package["test_tpr"])
-    quality["packaged_ood_accept_tin_crop"] = pct(package["test_fpr"]["tin_crop"])
+    quality[f"packaged_ood_accept_{headline_set}"] = pct(package["test_fpr"][headline_set])
     quality["packaged_ood_accept_mean"] = pct(float(np.mean(list(package["test_fpr"].values()))))
     timing = {
         "cpu_ms_fp32": round(bench["fp32"]["cpu_latency_ms"], 4),
@@ -319,119 +329,3 @@ def detector_table(ood: dict, columns: list[str], key: str = "auroc") -> str:
             cells.append(cell + (f" [{pure - fp32:+.2f}]" if pure != int8 else ""))
         lines.append(f"| {detector} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
-# fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
-# of ID validation vs the OOD validation set for every detector the artifact can carry).
-SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
-SPEED_NOISE = 0.05  # run-to-run spread of batch-1 latency here
-QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
-
-
-def sweep_row(result: dict, reference: dict) -> dict[str, Any]:
-    """One recipe's row: size, speed and the validation-quality change from the FP32 ``reference``."""
-    fastest = result["fastest_fp32_path"]
-    int8, fp32 = result["validation"], reference
-    drops = {name: 100 * (fp32["auroc"][name] - auroc) for name, auroc in int8["auroc"].items()}
-    worst = max(drops, key=drops.get)
-    row = {
-        "backend": result["recipe"]["backend"],
-        "recipe": result["recipe"],
-        "size_mb": result["size_mb"]["int8"],
-        "size_ratio": result["size_mb"]["fp32"] / result["size_mb"]["int8"],
-        "latency_ms": result["cpu"]["int8"]["latency_ms"],
-        "fastest_fp32_path": fastest,
-        "fastest_fp32_latency_ms": result["cpu"][fastest]["latency_ms"],
-        "speedup": result["int8_speedup_vs_fastest_fp32"],
-        "latency_over_floor": result["latency_over_floor"]["int8"],
-        "throughput_images_per_s": result["cpu"]["int8"]["throughput_images_per_s"],
-        "val_top1": {"fp32": 100 * fp32["top1"], "int8": 100 * int8["top1"]},
-        "top1_drop_points": 100 * (fp32["top1"] - int8["top1"]),
-        "val_auroc": {name: {"fp32": 100 * fp32["auroc"][name], "int8": 100 * a} for name, a in int8["auroc"].items()},
-        "max_auroc_drop_points": drops[worst],
-        "worst_detector": worst,
-        "quantize_seconds": result["quantize_seconds"],
-    }
-    row["meets"] = {
-        "size_ratio": row["size_ratio"] >= SWEEP_GOALS["size_ratio"],
-        "top1_drop_points": row["top1_drop_points"] <= SWEEP_GOALS["top1_drop_points"],
-        "auroc_drop_points": row["max_auroc_drop_points"] <= SWEEP_GOALS["auroc_drop_points"],
-        "speedup": row["speedup"] >= SWEEP_GOALS["speedup"],
-    }
-    return row
-
-
-def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
-    """The selection rule, on validation numbers and timings only: among recipes meeting the size, top-1 and
-    AUROC goals, speed-ups within SPEED_NOISE of the best are ties, broken by the smallest AUROC loss; if no
-    recipe meets them, the smallest AUROC loss. Returns (recipe, rule)."""
-    quality = [n for n, row in rows.items() if all(row["meets"][k] for k in QUALITY_GOALS)]
-    if not quality:
-        return min(rows, key=lambda n: rows[n]["max_auroc_drop_points"]), "no recipe meets the quality goals: smallest AUROC loss"
-    top = max(rows[n]["speedup"] for n in quality)
-    tied = [n for n in quality if rows[n]["speedup"] >= (1 - SPEED_NOISE) * top]
-    return min(tied, key=lambda n: rows[n]["max_auroc_drop_points"]), (
-        f"meets the size, top-1 and AUROC goals; among those within {SPEED_NOISE:.0%} of the best speed-up, "
-        f"the smallest AUROC loss"
-    )
-
-
-def sweep_summary(results: dict[str, dict], reference: dict) -> dict[str, Any]:
-    """Every recipe's row and the best recipe, chosen by :func:`best_recipe` (no test data involved)."""
-    rows = {name: sweep_row(result, reference) for name, result in results.items()}
-    best, rule = best_recipe(rows)
-    any_result = next(iter(results.values()))
-    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule, "recipes": rows,
-            "compute": {k: any_result[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
-            "environment": any_result["environment"]}
-
-
-def render_sweep(summary: dict[str, Any]) -> str:
-    goals, rows = summary["goals"], summary["recipes"]
-    mark = lambda ok: "" if ok else " ✗"  # noqa: E731
-    lines = [
-        "#### Quantization recipes (chosen on validation data; committed FP32 model)",
-        "",
-        "| recipe | backend | size MB (x smaller) | INT8 batch-1 ms | fastest FP32 ms (path) | speed-up | x compute floor "
-        "| INT8 images/s | val top-1 FP32 → INT8 | worst val AUROC loss (detector) |",
-        "|---" * 10 + "|",
-    ]
-    for name, r in rows.items():
-        m = r["meets"]
-        lines.append(
-            f"| {'**' + name + '**' if name == summary['best'] else name} | {r['backend']} "
-            f"| {r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])}) | {r['latency_ms']:.3f} "
-            f"| {r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')}) "
-            f"| {r['speedup']:.2f}x{mark(m['speedup'])} | {r['latency_over_floor']:.1f} | {r['throughput_images_per_s']:.0f} "
-            f"| {r['val_top1']['fp32']:.2f} → {r['val_top1']['int8']:.2f} ({-r['top1_drop_points']:+.2f}{mark(m['top1_drop_points'])}) "
-            f"| {r['max_auroc_drop_points']:.2f} ({r['worst_detector']}){mark(m['auroc_drop_points'])} |"
-        )
-    detectors = list(next(iter(rows.values()))["val_auroc"])
-    lines += [
-        "",
-        f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
-        f"≤{goals['auroc_drop_points']} validation AUROC points lost for every detector the artifact can carry, "
-        f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path measured in the same run. "
-        f"Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on validation data "
-        f"(top-1: the held-out training split; AUROC: its first images vs the OOD validation set); test data "
-        f"is reported only by the main stages, for the recipe in params `quantize`.",
-        "",
-        "#### Validation AUROC (%) per detector, INT8 (change from FP32)",
-        "",
-        "| recipe | " + " | ".join(detectors) + " |",
-        "|---" * (1 + len(detectors)) + "|",
-    ]
-    for name, r in rows.items():
-        cells = [f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in (r["val_auroc"][d] for d in detectors)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    env, compute = summary["environment"], summary["compute"]
-    peaks = compute["gemm_peak_gmacs"]
-    lines += [
-        "",
-        f"CPU: {env['cpu']['model']}, {env['threads']} threads. Compute floor = {compute['macs_per_sample'] / 1e6:.1f} M "
-        f"MACs per image / GEMM peak (FP32 {peaks['fp32']['best']:.0f}, INT8 {peaks['int8']['best']:.0f} GMAC/s measured "
-        f"here). Size is the deployable file on disk (TorchScript .pt, torch.export .pt2 or ONNX); FP32 size "
-        f"is the TorchScript file.",
-    ]
-    return "\n".join(lines) + "\n"

@@ -125,7 +125,8 @@ class EagerQuantizer(Quantizer):
     @classmethod
     def load(cls, path: Path) -> nn.Module:
         module = load_torchscript(path, engine=cls.name)
-        return module if any(n.kind().startswith("quantized::") for n in module.graph.nodes()) else OneDNNFused(module)
+        quantized = any(n.kind().startswith("quantized::") for n in module.graph.nodes())
+        return WithEngine(module, cls.name) if quantized else OneDNNFused(module)
 
     @classmethod
     def head(cls, path: Path) -> nn.Linear:
@@ -177,6 +178,20 @@ def export_torchscript(model: nn.Module, path: str | Path) -> None:
         scripted = torch.jit.freeze(torch.jit.trace(model.eval(), example))
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp))
+
+
+class WithEngine(nn.Module):
+    """INT8 TorchScript run with the quantization engine it was built for. The engine is process-wide,
+    and one process may hold fbgemm and qnnpack files (the sweep times every recipe together), so it is
+    selected on every call."""
+
+    def __init__(self, scripted: torch.jit.ScriptModule, engine: str):
+        super().__init__()
+        self.scripted, self.engine = scripted, engine
+
+    def forward(self, x: torch.Tensor):
+        torch.backends.quantized.engine = self.engine
+        return self.scripted(x)
 
 
 class OneDNNFused(nn.Module):

@@ -1,0 +1,164 @@
+"""The quantization sweep's decision: one selection rule on validation numbers and on the timings of
+every recipe measured in one process (:func:`edgeml.benchmark.time_recipes`), rendered as
+metrics/quant_sweep.{md,json}.
+
+Recipes timed in separate stages minutes apart let machine drift decide between recipes that build
+the same graph; timed together, taking turns, the spread of each recipe's speed-up across rounds sets
+how close two speed-ups must be to count as a tie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, which the runtime install lacks
+    from edgeml.params import QuantizeParams
+
+# A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
+# fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
+# of ID validation vs the OOD validation set for every detector the artifact can carry).
+SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
+QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
+MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
+
+
+def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
+    """One recipe's row: size and validation quality from its sweep stage (``result``) against the FP32
+    ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.benchmark.time_recipes`)."""
+    fastest = timing["fastest_fp32_path"]
+    own = timing["recipes"][result["name"]]
+    int8, fp32 = result["validation"], reference
+    drops = {name: 100 * (fp32["auroc"][name] - auroc) for name, auroc in int8["auroc"].items()}
+    worst = max(drops, key=drops.get)
+    row = {
+        "backend": result["recipe"]["backend"],
+        "recipe": result["recipe"],
+        "size_mb": result["size_mb"]["int8"],
+        "size_ratio": result["size_mb"]["fp32"] / result["size_mb"]["int8"],
+        "latency_ms": own["latency_ms"],
+        "fastest_fp32_path": fastest,
+        "fastest_fp32_latency_ms": timing["fp32"][fastest]["latency_ms"],
+        "speedup": own["speedup"],
+        "speedup_spread": own["speedup_spread"],
+        "latency_over_floor": own["latency_ms"] / floor_ms,
+        "throughput_images_per_s": own["throughput_images_per_s"],
+        "val_top1": {"fp32": 100 * fp32["top1"], "int8": 100 * int8["top1"]},
+        "top1_drop_points": 100 * (fp32["top1"] - int8["top1"]),
+        "val_auroc": {name: {"fp32": 100 * fp32["auroc"][name], "int8": 100 * a} for name, a in int8["auroc"].items()},
+        "max_auroc_drop_points": drops[worst],
+        "worst_detector": worst,
+        "quantize_seconds": result["quantize_seconds"],
+    }
+    row["meets"] = {
+        "size_ratio": row["size_ratio"] >= SWEEP_GOALS["size_ratio"],
+        "top1_drop_points": row["top1_drop_points"] <= SWEEP_GOALS["top1_drop_points"],
+        "auroc_drop_points": row["max_auroc_drop_points"] <= SWEEP_GOALS["auroc_drop_points"],
+        "speedup": row["speedup"] >= SWEEP_GOALS["speedup"],
+    }
+    return row
+
+
+def tie_band(rows: dict[str, dict]) -> float:
+    """How far below the best speed-up a recipe still ties: the largest spread measured among ``rows``
+    across timing rounds, and at least MIN_TIE_BAND."""
+    return max([MIN_TIE_BAND, *(row["speedup_spread"] for row in rows.values())])
+
+
+def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
+    """The selection rule, on validation numbers and timings only: among recipes meeting the size, top-1 and
+    AUROC goals, speed-ups within :func:`tie_band` of the best are ties, broken by the smallest AUROC loss
+    (then the name, so equal losses cannot flip); if no recipe meets them, the smallest AUROC loss.
+    Returns (recipe, rule)."""
+    by_loss = lambda n: (rows[n]["max_auroc_drop_points"], n)  # noqa: E731
+    quality = {n: row for n, row in rows.items() if all(row["meets"][k] for k in QUALITY_GOALS)}
+    if not quality:
+        return min(rows, key=by_loss), "no recipe meets the quality goals: smallest AUROC loss"
+    band = tie_band(quality)
+    top = max(row["speedup"] for row in quality.values())
+    tied = [n for n, row in quality.items() if row["speedup"] >= (1 - band) * top]
+    return min(tied, key=by_loss), (
+        f"meets the size, top-1 and AUROC goals; among those within {band:.1%} of the best speed-up (the largest "
+        f"round-to-round spread measured, at least {MIN_TIE_BAND:.0%}), the smallest AUROC loss"
+    )
+
+
+def sweep_summary(results: dict[str, dict], timing: dict, reference: dict) -> dict[str, Any]:
+    """Every recipe's row and the best recipe, chosen by :func:`best_recipe` (no test data involved)."""
+    floor_ms = timing["floor_ms"]["int8"]
+    rows = {name: sweep_row({**result, "name": name}, timing, reference, floor_ms) for name, result in results.items()}
+    best, rule = best_recipe(rows)
+    quality = {n: r for n, r in rows.items() if all(r["meets"][k] for k in QUALITY_GOALS)}
+    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule, "tie_band": tie_band(quality or rows),
+            "recipes": rows, "compute": {k: timing[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
+            "timing_rounds": timing["rounds"], "environment": timing["environment"]}
+
+
+def params_recipe(quantize: dict[str, Any], summary: dict) -> str | None:
+    """The sweep recipe that params ``quantize`` (every field, as a mapping) is, or None when it is none of them."""
+    return next((name for name, row in summary["recipes"].items() if row["recipe"] == quantize), None)
+
+
+def disagreement(quantize: QuantizeParams, summary: dict) -> str | None:
+    """A loud one-line warning when params ``quantize`` is not the sweep's best recipe; None when it is."""
+    chosen = params_recipe(dataclasses.asdict(quantize), summary)
+    if chosen == summary["best"]:
+        return None
+    what = f"sweep recipe {chosen!r}" if chosen else "no sweep recipe"
+    return (
+        f"WARNING: params.yaml `quantize` is {what}, but the sweep's best is {summary['best']!r} "
+        f"(metrics/quant_sweep.md); set `quantize` to that recipe, or say why not"
+    )
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    goals, rows = summary["goals"], summary["recipes"]
+    mark = lambda ok: "" if ok else " ✗"  # noqa: E731
+    lines = [
+        "#### Quantization recipes (chosen on validation data; committed FP32 model)",
+        "",
+        "| recipe | backend | size MB (x smaller) | INT8 batch-1 ms | fastest FP32 ms (path) | speed-up (spread) "
+        "| x compute floor | INT8 images/s | val top-1 FP32 → INT8 | worst val AUROC loss (detector) |",
+        "|---" * 10 + "|",
+    ]
+    for name, r in rows.items():
+        m = r["meets"]
+        lines.append(
+            f"| {'**' + name + '**' if name == summary['best'] else name} | {r['backend']} "
+            f"| {r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])}) | {r['latency_ms']:.3f} "
+            f"| {r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')}) "
+            f"| {r['speedup']:.2f}x{mark(m['speedup'])} (±{r['speedup_spread'] / 2:.0%}) "
+            f"| {r['latency_over_floor']:.1f} | {r['throughput_images_per_s']:.0f} "
+            f"| {r['val_top1']['fp32']:.2f} → {r['val_top1']['int8']:.2f} ({-r['top1_drop_points']:+.2f}{mark(m['top1_drop_points'])}) "
+            f"| {r['max_auroc_drop_points']:.2f} ({r['worst_detector']}){mark(m['auroc_drop_points'])} |"
+        )
+    detectors = list(next(iter(rows.values()))["val_auroc"])
+    lines += [
+        "",
+        f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
+        f"≤{goals['auroc_drop_points']} validation AUROC points lost for every detector the artifact can carry, "
+        f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
+        f"one process, taking turns over {summary['timing_rounds']} rounds; spread: half the range of a recipe's "
+        f"per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "
+        f"validation data (top-1: the held-out training split; AUROC: its first images vs the OOD validation set); "
+        f"test data is reported only by the main stages, for the recipe in params `quantize`.",
+        "",
+        "#### Validation AUROC (%) per detector, INT8 (change from FP32)",
+        "",
+        "| recipe | " + " | ".join(detectors) + " |",
+        "|---" * (1 + len(detectors)) + "|",
+    ]
+    for name, r in rows.items():
+        cells = [f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in (r["val_auroc"][d] for d in detectors)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    env, compute = summary["environment"], summary["compute"]
+    peaks = compute["gemm_peak_gmacs"]
+    isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
+    lines += [
+        "",
+        f"CPU: {env['cpu']['model']} ({isa}), {env['threads']} threads. Compute floor = "
+        f"{compute['macs_per_sample'] / 1e6:.1f} M MACs per image / GEMM peak (FP32 {peaks['fp32']['best']:.0f}, "
+        f"INT8 {peaks['int8']['best']:.0f} GMAC/s measured here). Size is the deployable file on disk (TorchScript "
+        f".pt, torch.export .pt2 or ONNX); FP32 size is the TorchScript file.",
+    ]
+    return "\n".join(lines) + "\n"

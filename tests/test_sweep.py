@@ -1,0 +1,102 @@
+"""The sweep's decision: timings of every recipe from one process, the selection rule on validation numbers,
+and the warning when params `quantize` is not the sweep's choice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from edgeml import benchmark, sweep
+from edgeml.params import QuantizeParams
+
+
+def row(speedup: float, auroc_drop: float, size_ratio: float = 4.0, top1_drop: float = 0.1, spread: float = 0.0) -> dict:
+    meets = {
+        "size_ratio": size_ratio >= 3.9, "top1_drop_points": top1_drop <= 0.3,
+        "auroc_drop_points": auroc_drop <= 0.5, "speedup": speedup >= 3.0,
+    }
+    return {"speedup": speedup, "speedup_spread": spread, "max_auroc_drop_points": auroc_drop, "meets": meets}
+
+
+def test_fastest_recipe_meeting_the_quality_goals_wins():
+    rows = {"slow": row(2.0, 0.1), "fast": row(3.4, 0.3), "fast_but_lossy": row(4.0, 0.9)}
+    assert sweep.best_recipe(rows)[0] == "fast"  # the lossy one misses the AUROC goal
+
+
+def test_speed_ties_within_the_minimum_band_go_to_the_smaller_auroc_loss():
+    rows = {"a": row(3.40, 0.40), "b": row(3.30, 0.05), "c": row(3.00, 0.00)}
+    # b is within 5% of a (3.23 <= 3.30), c is not (3.00 < 3.23)
+    assert sweep.best_recipe(rows)[0] == "b"
+
+
+def test_a_measured_spread_wider_than_the_minimum_widens_the_tie_band():
+    rows = {"a": row(3.40, 0.40, spread=0.15), "b": row(3.30, 0.05), "c": row(3.00, 0.00)}
+    # 15% spread: c (3.00 >= 0.85 * 3.40 = 2.89) ties too, and loses least
+    best, rule = sweep.best_recipe(rows)
+    assert best == "c" and "15.0%" in rule
+    lossy = {**rows, "d": row(3.0, 0.9, spread=0.5)}  # misses the AUROC goal: its spread does not count
+    assert sweep.tie_band({n: r for n, r in lossy.items() if r["meets"]["auroc_drop_points"]}) == pytest.approx(0.15)
+    assert sweep.best_recipe(lossy)[0] == "c"
+
+
+def test_equal_losses_are_broken_by_name_not_by_order():
+    rows = {"z": row(3.4, 0.1), "a": row(3.3, 0.1)}
+    assert sweep.best_recipe(rows)[0] == sweep.best_recipe(dict(reversed(rows.items())))[0] == "a"
+
+
+def test_without_a_recipe_meeting_the_quality_goals_the_smallest_auroc_loss_wins():
+    rows = {"a": row(3.4, 0.9, size_ratio=3.0), "b": row(1.0, 0.6)}
+    best, rule = sweep.best_recipe(rows)
+    assert best == "b" and "no recipe meets" in rule
+
+
+def test_sweep_row_takes_speed_from_the_shared_timing_and_quality_from_validation():
+    result = {
+        "name": "r", "recipe": {"backend": "fbgemm"}, "size_mb": {"fp32": 44.0, "int8": 11.0}, "quantize_seconds": 1.0,
+        "validation": {"top1": 0.905, "auroc": {"msp": 0.85, "energy": 0.88}},
+    }
+    timing = {"fastest_fp32_path": "fp32_onnxruntime", "fp32": {"fp32_onnxruntime": {"latency_ms": 6.0}},
+              "recipes": {"r": {"latency_ms": 2.0, "throughput_images_per_s": 400.0, "speedup": 3.0, "speedup_spread": 0.04}}}
+    reference = {"top1": 0.91, "auroc": {"msp": 0.86, "energy": 0.881}}
+    r = sweep.sweep_row(result, timing, reference, floor_ms=1.0)
+    assert r["size_ratio"] == 4.0 and r["top1_drop_points"] == pytest.approx(0.5)
+    assert r["max_auroc_drop_points"] == pytest.approx(1.0) and r["worst_detector"] == "msp"
+    assert r["latency_over_floor"] == 2.0 and r["speedup_spread"] == 0.04
+    assert r["meets"] == {"size_ratio": True, "top1_drop_points": False, "auroc_drop_points": False, "speedup": True}
+
+
+def convnet(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers).eval()
+
+
+def test_two_sweeps_on_the_same_machine_choose_the_same_recipe():
+    """Two recipes of one graph (`twin_a`, `twin_b`: the minmax/percentile case) must tie on speed, whatever the
+    noise of the moment, so validation quality decides between them; a much slower recipe never ties."""
+    fp32 = {"fp32_wide": convnet(64)}
+    small = convnet(8)  # about 1/60 of the FP32 model's MACs; the slow recipe has about half
+    int8 = {"twin_a": small, "twin_b": small, "slow": convnet(48)}
+    quality = {"twin_a": 0.30, "twin_b": 0.10, "slow": 0.0}  # validation AUROC loss: slow would win any tie
+    choices = []
+    for _ in range(2):
+        timing = benchmark.time_recipes(fp32, int8, threads=1, warmup=3, rounds=6, block=10, batch_size=4, batch_runs=2)
+        assert len(timing["recipes"]["twin_a"]["speedup_rounds"]) == 6
+        rows = {n: {**row(t["speedup"], quality[n]), "speedup_spread": t["speedup_spread"]}
+                for n, t in timing["recipes"].items()}
+        choices.append(sweep.best_recipe(rows)[0])
+    assert choices == ["twin_b", "twin_b"]
+
+
+def test_disagreement_is_loud_when_params_quantize_is_not_the_best():
+    chosen, other = QuantizeParams(backend="onnxruntime", observer="minmax"), QuantizeParams(backend="fbgemm")
+    summary = {"best": "ort", "recipes": {"ort": {"recipe": dataclasses.asdict(chosen)},
+                                          "fb": {"recipe": dataclasses.asdict(other)}}}
+    assert sweep.disagreement(chosen, summary) is None
+    assert "params.yaml `quantize` is sweep recipe 'fb', but the sweep's best is 'ort'" in sweep.disagreement(other, summary)
+    assert "is no sweep recipe" in sweep.disagreement(QuantizeParams(backend="qnnpack"), summary)
