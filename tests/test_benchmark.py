@@ -171,3 +171,11 @@ def test_detector_cost_runs_no_forward_pass_between_timed_calls():
     detector = make_detector("energy", ModelContext(nn.Linear(4, 10)))
     benchmark.detector_cost_us(Model(), {"energy": detector}, runs=5)
     assert len(calls) == 5 + 1  # the timed plain forward passes, then the outputs once
+
+
+def test_file_size_counts_the_weights_file_of_a_two_file_format(tmp_path):
+    (tmp_path / "int8.xml").write_bytes(b"x" * 1000)
+    (tmp_path / "int8.bin").write_bytes(b"w" * 2_000_000)
+    (tmp_path / "int8.onnx").write_bytes(b"o" * 3000)
+    assert benchmark.file_size_mb(tmp_path / "int8.xml") == 2.001  # OpenVINO IR: topology + weights
+    assert benchmark.file_size_mb(tmp_path / "int8.onnx") == 0.003

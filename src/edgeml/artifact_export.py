@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgeml.deploy import METADATA
+from edgeml.params import ParamsError
 from edgeml.preprocess import IMAGE_SIZE, normalize
 from edgeml.quantization import load_deployable
 from edgeml.quantization.base import LogitsOnly
@@ -52,6 +53,11 @@ class _Normalize(nn.Module):
 def write_artifact(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
     """Write the artifact of the INT8 file ``int8_path`` to ``out``, in its format, with the JSON ``meta``."""
     writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
+    if int8_path.suffix not in writers:
+        raise ParamsError(
+            f"quantize.backend: {backend!r} files ({int8_path.suffix}) cannot be packaged yet; the artifact is built "
+            f"from {sorted(writers)} files: package another backend's recipe"
+        )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript/ONNX exporter deprecation and constant-capture notices
         writers[int8_path.suffix](int8_path, backend, score_logits, meta, out)

@@ -305,9 +305,14 @@ def detector_cost_us(model: nn.Module, detectors: dict[str, "Detector"], runs: i
     return {name: 1e6 * cost(detector) for name, detector in detectors.items()}
 
 
+WEIGHT_FILES = {".xml": ".bin"}  # formats whose weights sit in a second file: OpenVINO IR
+
+
 def file_size_mb(path: str | Path) -> float:
-    """Size on disk in MB (10^6 bytes), as the paper reports it."""
-    return Path(path).stat().st_size / 1e6
+    """Size on disk in MB (10^6 bytes), as the paper reports it, with the weights file of a two-file format."""
+    path = Path(path)
+    files = [path] + ([path.with_suffix(WEIGHT_FILES[path.suffix])] if path.suffix in WEIGHT_FILES else [])
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def bench_cpu(

@@ -150,7 +150,7 @@ class QuantizeParams:
     """One quantization recipe. Which observers, activation types and QAT each backend offers
     is checked by :mod:`edgeml.quantization`; the defaults are the recipe a sweep entry starts from."""
 
-    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime"] = "fbgemm"
+    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino"] = "fbgemm"
     per_channel: bool = True
     observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
     reduce_range: bool = True  # torch backends: 7-bit activations (u8*s8 pairs cannot overflow int16 without VNNI); onnxruntime: 7-bit weights

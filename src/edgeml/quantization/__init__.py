@@ -29,6 +29,7 @@ BACKENDS = {  # quantize.backend -> "module:class"
     "qnnpack": "edgeml.quantization.eager:Qnnpack",
     "pt2e_x86": "edgeml.quantization.pt2e:PT2EX86Quantizer",
     "onnxruntime": "edgeml.quantization.onnxrt:OnnxRuntimeQuantizer",
+    "openvino": "edgeml.quantization.openvino:OpenVinoQuantizer",
 }
 
 
