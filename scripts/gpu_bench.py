@@ -16,10 +16,11 @@ from typing import Optional
 
 import torch
 
-from edgeml import benchmark
 from edgeml import params as P
+from edgeml.bench import environment as host
+from edgeml.bench import gpu as gpu_timing
 from edgeml.io import write_json
-from edgeml.models import load_checkpoint
+from edgeml.model.resnet import load_checkpoint
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -35,15 +36,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist")
     model = load_checkpoint(args.checkpoint)
-    gpu = benchmark.bench_gpu(model, args.int8_onnx, args.warmup, args.runs, args.batch_size)
-    table1 = benchmark.gpu_table_cells(gpu)
+    gpu = gpu_timing.bench_gpu(model, args.int8_onnx, args.warmup, args.runs, args.batch_size)
+    table1 = gpu_timing.gpu_table_cells(gpu)
     write_json(
         args.output,
         {
             "checkpoint": {"path": str(args.checkpoint), "sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()},
             "table1_gpu": table1,
             "gpu_paths": gpu,
-            "environment": benchmark.environment(torch.get_num_threads()),
+            "environment": host.environment(torch.get_num_threads()),
             "settings": {"warmup": args.warmup, "runs": args.runs, "batch_size": args.batch_size},
         },
     )

@@ -3,8 +3,8 @@ before and after a change in the same run (the bench stage soaks the committed a
 
     python scripts/soak_predict.py --artifact models/artifact --files 20000 [--workers 0] [--pythonpath OTHER/src]
 
-Writes (once, reused after) ``--files`` files as :data:`edgeml.loadtest.MIX` says, runs the command in
-its own process and prints :func:`edgeml.loadtest.soak`'s figures as one JSON line. ``--pythonpath``
+Writes (once, reused after) ``--files`` files as :data:`edgeml.bench.loadtest.MIX` says, runs the command in
+its own process and prints :func:`edgeml.bench.loadtest.soak`'s figures as one JSON line. ``--pythonpath``
 runs the command from another source tree, e.g. ``git archive HEAD src | tar -x -C /tmp/base``.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgeml.loadtest import soak, write_mixed_files
+from edgeml.bench.loadtest import soak, write_mixed_files
 
 
 def main() -> None:

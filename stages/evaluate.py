@@ -3,12 +3,11 @@
 import torch
 
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml.data.splits import load_arrays
 from edgeml.io import write_json
-from edgeml.preprocess import to_tensor
+from edgeml.model.inference import predict_logits, to_tensor
 from edgeml.quantization import deployed_models
 from edgeml.stage import run
-from edgeml.training import predict_logits
 
 
 def main() -> None:

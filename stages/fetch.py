@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from edgeml import params as P
-from edgeml.fetch import fetch
+from edgeml.data.sources import fetch
 from edgeml.io import atomic_dir, write_json
 from edgeml.stage import run
 

@@ -6,13 +6,19 @@ from pathlib import Path
 
 import torch
 
-from edgeml import evaluation
 from edgeml import params as P
-from edgeml.data import id_split, load_arrays
-from edgeml.detectors import Evidence, GradientSigns, ModelContext, check_params, fit_set
+from edgeml.data.splits import id_split, load_arrays
 from edgeml.io import atomic_dir, write_json, write_npz
-from edgeml.models import load_checkpoint
-from edgeml.preprocess import to_tensor
+from edgeml.model.inference import to_tensor
+from edgeml.model.resnet import load_checkpoint
+from edgeml.ood import protocol
+from edgeml.ood.detectors import (
+    Evidence,
+    GradientSigns,
+    ModelContext,
+    check_params,
+    fit_set,
+)
 from edgeml.quantization import deployed_paths, load_deployable, load_head
 from edgeml.stage import run
 
@@ -48,19 +54,19 @@ def main() -> None:
             test = {key: Evidence(f"test/{key}", x, model, ood.batch_size) for key, x in test_images.items()}
             views = [model_name] + ([f"{model_name}_{REFERENCE}_settings"] if model_name != REFERENCE else [])
             for name in ood.detectors:
-                detector, record = evaluation.choose(
+                detector, record = protocol.choose(
                     name, ood.search.get(name, {}), context, fit, fit_labels, validation
                 )
                 choices.setdefault(model_name, {})[name] = record
-                scores = evaluation.score_sets(detector, name, test, ood.perturbation_images, ood.seed)
+                scores = protocol.score_sets(detector, name, test, ood.perturbation_images, ood.seed)
                 write_npz(out / f"{model_name}_{name}.npz", **scores)
-                metrics.setdefault(model_name, {})[name] = evaluation.set_metrics(scores, ood.sets, ood.groups)
+                metrics.setdefault(model_name, {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
                 if len(views) > 1:  # the same model with the reference model's validation choice
                     reference = choices[REFERENCE][name]["chosen"]
                     if reference != record["chosen"]:
-                        same = evaluation.fitted(name, reference, context, fit, fit_labels)
-                        scores = evaluation.score_sets(same, name, test, ood.perturbation_images, ood.seed)
-                    metrics.setdefault(views[1], {})[name] = evaluation.set_metrics(scores, ood.sets, ood.groups)
+                        same = protocol.fitted(name, reference, context, fit, fit_labels)
+                        scores = protocol.score_sets(same, name, test, ood.perturbation_images, ood.seed)
+                    metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
     write_json("metrics/detectors.json", choices)
     write_json(
         "metrics/ood.json",

@@ -8,17 +8,24 @@ import numpy as np
 import torch
 
 from edgeml import params as P
-from edgeml.benchmark import detector_cost_us
-from edgeml.data import CIFAR10_CLASSES, load_arrays
-from edgeml.deploy import ARTIFACT_DIR, EdgeModel, artifact_path, build_artifact, input_metadata, sha256_file, threshold_at_tpr
-from edgeml.detectors import LogitDetector, ModelContext, check_params, detector_class, make_detector
-from edgeml.evaluation import choose_packaged
+from edgeml.bench.cpu import detector_cost_us
+from edgeml.data.readers import CIFAR10_CLASSES
+from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_dir, read_json, write_json
+from edgeml.model.inference import predict_logits, to_tensor
+from edgeml.ood.detectors import (
+    LogitDetector,
+    ModelContext,
+    check_params,
+    detector_class,
+    make_detector,
+)
+from edgeml.ood.protocol import choose_packaged
+from edgeml.package import artifact_path, build_artifact, threshold_at_tpr
 from edgeml.params import ParamsError
-from edgeml.preprocess import to_tensor
 from edgeml.quantization import int8_path, load_deployable, load_head
+from edgeml.runtime.artifact import ARTIFACT_DIR, EdgeModel, input_metadata, sha256_file
 from edgeml.stage import run
-from edgeml.training import predict_logits
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeml import data
 from edgeml import params as P
+from edgeml.data import ood_sets, readers, splits
 from edgeml.io import atomic_dir, read_json, write_json, write_npz
 from edgeml.stage import run
 
@@ -18,21 +18,21 @@ def main() -> None:
     params = all_params.prepare
     sources = read_json("data/sources.json")
     with atomic_dir(OUT) as out:
-        cifar = data.load_cifar10(sources["cifar10"]["path"])
-        arrays = data.split_cifar10(cifar, params.val_size, params.seed)
+        cifar = readers.load_cifar10(sources["cifar10"]["path"])
+        arrays = splits.split_cifar10(cifar, params.val_size, params.seed)
         write_npz(out / "cifar10.npz", **arrays)
         counts = {split: len(arrays[f"{split}_y"]) for split in ("train", "val", "test")}
         if "openood_cifar10_test_list" in sources and "openood_cifar10_val_list" in sources:
-            split = data.openood_id_split(sources, cifar["test_y"], cifar["test_index"])
+            split = splits.openood_id_split(sources, cifar["test_y"], cifar["test_index"])
             write_npz(out / "openood_cifar10.npz", **split)
             counts |= {"openood_test": len(split["test"]), "openood_val": len(split["val"])}
         tinyimagenet: dict[str, dict[int, np.ndarray]] = {}  # decoded once per split
         names = {}
         for name, spec in params.ood_sets.items():
-            x, names[name] = data.build_ood_set(spec, sources, params.seed, tinyimagenet)
+            x, names[name] = ood_sets.build_ood_set(spec, sources, params.seed, tinyimagenet)
             write_npz(out / "ood" / f"{name}.npz", x=x)
             counts[name] = len(x)
-        data.check_disjoint(names, all_params.ood.validation_set)
+        ood_sets.check_disjoint(names, all_params.ood.validation_set)
     write_json("metrics/prepare.json", {"samples": counts})
 
 

@@ -3,9 +3,9 @@
 import dataclasses
 
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_dir, write_json
-from edgeml.models import load_checkpoint
+from edgeml.model.resnet import load_checkpoint
 from edgeml.quantization import export_fp32, int8_path, make_quantizer, quantize
 from edgeml.stage import run
 

@@ -4,10 +4,11 @@ and the plots."""
 import sys
 from pathlib import Path
 
-from edgeml import figures, report, sweep
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml import sweep
+from edgeml.data.splits import load_arrays
 from edgeml.io import read_json, write_json, write_text
+from edgeml.reporting import figures, tables
 from edgeml.stage import run
 
 PLOTS = Path("plots")
@@ -22,20 +23,20 @@ def main() -> None:
     warning = sweep.disagreement(all_params.quantize, recipes)
     if warning:
         print(warning, file=sys.stderr)
-    markdown = report.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups, headline_set)
+    markdown = tables.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups, headline_set)
     write_text("metrics/report.md", (f"> **{warning}**\n\n" if warning else "") + markdown)
-    write_text("metrics/predict_load.md", report.predict_load_markdown(bench))
-    quality, timing = report.headline(bench, evaluate, ood, choices, package, params.groups, headline_set)
+    write_text("metrics/predict_load.md", tables.predict_load_markdown(bench))
+    quality, timing = tables.headline(bench, evaluate, ood, choices, package, params.groups, headline_set)
     quality["quantize_is_sweep_best"] = int(warning is None)
     write_json("metrics/summary.json", quality)
     write_json("metrics/timing.json", timing)
     write_json(
         "metrics/tables.json",
         {
-            "table1": {row: dict(zip(report.MODELS, v)) for row, v in report.table1(bench, evaluate).items()},
+            "table1": {row: dict(zip(tables.MODELS, v)) for row, v in tables.table1(bench, evaluate).items()},
             "table2": {
                 f"{detector}/{ood_set}": {
-                    row: dict(zip(report.MODELS, v)) for row, v in report.table2(ood, detector, ood_set).items()
+                    row: dict(zip(tables.MODELS, v)) for row, v in tables.table2(ood, detector, ood_set).items()
                 }
                 for detector in sorted({"msp", package["detector"]})
                 for ood_set in params.sets
@@ -44,7 +45,7 @@ def main() -> None:
     )
     readme_figures = {("msp", headline_set), (package["detector"], headline_set)}
     for detector in params.detectors:
-        scores = {model: load_arrays(f"data/scores/{model}_{detector}.npz") for model in report.MODELS}
+        scores = {model: load_arrays(f"data/scores/{model}_{detector}.npz") for model in tables.MODELS}
         for ood_set in params.sets:
             figures.write_curves(scores, ood_set, detector, PLOTS / "ood")
             if (detector, ood_set) in readme_figures:

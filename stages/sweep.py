@@ -10,15 +10,22 @@ import time
 import torch
 
 from edgeml import params as P
-from edgeml.benchmark import file_size_mb
-from edgeml.data import load_arrays
-from edgeml.detectors import ModelContext, check_params
-from edgeml.evaluation import validation_quality
+from edgeml.bench.cpu import file_size_mb
+from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_dir, write_json
-from edgeml.models import load_checkpoint
+from edgeml.model.inference import to_tensor
+from edgeml.model.resnet import load_checkpoint
+from edgeml.ood.detectors import ModelContext, check_params
+from edgeml.ood.protocol import validation_quality
 from edgeml.params import ParamsError
-from edgeml.preprocess import to_tensor
-from edgeml.quantization import export_fp32, int8_path, load_deployable, load_head, make_quantizer, quantize
+from edgeml.quantization import (
+    export_fp32,
+    int8_path,
+    load_deployable,
+    load_head,
+    make_quantizer,
+    quantize,
+)
 from edgeml.stage import run
 
 

@@ -5,12 +5,12 @@ validation set). No test image is read."""
 import torch
 
 from edgeml import params as P
-from edgeml.data import load_arrays
-from edgeml.detectors import ModelContext, check_params
-from edgeml.evaluation import validation_quality
+from edgeml.data.splits import load_arrays
 from edgeml.io import write_json
-from edgeml.models import load_checkpoint
-from edgeml.preprocess import to_tensor
+from edgeml.model.inference import to_tensor
+from edgeml.model.resnet import load_checkpoint
+from edgeml.ood.detectors import ModelContext, check_params
+from edgeml.ood.protocol import validation_quality
 from edgeml.quantization import WithFeatureMap
 from edgeml.stage import run
 

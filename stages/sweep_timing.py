@@ -6,10 +6,12 @@ import tempfile
 
 import torch
 
-from edgeml import benchmark
 from edgeml import params as P
+from edgeml.bench import cpu as cpu_timing
+from edgeml.bench import environment as host
+from edgeml.bench import roofline
 from edgeml.io import write_json
-from edgeml.models import load_checkpoint
+from edgeml.model.resnet import load_checkpoint
 from edgeml.quantization import export_fp32, int8_path, load_deployable
 from edgeml.stage import run
 
@@ -22,15 +24,15 @@ def main() -> None:
     int8 = {name: load_deployable(int8_path(r.backend, f"models/sweep/{name}"), r.backend) for name, r in recipes.items()}
     with tempfile.TemporaryDirectory() as tmp:
         float_paths = {name: load_deployable(path) for name, path in export_fp32(fp32, tmp).items()}
-        timing = benchmark.time_recipes(
+        timing = cpu_timing.time_recipes(
             float_paths, int8, bench.threads, bench.warmup, params.sweep.timing_rounds,
             -(-bench.runs // params.sweep.timing_rounds), bench.throughput_batch_size, bench.throughput_runs,
         )
-    macs, peaks = benchmark.count_macs(fp32, torch.zeros(1, 3, 32, 32)), benchmark.gemm_peak_gmacs(bench.threads)
-    floor = benchmark.floor_ms(macs, peaks)
+    macs, peaks = roofline.count_macs(fp32, torch.zeros(1, 3, 32, 32)), roofline.gemm_peak_gmacs(bench.threads)
+    floor = roofline.floor_ms(macs, peaks)
     write_json("metrics/sweep_timing.json", {
         **timing, "macs_per_sample": macs, "gemm_peak_gmacs": peaks, "floor_ms": floor,
-        "environment": benchmark.environment(bench.threads),
+        "environment": host.environment(bench.threads),
     })
 
 

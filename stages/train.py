@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 
 from edgeml import params as P
-from edgeml.data import load_arrays
+from edgeml.data.splits import load_arrays
 from edgeml.io import write_json
-from edgeml.models import build_resnet18, save_checkpoint
-from edgeml.preprocess import to_tensor
-from edgeml.stage import run
-from edgeml.training import (
+from edgeml.model.inference import to_tensor
+from edgeml.model.resnet import build_resnet18, save_checkpoint
+from edgeml.model.train import (
     config_fingerprint,
     distributed,
     is_main_process,
@@ -22,7 +21,8 @@ from edgeml.training import (
     validation_metrics,
     write_curves,
 )
-from edgeml.weights import install_weights
+from edgeml.model.weights import install_weights
+from edgeml.stage import run
 
 DATA = Path("data/prepared/cifar10.npz")
 FP32 = Path("models/fp32.pt")

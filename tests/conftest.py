@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeml.data import CIFAR10_CLASSES
-from edgeml.models import build_resnet18
-from edgeml.preprocess import normalize
+from edgeml.data.readers import CIFAR10_CLASSES
+from edgeml.model.inference import normalize
+from edgeml.model.resnet import build_resnet18
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgeml import benchmark
-from edgeml.models import build_resnet18, save_checkpoint
+from edgeml.bench import cpu as cpu_timing
+from edgeml.bench import gpu as gpu_timing
+from edgeml.model.resnet import build_resnet18, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = "not measured: no CUDA GPU on this machine"
@@ -50,17 +51,17 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return {torch.float32: 3.0, torch.float16: 2.0, torch.bfloat16: 2.5}[out.dtype] - captured + 10 * (out.shape[0] > 1)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(benchmark, "GPU", torch.device("meta"))
-    monkeypatch.setattr(benchmark, "_cuda_graph", capture)
-    monkeypatch.setattr(benchmark, "_event_median_ms", timer)
-    monkeypatch.setattr(benchmark, "tensorrt_runtimes", lambda: [])
+    monkeypatch.setattr(gpu_timing, "GPU", torch.device("meta"))
+    monkeypatch.setattr(gpu_timing, "_cuda_graph", capture)
+    monkeypatch.setattr(gpu_timing, "_event_median_ms", timer)
+    monkeypatch.setattr(gpu_timing, "tensorrt_runtimes", lambda: [])
     return timed
 
 
 def test_gpu_rows_time_copies_and_leave_the_callers_model_on_cpu(fake_cuda):
     model = tiny_model()
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    gpu = benchmark.bench_gpu(model, None, warmup=1, runs=1, batch_size=64)
+    gpu = gpu_timing.bench_gpu(model, None, warmup=1, runs=1, batch_size=64)
 
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     after = model.state_dict()
@@ -69,7 +70,7 @@ def test_gpu_rows_time_copies_and_leave_the_callers_model_on_cpu(fake_cuda):
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)  # still usable on CPU tensors, as the bench stage does
 
     assert sorted(fake_cuda, key=str) == sorted(
-        [(dtype, batch, "meta", graph) for dtype, graph in benchmark.GPU_PATHS.values() for batch in (1, 64)], key=str
+        [(dtype, batch, "meta", graph) for dtype, graph in gpu_timing.GPU_PATHS.values() for batch in (1, 64)], key=str
     )
     assert gpu == {
         "fp32_eager": {"batch1_ms": 3.0, "batch64_ms": 13.0},
@@ -79,23 +80,23 @@ def test_gpu_rows_time_copies_and_leave_the_callers_model_on_cpu(fake_cuda):
         "int8": NO_TENSORRT,
     }
     # Table 1's FP32 cell is the fastest FP32 path, named; FP16 is not FP32 even when faster
-    assert benchmark.gpu_table_cells(gpu) == {
+    assert gpu_timing.gpu_table_cells(gpu) == {
         "fp32": {"path": "fp32_cuda_graph", "latency_ms": 2.0},
         "int8": {"path": None, "latency_ms": NO_TENSORRT},
     }
 
 
 def test_int8_row_says_which_tensorrt_front_end_is_missing_what(fake_cuda, monkeypatch):
-    monkeypatch.setattr(benchmark, "tensorrt_runtimes", lambda: ["torch_tensorrt"])
-    int8 = benchmark.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=2)["int8"]
+    monkeypatch.setattr(gpu_timing, "tensorrt_runtimes", lambda: ["torch_tensorrt"])
+    int8 = gpu_timing.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=2)["int8"]
     assert int8.startswith("not measured: ") and "onnxruntime backend" in int8 and "torch_tensorrt" in int8
 
 
 def test_without_cuda_every_gpu_row_is_not_measured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    gpu = benchmark.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=64)
+    gpu = gpu_timing.bench_gpu(tiny_model(), None, warmup=1, runs=1, batch_size=64)
     assert gpu == dict.fromkeys(["fp32_eager", "fp32_cuda_graph", "fp16_cuda_graph", "bf16_cuda_graph", "int8"], NO_CUDA)
-    assert benchmark.gpu_table_cells(gpu) == {
+    assert gpu_timing.gpu_table_cells(gpu) == {
         "fp32": {"path": None, "latency_ms": NO_CUDA},
         "int8": {"path": None, "latency_ms": NO_CUDA},
     }
@@ -137,9 +138,10 @@ def test_gpu_bench_script_runs_without_the_pipeline_tools(tmp_path):
 
 
 def test_fp32_torchscript_runs_fused_by_onednn_and_restores_the_switch(tmp_path, float_model_and_images):
+    from edgeml.model.inference import normalize
     from edgeml.quantization import WithFeatureMap, load_file
-    from edgeml.quantization.eager import OneDNNFused, export_torchscript, load_torchscript
-    from edgeml.preprocess import normalize
+    from edgeml.quantization.eager import export_torchscript
+    from edgeml.runtime.torch_files import OneDNNFused, load_torchscript
 
     model, images = float_model_and_images
     path = tmp_path / "fp32.pt"
@@ -159,7 +161,7 @@ def test_fp32_torchscript_runs_fused_by_onednn_and_restores_the_switch(tmp_path,
 def test_detector_cost_runs_no_forward_pass_between_timed_calls():
     # A model's forward pass just before a timed call leaves its thread pool busy (ONNX Runtime spins):
     # outputs are computed once, so a logit detector's cost never follows a forward pass.
-    from edgeml.detectors import ModelContext, make_detector
+    from edgeml.ood.detectors import ModelContext, make_detector
 
     calls = []
 
@@ -169,7 +171,7 @@ def test_detector_cost_runs_no_forward_pass_between_timed_calls():
             return torch.zeros(len(x), 10), torch.zeros(len(x), 4), torch.zeros(len(x), 4, 1, 1)
 
     detector = make_detector("energy", ModelContext(nn.Linear(4, 10)))
-    benchmark.detector_cost_us(Model(), {"energy": detector}, runs=5)
+    cpu_timing.detector_cost_us(Model(), {"energy": detector}, runs=5)
     assert len(calls) == 5 + 1  # the timed plain forward passes, then the outputs once
 
 
@@ -177,5 +179,5 @@ def test_file_size_counts_the_weights_file_of_a_two_file_format(tmp_path):
     (tmp_path / "int8.xml").write_bytes(b"x" * 1000)
     (tmp_path / "int8.bin").write_bytes(b"w" * 2_000_000)
     (tmp_path / "int8.onnx").write_bytes(b"o" * 3000)
-    assert benchmark.file_size_mb(tmp_path / "int8.xml") == 2.001  # OpenVINO IR: topology + weights
-    assert benchmark.file_size_mb(tmp_path / "int8.onnx") == 0.003
+    assert cpu_timing.file_size_mb(tmp_path / "int8.xml") == 2.001  # OpenVINO IR: topology + weights
+    assert cpu_timing.file_size_mb(tmp_path / "int8.onnx") == 0.003

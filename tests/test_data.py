@@ -6,37 +6,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import (
     cifar_imagefolder_files,
+    cifar_python_files,
+    encode,
     idx_images_gz,
     openood_cifar10_list,
     openood_tin_list,
-    cifar_python_files,
-    encode,
     tinyimagenet_files,
     write_tar,
 )
-from edgeml.data import (
-    build_ood_set,
-    check_disjoint,
+from PIL import Image
+
+from edgeml.data.ood_sets import build_ood_set, check_disjoint, noise_images, odin_crop
+from edgeml.data.readers import (
     load_cifar10,
     load_cifar100_test,
     load_idx_images,
     load_svhn,
     load_tinyimagenet,
-    noise_images,
-    odin_crop,
-    id_split,
-    openood_id_split,
     read_openood_tin_list,
-    resize_rgb,
-    split_validation,
 )
+from edgeml.data.splits import id_split, openood_id_split, split_validation
 from edgeml.io import write_npz
 from edgeml.params import OODSetSpec
-from edgeml.preprocess import DataError, decode_image
+from edgeml.runtime.images import DataError, decode_image, resize_rgb
 
 
 def check_cifar(arrays, train_per_class, test_per_class):

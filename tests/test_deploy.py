@@ -12,19 +12,17 @@ import torch
 from PIL import Image
 
 from edgeml.cli import main
-from edgeml.data import CIFAR10_CLASSES
-from edgeml.deploy import (
-    ArtifactError,
-    EdgeModel,
-    artifact_path,
-    build_artifact,
-    input_metadata,
-    sha256_file,
-    threshold_at_tpr,
-)
+from edgeml.data.readers import CIFAR10_CLASSES
+from edgeml.model.inference import predict_logits
+from edgeml.package import artifact_path, build_artifact, threshold_at_tpr
 from edgeml.params import QuantizeParams
 from edgeml.quantization import int8_path, load_deployable, make_quantizer
-from edgeml.training import predict_logits
+from edgeml.runtime.artifact import (
+    ArtifactError,
+    EdgeModel,
+    input_metadata,
+    sha256_file,
+)
 
 BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 

@@ -1,16 +1,24 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from pytorch_ood.detector import ASH as PoodASH
 from pytorch_ood.detector import EnergyBased
 from pytorch_ood.detector.odin import odin_preprocessing
+from torch import nn
 
-from edgeml.detectors import MSP, Evidence, GradientSigns, ModelContext, Outputs, make_detector, predict_outputs
-from edgeml.evaluation import choose, choose_packaged
-from edgeml.metrics import ood_metrics
-from edgeml.preprocess import CIFAR10_STD, normalize
+from edgeml.model.inference import normalize
+from edgeml.ood.detectors import (
+    MSP,
+    Evidence,
+    GradientSigns,
+    ModelContext,
+    Outputs,
+    make_detector,
+    predict_outputs,
+)
+from edgeml.ood.metrics import ood_metrics
+from edgeml.ood.protocol import choose, choose_packaged
+from edgeml.runtime.images import CIFAR10_STD
 
 NO_HEAD = ModelContext(head=nn.Linear(4, 3))
 
@@ -304,7 +312,7 @@ def test_packaged_detector_is_the_best_on_validation_among_the_cheap_ones():
     (["odin"], {"odin": {"eps": [-0.001]}}, "ood.search.odin.eps: -0.001 must be >= 0.0"),
 ])
 def test_detector_params_are_refused_before_any_work(detectors, search, message):
-    from edgeml.detectors import check_params
+    from edgeml.ood.detectors import check_params
 
     with pytest.raises(ValueError, match=message):
         check_params(detectors, search)
@@ -312,7 +320,7 @@ def test_detector_params_are_refused_before_any_work(detectors, search, message)
 
 def test_committed_detector_params_pass():
     from edgeml import params as P
-    from edgeml.detectors import check_params
+    from edgeml.ood.detectors import check_params
 
     ood = P.load().ood
     check_params(ood.detectors, ood.search)

@@ -96,3 +96,22 @@ def test_train_stage_can_enter_the_run_cache():
     # persist: true keeps an output across runs, which DVC's run-cache cannot restore
     text = (ROOT / "dvc.yaml").read_text()
     assert "persist: true" not in text
+
+
+def test_every_path_the_code_names_is_declared_in_dvc_yaml():
+    """edgeml.paths is the code's one copy of dvc.yaml's paths: a path renamed in one place only fails here.
+    A path counts as declared when it, or a folder holding it, is a stage's dep or output."""
+    from pathlib import PurePath
+
+    from edgeml import paths
+
+    entries = set()
+    for stage in stages().values():
+        for key in ("deps", "outs", "metrics", "plots"):
+            entries |= {next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])}
+    declared = lambda path: any(path == e or path.startswith(e.rstrip("/") + "/") for e in entries)  # noqa: E731
+    named = {value.as_posix() for value in vars(paths).values() if isinstance(value, PurePath)}
+    named |= {paths.ood_set("${ood.validation_set}").as_posix(), paths.metrics("train").as_posix(),
+              paths.scores("int8", "msp").as_posix()}
+    undeclared = sorted(path for path in named if not declared(path) and path not in ("metrics", "plots", paths.CHECKPOINT.as_posix()))
+    assert len(named) >= 14 and not undeclared, f"edgeml.paths names {undeclared}, which dvc.yaml does not declare"

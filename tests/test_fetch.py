@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import cifar_python_files, write_tar
-from edgeml.data import load_cifar10
-from edgeml.fetch import OFFICIAL_MD5, FetchError, fetch, tree_sha256
+
+from edgeml.data.readers import load_cifar10
+from edgeml.data.sources import OFFICIAL_MD5, FetchError, fetch, tree_sha256
 from edgeml.params import Source
 
 REPO = Path(__file__).parents[1]
@@ -124,7 +124,7 @@ def test_full_disk_stops_at_once_and_leaves_nothing(mirror, tmp_path, monkeypatc
         dst.write(src.read(10))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("edgeml.fetch._copy_hashing", full)
+    monkeypatch.setattr("edgeml.data.sources._copy_hashing", full)
     monkeypatch.setattr("time.sleep", lambda s: pytest.fail("a full disk must not be retried"))
     with pytest.raises(FetchError, match=r"fetch.cifar10: cannot write .*cifar10-jpeg.tar.gz: No space left on device; free disk space"):
         fetch("cifar10", Source(str(mirror / "cifar10-jpeg.tar.gz")), tmp_path / "raw")
@@ -154,7 +154,7 @@ def test_relative_source_is_relative_to_the_repository_not_the_cwd(mirror, tmp_p
 @pytest.fixture
 def official(tmp_path, monkeypatch):
     """A loopback server holding a tiny cifar-10-python.tar.gz in the official pickle layout, whose md5
-    edgeml.fetch knows as it knows the real URL's; ``served`` lists the paths requested."""
+    edgeml.data.sources knows as it knows the real URL's; ``served`` lists the paths requested."""
     folder = tmp_path / "official"
     folder.mkdir()
     archive = write_tar(folder / "cifar-10-python.tar.gz", cifar_python_files(train_per_class=1, test_per_class=1))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from edgeml.benchmark import count_macs
-from edgeml.models import build_resnet18
+from edgeml.bench.roofline import count_macs
+from edgeml.model.resnet import build_resnet18
 
 
 def resnet18_macs(stem_kernel: int, stem_stride: int, max_pool: bool, size: int = 32, classes: int = 10) -> int:

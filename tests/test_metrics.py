@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeml.metrics import detection_error, fpr_at_tpr, ood_metrics
+from edgeml.ood.metrics import detection_error, fpr_at_tpr, ood_metrics
 
 
 def test_perfect_separation():

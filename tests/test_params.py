@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeml import params as P
-from edgeml.fetch import OFFICIAL_MD5
+from edgeml.data.sources import OFFICIAL_MD5
 from edgeml.params import RANGES, ParamsError, load, parse
 
 REPO_PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())

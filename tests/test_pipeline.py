@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import tinyimagenet_files, write_sha256sums, write_tar
-from edgeml.deploy import EdgeModel
+
+from edgeml.runtime.artifact import EdgeModel
+
+pytestmark = pytest.mark.e2e  # runs DVC itself: `pytest -m "not e2e"` leaves it out
 
 REPO = Path(__file__).parents[1]
 

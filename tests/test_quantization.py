@@ -10,14 +10,22 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgeml.models import build_resnet18
+from edgeml.model.inference import normalize
+from edgeml.model.resnet import build_resnet18
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.preprocess import normalize
 from edgeml.quantization import (
-    BACKENDS, WithFeatureMap, export_fp32, int8_path, load_deployable, load_head, make_quantizer, quantize,
+    BACKENDS,
+    WithFeatureMap,
+    export_fp32,
+    int8_path,
+    load_deployable,
+    load_head,
+    make_quantizer,
+    quantize,
 )
-from edgeml.quantization.eager import export_torchscript, load_torchscript
+from edgeml.quantization.eager import export_torchscript
 from edgeml.quantization.onnxrt import export_onnx
+from edgeml.runtime.torch_files import load_torchscript
 
 RECIPES = {
     "fbgemm-per-channel-histogram": QuantizeParams(backend="fbgemm"),

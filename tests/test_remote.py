@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from configobj import ConfigObj
 
+pytestmark = pytest.mark.e2e  # runs DVC itself: `pytest -m "not e2e"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = f"""\
 stages:

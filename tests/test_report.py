@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeml import report
+from edgeml.reporting import tables
 
 
 def metrics(auroc_fp32: float, auroc_int8: float, auroc_pure: float) -> dict:
@@ -20,7 +20,7 @@ def metrics(auroc_fp32: float, auroc_int8: float, auroc_pure: float) -> dict:
 
 def test_table2_rows_are_the_metrics_in_percent():
     ood = metrics(0.90, 0.895, 0.893)
-    rows = report.table2(ood, "msp", "tin_crop")
+    rows = tables.table2(ood, "msp", "tin_crop")
     assert rows["AUROC (%)"] == pytest.approx((90.0, 89.5))
     assert rows["Detection error (%)"] == pytest.approx((10.0, 10.5))
     assert rows["AUPR-In (%)"] == pytest.approx((90.0, 90.0))  # ODIN's definition
@@ -28,7 +28,7 @@ def test_table2_rows_are_the_metrics_in_percent():
 
 
 def test_extended_table_shows_both_int8_views():
-    text = report.detector_table(metrics(0.90, 0.895, 0.893), ["tin_crop"])
+    text = tables.detector_table(metrics(0.90, 0.895, 0.893), ["tin_crop"])
     assert "| msp | 90.00 → 89.50 (-0.50) [-0.70] |" in text
 
 
@@ -46,13 +46,13 @@ def test_headline_metrics_are_few_flat_and_numeric():
     ood["int8"]["energy"]["tin_crop"] = {**ood["int8"]["energy"]["tin_crop"], "auroc": 0.899}
     choices = {"int8": {"msp": {"validation_auroc": 0.85}, "energy": {"validation_auroc": 0.80}}}
     groups = {"near": ["tin_crop"], "far": ["mnist"]}
-    quality, timing = report.headline(bench, evaluate, ood, choices, package, groups, "tin_crop")
+    quality, timing = tables.headline(bench, evaluate, ood, choices, package, groups, "tin_crop")
     assert len(quality) + len(timing) <= 40
     assert quality["top1_drop"] == pytest.approx(0.15) and quality["size_ratio"] == 4.0
     assert quality["msp_auroc_tin_crop_int8"] == pytest.approx(89.5)
     assert quality["val_chosen_auroc_tin_crop_int8"] == pytest.approx(89.5)
     assert quality["packaged_ood_accept_tin_crop"] == pytest.approx(40.0)
-    other, _ = report.headline(bench, evaluate, ood, choices, package, groups, "mnist")  # report.headline_set
+    other, _ = tables.headline(bench, evaluate, ood, choices, package, groups, "mnist")  # report.headline_set
     assert other["msp_auroc_mnist_int8"] == pytest.approx(89.5) and other["packaged_ood_accept_mnist"] == pytest.approx(20.0)
     assert not any("tin_crop" in key for key in other)
     assert quality["worst_auroc_drop"] == pytest.approx(0.5) and quality["worst_auroc_drop_fp32_settings"] == pytest.approx(0.7)
@@ -79,11 +79,11 @@ def load_bench(soak: bool) -> dict:
 
 
 def test_predict_load_table_shows_each_file_kind_against_the_model_alone():
-    text = report.predict_load_markdown(load_bench(soak=True))
+    text = tables.predict_load_markdown(load_bench(soak=True))
     assert "AMD EPYC, avx2, avx512_vnni; 2 threads, batch 64" in text and "amx" not in text
     assert "| 32x32 PNG | 52 | 560 | 665 | 95% | 1.6 |" in text
     assert "| 256x256 JPEG | 480 | 450 | 602 | 86% | 1.6 |" in text
     assert "model alone, on the same images decoded beforehand: 700 images/s" in text
     assert "| in turn (`--workers 0`) | 20,000 | 1,030 | 1 | empty | 528 | 3001 | 131 |" in text
     assert "| 2 threads (`--workers 2`) | 20,000 | 1,030 | 1 | empty | 659 | 3001 | 131 |" in text
-    assert "Soak" not in report.predict_load_markdown(load_bench(soak=False))
+    assert "Soak" not in tables.predict_load_markdown(load_bench(soak=False))

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeml import cli, review
+from edgeml import cli
 from edgeml.params import QuantizeParams
+from edgeml.reporting import review
 
 SETS = ("tin_crop", "mnist")
 RECIPES = {"a": {"backend": "onnxruntime", "observer": "minmax"}, "b": {"backend": "fbgemm"}}

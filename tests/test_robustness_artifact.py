@@ -16,10 +16,15 @@ import pytest
 from PIL import Image
 from test_deploy import make_artifact, png, run_cli
 
-from edgeml.data import resize_rgb
-from edgeml.deploy import EdgeModel, list_files
-from edgeml.loadtest import soak, write_mixed_files
-from edgeml.preprocess import PREPROCESSING, DataError, read_image, resize_image
+from edgeml.bench.loadtest import soak, write_mixed_files
+from edgeml.runtime.artifact import EdgeModel, list_files
+from edgeml.runtime.images import (
+    PREPROCESSING,
+    DataError,
+    read_image,
+    resize_image,
+    resize_rgb,
+)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -266,7 +271,7 @@ def test_decoding_runs_ahead_by_a_bounded_number_of_batches(model, tmp_path):
         (np.zeros((2, 32, 32, 3), np.float32) + 0.5, "got dtype float32; if they are in [0, 1], pass (images * 255)"),
         (np.zeros((2, 3, 32, 32), np.uint8), "got shape (2, 3, 32, 32); this looks like NCHW: pass images.transpose(0, 2, 3, 1)"),
         (np.zeros((32, 32, 3), np.uint8), "got shape (32, 32, 3); for one image pass images[None]"),
-        (np.zeros((2, 64, 64, 3), np.uint8), "got shape (2, 64, 64, 3); resize with edgeml.preprocess.resize_image"),
+        (np.zeros((2, 64, 64, 3), np.uint8), "got shape (2, 64, 64, 3); resize with edgeml.runtime.images.resize_image"),
         (np.full((1, 32, 32, 3), 300, np.int64), "got int64 values from 300 to 300"),
         ([[0]], "expected a numpy array of uint8 RGB images of shape (N, 32, 32, 3) (HWC, values 0-255), got list"),
     ],
@@ -299,7 +304,7 @@ class Missing(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Missing())
 import numpy as np
 from edgeml.cli import main
-from edgeml.deploy import EdgeModel
+from edgeml.runtime.artifact import EdgeModel
 code = main(sys.argv[1:])
 records = EdgeModel.load(sys.argv[4]).predict_images(np.zeros((2, 32, 32, 3), np.uint8))
 print(json.dumps({{"code": code, "api": records}}))

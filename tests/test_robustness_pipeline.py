@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_pipeline import tiny_params
 
 from edgeml import stage
-from edgeml.deploy import ArtifactError, EdgeModel
 from edgeml.io import atomic_dir, write_json
-from edgeml.models import build_resnet18, save_checkpoint
-from test_pipeline import tiny_params
+from edgeml.model.resnet import build_resnet18, save_checkpoint
+from edgeml.runtime.artifact import ArtifactError, EdgeModel
 
 REPO = Path(__file__).parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -245,6 +245,7 @@ def check_killed_stage(name: str, root: Path, points: tuple[str, ...] = ()) -> N
     assert leftovers(root) == []
 
 
+@pytest.mark.e2e
 def test_killed_stages_leave_no_partial_output_and_rerun_identically(project: Path):
     """prepare at every kill point; quantize and ood (slower) in the middle and at the folder swap."""
     assert run_stage("fetch", project).returncode == 0
@@ -352,9 +353,9 @@ def test_fetch_on_a_full_disk_keeps_the_previous_data(project: Path, mirror: Pat
 def test_fetch_on_a_full_disk_keeps_the_previous_data_mocked(project: Path, monkeypatch, capsys):
     """The same without mounting: the third file written hits ENOSPC."""
     before = good_fetch(project)
-    import edgeml.fetch
+    import edgeml.data.sources
 
-    copy, calls = edgeml.fetch._copy_hashing, []
+    copy, calls = edgeml.data.sources._copy_hashing, []
 
     def filling(src, dst, total, desc):
         calls.append(desc)
@@ -362,7 +363,7 @@ def test_fetch_on_a_full_disk_keeps_the_previous_data_mocked(project: Path, monk
             raise OSError(28, "No space left on device")
         return copy(src, dst, total, desc)
 
-    monkeypatch.setattr(edgeml.fetch, "_copy_hashing", filling)
+    monkeypatch.setattr(edgeml.data.sources, "_copy_hashing", filling)
     error = fetch_in_process(project, monkeypatch, capsys)
     assert error.startswith(f"error: fetch.{calls[2]}: cannot write ") and "No space left on device; free disk space" in error
     assert snapshot(project, declared_outputs("fetch")) == before
@@ -375,6 +376,7 @@ def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_relative_sources_resolve_in_a_temp_experiment(tmp_path: Path, mirror: Path):
     """`dvc exp run --temp` (like `--queue`) runs the stage in a copy under .dvc/tmp/exps/, where
     ``../mirror`` does not exist; DVC_ROOT (set by DVC to the original repository) resolves it."""

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeml import benchmark, sweep
+from edgeml import sweep
+from edgeml.bench import cpu as cpu_timing
 from edgeml.params import QuantizeParams
 
 
@@ -85,7 +86,7 @@ def test_two_sweeps_on_the_same_machine_choose_the_same_recipe():
     quality = {"twin_a": 0.30, "twin_b": 0.10, "slow": 0.0}  # validation AUROC loss: slow would win any tie
     choices = []
     for _ in range(2):
-        timing = benchmark.time_recipes(fp32, int8, threads=1, warmup=3, rounds=6, block=10, batch_size=4, batch_runs=2)
+        timing = cpu_timing.time_recipes(fp32, int8, threads=1, warmup=3, rounds=6, block=10, batch_size=4, batch_runs=2)
         assert len(timing["recipes"]["twin_a"]["speedup_rounds"]) == 6
         rows = {n: {**row(t["speedup"], quality[n]), "speedup_spread": t["speedup_spread"]}
                 for n, t in timing["recipes"].items()}

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import edgeml.training as training
+import edgeml.model.train as training
 from edgeml.params import ParamsError, TrainParams
 from edgeml.stage import run as run_stage
 
@@ -121,9 +121,9 @@ def test_complete_checkpoint_gives_its_metrics_and_curves_without_training(tmp_p
 
 def test_fingerprint_covers_the_training_code(tmp_path, monkeypatch):
     # the modules that decide the weights ...
-    assert {p.name for p in training.CODE} >= {"training.py", "models.py"}
+    assert {p.name for p in training.CODE} >= {"train.py", "resnet.py", "augment.py", "inference.py", "images.py"}
     # ... and an edit to any of them changes the fingerprint
-    source = tmp_path / "training.py"
+    source = tmp_path / "train.py"
     source.write_text("x = 1\n")
     monkeypatch.setattr(training, "CODE", (source,))
     before = training.config_fingerprint(PARAMS, {"data": "d"})

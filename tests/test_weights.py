@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-import edgeml.weights as weights_module
+import edgeml.model.weights as weights_module
 from edgeml import params as P
-from edgeml.fetch import FetchError
-from edgeml.models import build_resnet18, load_checkpoint, save_checkpoint
+from edgeml.data.sources import FetchError
+from edgeml.model.inference import normalize, to_tensor
+from edgeml.model.resnet import build_resnet18, load_checkpoint, save_checkpoint
+from edgeml.model.weights import install_weights
 from edgeml.params import ModelParams, ParamsError, Weights
-from edgeml.preprocess import normalize, to_tensor
-from edgeml.weights import install_weights
 
 REPO = Path(__file__).parents[1]
 

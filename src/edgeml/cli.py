@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from edgeml import review
-from edgeml.deploy import DECODE_WORKERS, ArtifactError, EdgeModel, list_files
-from edgeml.preprocess import MAX_FILE_MB, MAX_MEGAPIXELS
+from edgeml.reporting import review
+from edgeml.runtime.artifact import DECODE_WORKERS, ArtifactError, EdgeModel, list_files
+from edgeml.runtime.images import MAX_FILE_MB, MAX_MEGAPIXELS
 
 DEFAULT_ARTIFACT = "models/artifact"
 

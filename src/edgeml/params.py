@@ -137,7 +137,7 @@ class TrainParams:
     threads: int
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Optional[Weights] = None  # set: install these weights as models/fp32.pt instead of training
-    loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.training.logitnorm_loss
+    loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.model.train.logitnorm_loss
     logitnorm_tau: float = 0.04
 
     def __post_init__(self) -> None:
@@ -176,7 +176,7 @@ class SweepParams:
 
 @dataclasses.dataclass(frozen=True)
 class OODParams:
-    detectors: list[str]  # names in edgeml.detectors.DETECTORS
+    detectors: list[str]  # names in edgeml.ood.detectors.DETECTORS
     sets: list[str]
     groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
     fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)

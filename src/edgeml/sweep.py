@@ -1,5 +1,5 @@
 """The quantization sweep's decision: one selection rule on validation numbers and on the timings of
-every recipe measured in one process (:func:`edgeml.benchmark.time_recipes`), rendered as
+every recipe measured in one process (:func:`edgeml.bench.cpu.time_recipes`), rendered as
 metrics/quant_sweep.{md,json}.
 
 Recipes timed in separate stages minutes apart let machine drift decide between recipes that build
@@ -25,7 +25,7 @@ MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree m
 
 def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
     """One recipe's row: size and validation quality from its sweep stage (``result``) against the FP32
-    ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.benchmark.time_recipes`)."""
+    ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.bench.cpu.time_recipes`)."""
     fastest = timing["fastest_fp32_path"]
     own = timing["recipes"][result["name"]]
     int8, fp32 = result["validation"], reference

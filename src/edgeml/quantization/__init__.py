@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeml.model.inference import to_tensor
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.preprocess import to_tensor
 from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatureMap
 
 __all__ = [

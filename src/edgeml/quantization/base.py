@@ -8,16 +8,16 @@ activation types, QAT); :meth:`Quantizer.check` turns an unsupported recipe into
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from edgeml.model.inference import normalize
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.preprocess import normalize
 
 
 class Quantizer(ABC):

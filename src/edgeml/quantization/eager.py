@@ -19,10 +19,11 @@ from torchvision.models.quantization import resnet as quantizable_resnet
 from tqdm import tqdm
 
 from edgeml.io import atomic_path
+from edgeml.model.augment import augment
+from edgeml.model.inference import normalize
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.preprocess import normalize
 from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
-from edgeml.training import augment
+from edgeml.runtime.torch_files import load_torch_file, load_torchscript
 
 q = torch.ao.quantization
 ACTIVATION_OBSERVERS = {
@@ -124,9 +125,7 @@ class EagerQuantizer(Quantizer):
 
     @classmethod
     def load(cls, path: Path) -> nn.Module:
-        module = load_torchscript(path, engine=cls.name)
-        quantized = any(n.kind().startswith("quantized::") for n in module.graph.nodes())
-        return WithEngine(module, cls.name) if quantized else OneDNNFused(module)
+        return load_torch_file(path, engine=cls.name)
 
     @classmethod
     def head(cls, path: Path) -> nn.Linear:
@@ -178,47 +177,6 @@ def export_torchscript(model: nn.Module, path: str | Path) -> None:
         scripted = torch.jit.freeze(torch.jit.trace(model.eval(), example))
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp))
-
-
-class WithEngine(nn.Module):
-    """INT8 TorchScript run with the quantization engine it was built for. The engine is process-wide,
-    and one process may hold fbgemm and qnnpack files (the sweep times every recipe together), so it is
-    selected on every call."""
-
-    def __init__(self, scripted: torch.jit.ScriptModule, engine: str):
-        super().__init__()
-        self.scripted, self.engine = scripted, engine
-
-    def forward(self, x: torch.Tensor):
-        torch.backends.quantized.engine = self.engine
-        return self.scripted(x)
-
-
-class OneDNNFused(nn.Module):
-    """FP32 TorchScript run with PyTorch's oneDNN Graph fuser (conv + bias + ReLU + add fused, weights
-    prepacked). Without it, ATen sends small batch-1 convolutions (the stem, the 8x8 and 4x4 stages) to
-    its im2col + GEMM fallback and runs each ReLU and add as its own parallel pass: ~3x slower than ONNX
-    Runtime at 2 threads. The switch is process-wide, so it is on only during this call."""
-
-    def __init__(self, scripted: torch.jit.ScriptModule):
-        super().__init__()
-        self.scripted = scripted
-
-    def forward(self, x: torch.Tensor):
-        was_on = torch.jit.onednn_fusion_enabled()
-        torch.jit.enable_onednn_fusion(True)
-        try:
-            return self.scripted(x)
-        finally:
-            torch.jit.enable_onednn_fusion(was_on)
-
-
-def load_torchscript(path: str | Path, engine: str = "fbgemm") -> torch.jit.ScriptModule:
-    """Load a TorchScript file; INT8 kernels need the quantization engine it was built for."""
-    torch.backends.quantized.engine = engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def torchscript_head(path: str | Path) -> nn.Linear:

@@ -19,15 +19,31 @@ from typing import Optional
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import CalibraterBase, create_calibrator, save_tensors_data
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.calibrate import (
+    CalibraterBase,
+    create_calibrator,
+    save_tensors_data,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
+from edgeml.quantization.base import (
+    Quantizer,
+    WithFeatureMap,
+    linear_head,
+    normalized_batches,
+)
+from edgeml.runtime.runners import ort_session
+from edgeml.runtime.torch_files import OnnxModule
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 CALIBRATION = {  # observer param -> (ORT calibration method, calibrator options)
@@ -122,26 +138,6 @@ class OnnxRuntimeQuantizer(Quantizer):
         return linear_head(torch.from_numpy(weight if attributes.get("transB", 0) else weight.T), torch.from_numpy(bias))
 
 
-class OnnxModule(nn.Module):
-    """An ONNX Runtime session behind the ``nn.Module`` call the pipeline uses (tensor in, tensor out).
-
-    Threads default to torch's current setting, so one ``torch.set_num_threads`` governs both."""
-
-    def __init__(self, path: str | Path, threads: Optional[int] = None, providers: Optional[list[str]] = None):
-        super().__init__()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: images.detach().contiguous().numpy()})]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-
 def _constants(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray]:
     """The values of tensors that depend on initializers only (e.g. a weight through its DequantizeLinear)."""
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -160,10 +156,7 @@ def _constants(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray]
         [t for t in model.graph.initializer if t.name in names or any(t.name in node.input for node in needed)],
     )
     constant = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # ONNX's own arithmetic, unfused
-    options.log_severity_level = 3
-    session = ort.InferenceSession(constant.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(constant.SerializeToString(), optimize=False)  # ONNX's own arithmetic, unfused
     return [value.astype(np.float32) for value in session.run(None, {})]
 
 

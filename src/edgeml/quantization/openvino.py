@@ -50,7 +50,12 @@ from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
+from edgeml.quantization.base import (
+    Quantizer,
+    WithFeatureMap,
+    linear_head,
+    normalized_batches,
+)
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 RANGES = {"minmax": RangeEstimatorParametersSet.MINMAX, "histogram": RangeEstimatorParametersSet.HISTOGRAM}

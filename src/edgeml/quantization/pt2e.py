@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-import warnings
 from pathlib import Path
 
 import torch
@@ -22,7 +21,13 @@ from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 from torchvision.models.resnet import BasicBlock
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
+from edgeml.quantization.base import (
+    Quantizer,
+    WithFeatureMap,
+    linear_head,
+    normalized_batches,
+)
+from edgeml.runtime.torch_files import load_torch_file
 
 ACTIVATION_OBSERVERS = {
     "minmax": observers.MinMaxObserver,
@@ -98,7 +103,7 @@ class PT2EX86Quantizer(Quantizer):
 
     @classmethod
     def load(cls, path: Path) -> nn.Module:
-        return CompiledProgram(torch.export.load(str(path)))
+        return load_torch_file(path)
 
     @classmethod
     def head(cls, path: Path) -> nn.Linear:
@@ -146,26 +151,4 @@ def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
             delattr(module.get_submodule(owner), attribute)
     module.delete_all_unused_submodules()
 
-
-class CompiledProgram(nn.Module):
-    """An exported program compiled by Inductor, behind the ``nn.Module`` call the pipeline uses.
-
-    Exported programs are always in inference mode and refuse ``train()``/``eval()``; here those
-    are no-ops. Compiles with weight freezing (INT8 weights pre-packed once, quantize/dequantize
-    pairs fused into oneDNN INT8 kernels) on the first call."""
-
-    def __init__(self, program: torch.export.ExportedProgram):
-        super().__init__()
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-        self.__dict__["_compiled"] = torch.compile(program.module(), dynamic=True)  # not a child module
-
-    def train(self, mode: bool = True) -> "CompiledProgram":
-        return self
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return self._compiled(*inputs)
 

@@ -32,8 +32,9 @@ from pytorch_ood.detector import ReAct as PoodReAct
 from torch import nn
 from tqdm import tqdm
 
+from edgeml.model.inference import normalize, to_tensor
 from edgeml.params import ParamsError
-from edgeml.preprocess import CIFAR10_STD, normalize, to_tensor
+from edgeml.runtime.images import CIFAR10_STD
 
 
 @dataclasses.dataclass

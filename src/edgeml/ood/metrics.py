@@ -8,7 +8,13 @@ exactly: tied scores move TPR and FPR together, never one before the other.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def _labels_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,4 +91,3 @@ def group_means(per_set: dict[str, dict[str, float]], groups: dict[str, list[str
         f"mean_{group}": {key: float(np.mean([per_set[name][key] for name in members])) for key in keys}
         for group, members in groups.items()
     }
-

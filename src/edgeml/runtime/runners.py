@@ -18,12 +18,16 @@ from typing import TYPE_CHECKING, Optional, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnxruntime
     import torch
+
 
 # Notices torch prints while loading or first running a torch-format artifact. They concern torch's
 # and torchao's maintainers, not a user of the artifact, so they are dropped there and nowhere else.
 # torch's C++ side on stderr, once per process, when a TorchScript INT8 model loads:
 QUANTIZED_TENSOR_NOTICE = "quantized tensor creation functions that produce tensors with dtype"
+
+
 NOTICE_LOGGERS = (
     "torch.utils._pytree",  # torchao registers an Enum as a pytree constant, deprecated upstream
     "torch.utils.cpp_extension",  # Inductor finds no CUDA while it compiles a .pt2 artifact for the CPU
@@ -36,21 +40,35 @@ class Runner(Protocol):
     def torch_module(self) -> "torch.nn.Module": ...
 
 
+def ort_session(
+    model: str | Path | bytes, threads: Optional[int] = None, spinning: bool = True, optimize: bool = True,
+    providers: Optional[list] = None,
+) -> "onnxruntime.InferenceSession":
+    """The one way this project opens an ONNX Runtime session: errors-only logging, one inter-op thread,
+    the CPU provider unless ``providers`` says otherwise. ``threads`` None: ONNX Runtime's default (the
+    physical cores). ``spinning`` False: idle workers sleep instead of spinning, leaving the cores to the
+    threads that decode the next batch. ``optimize`` False: ONNX's own arithmetic, unfused."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxRunner:
     """An ONNX Runtime session on the CPU; ``threads`` None uses ONNX Runtime's default (the physical cores)."""
 
     def __init__(self, path: Path, threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
-        # Idle ORT threads sleep instead of spinning, leaving the cores to the threads that decode the next batch.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path, self.threads = path, threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, threads, spinning=False)
         except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base but Exception
             raise ValueError(f"onnxruntime cannot load it ({type(exc).__name__}: {exc})") from exc
         self.input_name = self.session.get_inputs()[0].name
@@ -63,23 +81,23 @@ class OnnxRunner:
         return probabilities, scores
 
     def torch_module(self) -> "torch.nn.Module":
-        from edgeml.quantization.onnxrt import OnnxModule
+        from edgeml.runtime.torch_files import OnnxModule
 
         return OnnxModule(self.path, self.threads)
 
 
 class TorchRunner:
-    """A TorchScript or torch.export artifact, loaded by its quantization backend."""
+    """A TorchScript or torch.export artifact; ``backend`` names the quantization engine of TorchScript INT8."""
 
     def __init__(self, path: Path, backend: str, threads: Optional[int] = None):
         import torch
 
-        from edgeml.quantization import load_file
+        from edgeml.runtime.torch_files import load_torch_file
 
         if threads:
             torch.set_num_threads(threads)
         with dropped_stderr_lines(QUANTIZED_TENSOR_NOTICE), quiet_loggers(NOTICE_LOGGERS):
-            self.module = load_file(path, backend)
+            self.module = load_torch_file(path, engine=backend)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -124,4 +142,3 @@ def dropped_stderr_lines(text: str) -> Iterator[None]:
             kept = [line for line in captured.read().decode(errors="replace").splitlines(True) if text not in line]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
-

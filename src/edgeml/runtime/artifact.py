@@ -1,13 +1,6 @@
-"""The deployable edge artifact: one file that classifies and says "out of distribution".
+"""The deployable artifact as the edge runtime sees it: read and verify its metadata, load its model, classify or refuse image files.
 
-The file holds preprocessing (uint8 RGB 32x32 -> normalised), the INT8 model, the OOD
-detector's score and, as metadata (``edgeml.json``), the class names, input spec, detector
-name and decision threshold. Its format is the quantization backend's: TorchScript (``.pt``,
-loads with ``torch.jit.load``), torch.export (``.pt2``) or ONNX (``.onnx``, runs with
-onnxruntime alone). A ``.sha256`` file beside it guards against a truncated or tampered copy.
-
-Running one needs numpy and Pillow, plus onnxruntime for ``.onnx`` or torch for ``.pt``/``.pt2``:
-torch is imported only to build an artifact or to load a torch-format one.
+Torch-free for ONNX artifacts; nothing here builds an artifact (see edgeml.package).
 """
 
 from __future__ import annotations
@@ -20,7 +13,7 @@ import itertools
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -28,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from edgeml.errors import EdgeMLError
-from edgeml.io import atomic_path, write_text
-from edgeml.preprocess import (
+from edgeml.runtime.images import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGE_SIZE,
@@ -39,14 +31,21 @@ from edgeml.preprocess import (
     DataError,
     read_image,
 )
-from edgeml.runtime import OnnxRunner, Runner, TorchRunner
+from edgeml.runtime.runners import OnnxRunner, Runner, TorchRunner
 
 if TYPE_CHECKING:
     import torch
 
+
 FORMAT = "edgeml-artifact/1"
+
+
 METADATA = "edgeml.json"
+
+
 ARTIFACT_DIR = Path("models/artifact")
+
+
 DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads that decode files while the model runs
 
 
@@ -54,47 +53,9 @@ class ArtifactError(EdgeMLError, RuntimeError):
     """A missing, tampered or unreadable artifact."""
 
 
-def artifact_path(backend: str, folder: str | Path = ARTIFACT_DIR) -> Path:
-    """Where the package stage writes the artifact for ``backend`` (its suffix is the backend's format)."""
-    from edgeml.quantization import quantizer_class
-
-    return Path(folder) / f"edgeml_int8{quantizer_class(backend).suffix}"
-
-
 def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
-    """A threshold that keeps at least ``tpr`` of the ID scores (score >= threshold is ID): midway
-    between the lowest score kept and the next one below, so that no image sits on the boundary
-    (unless two scores tie there), where the smallest rounding difference (the artifact's own
-    normalisation, say) would flip its decision. Keeping them all gives the lowest score."""
-    ordered = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
-    kept = int(np.ceil(tpr * len(ordered)))
-    if kept >= len(ordered):
-        return float(ordered[-1])
-    return float((ordered[kept - 1] + ordered[kept]) / 2)
-
-
-def build_artifact(
-    int8_path: str | Path,
-    backend: str,
-    score_logits: Callable[["torch.Tensor"], "torch.Tensor"],
-    metadata: dict[str, Any],
-    out_path: str | Path,
-) -> str:
-    """Preprocessing + INT8 model + detector in one file of the backend's format, with metadata; write its .sha256; return the digest."""
-    from edgeml.artifact_export import write_artifact
-
-    out_path = Path(out_path)
-    meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
-    with atomic_path(out_path) as tmp:
-        write_artifact(Path(int8_path), backend, score_logits, meta, tmp)
-    digest = sha256_file(out_path)
-    write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
-    return digest
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -123,7 +84,7 @@ def _parse_metadata(path: Path, text: Optional[str | bytes]) -> dict[str, Any]:
 
 
 def input_metadata() -> dict[str, Any]:
-    """The input spec stored in the artifact: what :func:`edgeml.preprocess.read_image` does to a file."""
+    """The input spec stored in the artifact: what :func:`edgeml.runtime.images.read_image` does to a file."""
     return {
         "size": IMAGE_SIZE,
         "color": "RGB",
@@ -187,7 +148,7 @@ class EdgeModel:
 
     def predict_images(self, images: np.ndarray) -> list[dict[str, Any]]:
         """Records for a batch of images: uint8 RGB, shape (N, 32, 32, 3) (HWC, as Pillow and
-        :func:`edgeml.preprocess.read_image` give). Integer arrays whose values all lie in 0-255 are
+        :func:`edgeml.runtime.images.read_image` give). Integer arrays whose values all lie in 0-255 are
         converted to uint8; anything else (floats, whose scale is ambiguous; NCHW; other sizes)
         raises ValueError saying what was expected."""
         images = check_images(images)
@@ -261,7 +222,7 @@ def check_images(images: Any) -> np.ndarray:
         elif images.ndim == 4 and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE):
             hint = "; this looks like NCHW: pass images.transpose(0, 2, 3, 1)"
         elif images.ndim == 4:
-            hint = "; resize with edgeml.preprocess.resize_image (or read files with edgeml.preprocess.read_image)"
+            hint = "; resize with edgeml.runtime.images.resize_image (or read files with edgeml.runtime.images.read_image)"
         raise ValueError(f"expected {expected}, got shape {images.shape}{hint}")
     if images.dtype == np.uint8:
         return images

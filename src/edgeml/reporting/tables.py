@@ -1,4 +1,4 @@
-"""Tables 1 and 2 in the paper's layout and the headline metrics (figures: edgeml.figures; the sweep: edgeml.sweep).
+"""Tables 1 and 2 in the paper's layout and the headline metrics (figures: edgeml.reporting.figures; the sweep: edgeml.sweep).
 
 Every number comes from the metrics files the pipeline wrote; the paper's values appear only
 in clearly labelled reference columns.
@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 MODELS = ("fp32", "int8")
+
+
 # The paper's reported values (ResNet18, CIFAR-10 vs TinyImageNet crop, MSP), for reference only.
 PAPER_TABLE1 = {
     "Parameters (M)": (11.1, 11.1),
@@ -18,13 +20,19 @@ PAPER_TABLE1 = {
     "CPU latency (ms/sample)": (7.91, 2.87),
     "GPU latency (ms/sample)": (5.66, 1.56),
 }
+
+
 PAPER_TABLE2 = {
     "Detection error (%)": (10.0, 12.5),
     "AUROC (%)": (95.3, 89.1),
     "AUPR-In (%)": (96.4, 93.0),
     "AUPR-Out (%)": (93.8, 81.4),
 }
+
+
 PAPER_SETS = ("tin_crop", "tin_resize")  # ODIN's TinyImageNet sets: the paper's Table 2 layout
+
+
 TABLE2_KEYS = {
     "FPR at 95% TPR (%)": "fpr_at_95_tpr",
     "Detection error (%)": "detection_error",
@@ -35,12 +43,18 @@ TABLE2_KEYS = {
     "AUPR-Out, OpenOOD trapezoid (%)": "aupr_out_trapz",
     "OpenOOD FPR95, OOD positive (%)": "openood_fpr95_ood_positive",
 }
+
+
 TABLE2_NOTE = (
     "AUPR-In/Out: ODIN's definition (its calMetric.py step sum, precision from TPR and FPR, i.e. both "
     "classes weighted equally), which the paper's column follows; OpenOOD's trapezoid AUPR (precision by "
     "counts) below it."
 )
+
+
 PURE = "int8_fp32_settings"  # the INT8 model scored with the FP32 model's validation choices
+
+
 ID_SPLITS = {  # ood.id_split -> where the ID test and validation images come from
     "odin": "all CIFAR-10 test images, as ODIN; hyperparameters chosen on images held out of the training set",
     "openood": "OpenOOD's test_cifar10 list, where ODIN used all 10,000 test images; hyperparameters chosen "

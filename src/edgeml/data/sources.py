@@ -43,6 +43,8 @@ OFFICIAL_MD5 = {
     "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz": "fff73e5086ae6bdbea199a49dfb8a4c1",
     "http://data.csail.mit.edu/places/places365/val_256.tar": "e27b17d8d44f4af9a78502beb927f808",
 }
+
+
 CHUNK = 1 << 20
 
 

@@ -1,7 +1,7 @@
 """Published weights: a released FP32 checkpoint installed as ``models/fp32.pt`` instead of training.
 
 ``train.weights`` names it as ``fetch.*`` names a dataset: a URL or a local file (a relative path
-is relative to the repository root) and its sha256. :func:`edgeml.fetch.fetch` copies or
+is relative to the repository root) and its sha256. :func:`edgeml.data.sources.fetch` copies or
 downloads it and checks the sha256 before anything is unpickled; only then is it loaded (tensors
 only), refused unless it is the architecture ``model.*`` names, and moved into place atomically.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeml.fetch import fetch
-from edgeml.models import build_resnet18
+from edgeml.data.sources import fetch
+from edgeml.model.resnet import build_resnet18
 from edgeml.params import ModelParams, ParamsError, Source, Weights
 
 

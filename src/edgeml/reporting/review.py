@@ -18,23 +18,47 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-
 from edgeml.io import write_text
 from edgeml.sweep import SWEEP_GOALS, params_recipe
 
 HEADLINE = {"quality": "metrics/summary.json", "timing": "metrics/timing.json"}  # flat {name: number} files
+
+
 TABLES = "metrics/tables.json"
+
+
 OOD = "metrics/ood.json"
+
+
 SWEEP = "metrics/quant_sweep.json"
+
+
 PARAMS = "params.yaml"
+
+
 PACKAGE = "metrics/package.json"  # names the detector the deployable artifact carries
+
+
 ROC_CSV = "plots/ood/roc/{model}/{detector}_{ood_set}.csv"
+
+
 TABLE2 = "msp/tin_crop"  # the paper's Table 2: MSP, CIFAR-10 vs TinyImageNet (crop)
+
+
 ROC_SET = "tin_crop"
+
+
 MODELS = ("fp32", "int8")
+
+
 MAX_BYTES = 60_000
+
+
 MAX_ROWS = 80  # per table; the rest is counted, not shown
+
+
 MAX_CELL = 80  # characters of one params value
+
 
 # Goals, key of a sweep row -> (operator, threshold): the sweep's goals, judged on the validation numbers the
 # recipe was chosen on (the sweep row of the recipe params `quantize` is), never on test numbers.
@@ -44,6 +68,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "size_ratio": (">=", SWEEP_GOALS["size_ratio"]),
     "speedup": (">=", SWEEP_GOALS["speedup"]),
 }
+
+
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
@@ -271,7 +297,7 @@ def write_figures(head: Side, out_dir: Path, stem: str) -> list[tuple[str, str]]
     """The head's figures as PNG beside the report, each only where its input exists: (caption, file name)."""
     import pandas as pd  # matplotlib and pandas only when figures are drawn
 
-    from edgeml import figures
+    from edgeml.reporting import figures
 
     drawn = []
     detector = (head.json(PACKAGE) or {}).get("detector", "msp")

@@ -1,22 +1,66 @@
-"""Writing the artifact: the INT8 model between a normalisation head and the detector's score, in the
-quantization backend's format. Needs torch (and onnx for the ONNX format); running an artifact
-(:mod:`edgeml.deploy`) does not.
+"""Building the deployable artifact: the INT8 model with its OOD detector and threshold in one file, with metadata and sha256.
+
+The runtime side (reading, verifying, running) is edgeml.runtime.artifact.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from edgeml.deploy import METADATA
+from edgeml.io import atomic_path, write_text
+from edgeml.model.inference import normalize
 from edgeml.params import ParamsError
-from edgeml.preprocess import IMAGE_SIZE, normalize
 from edgeml.quantization import load_deployable
 from edgeml.quantization.base import LogitsOnly
+from edgeml.runtime.artifact import ARTIFACT_DIR, FORMAT, METADATA, sha256_file
+from edgeml.runtime.images import IMAGE_SIZE
+
+
+def artifact_path(backend: str, folder: str | Path = ARTIFACT_DIR) -> Path:
+    """Where the package stage writes the artifact for ``backend`` (its suffix is the backend's format)."""
+    from edgeml.quantization import quantizer_class
+
+    return Path(folder) / f"edgeml_int8{quantizer_class(backend).suffix}"
+
+
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
+    """A threshold that keeps at least ``tpr`` of the ID scores (score >= threshold is ID): midway
+    between the lowest score kept and the next one below, so that no image sits on the boundary
+    (unless two scores tie there), where the smallest rounding difference (the artifact's own
+    normalisation, say) would flip its decision. Keeping them all gives the lowest score."""
+    ordered = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
+    kept = int(np.ceil(tpr * len(ordered)))
+    if kept >= len(ordered):
+        return float(ordered[-1])
+    return float((ordered[kept - 1] + ordered[kept]) / 2)
+
+
+def build_artifact(
+    int8_path: str | Path,
+    backend: str,
+    score_logits: Callable[["torch.Tensor"], "torch.Tensor"],
+    metadata: dict[str, Any],
+    out_path: str | Path,
+) -> str:
+    """Preprocessing + INT8 model + detector in one file of the backend's format, with metadata; write its .sha256; return the digest."""
+    from edgeml.package import write_artifact
+
+    out_path = Path(out_path)
+    meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
+    with atomic_path(out_path) as tmp:
+        write_artifact(Path(int8_path), backend, score_logits, meta, tmp)
+    digest = sha256_file(out_path)
+    write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
+    return digest
+
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 

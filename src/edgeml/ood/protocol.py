@@ -1,6 +1,7 @@
 """One evaluation path for the ood, sweep, package and bench stages: score a model with detectors on
 image sets, each detector's hyperparameters chosen on validation data only (OpenOOD's protocol:
-tune on validation, report on test). Test data is scored here, never compared or chosen on."""
+tune on validation, report on test). Test data is scored here, never compared or chosen on.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from edgeml.detectors import Detector, Evidence, LogitDetector, ModelContext, Outputs, detector_class, make_detector
-from edgeml.metrics import group_means, ood_metrics
+from edgeml.ood.detectors import (
+    Detector,
+    Evidence,
+    LogitDetector,
+    ModelContext,
+    Outputs,
+    detector_class,
+    make_detector,
+)
+from edgeml.ood.metrics import group_means, ood_metrics
 from edgeml.params import ParamsError
-from edgeml.preprocess import DataError
+from edgeml.runtime.images import DataError
 
 Validation = tuple[Evidence, Evidence]  # (ID validation, OOD validation)
 

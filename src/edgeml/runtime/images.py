@@ -1,9 +1,6 @@
-"""What the models expect as input: decoded RGB 32x32 uint8, normalised with CIFAR-10 statistics.
+"""Image files to the model's input, as at training time: decode, convert to RGB, centre square, resize to 32x32.
 
-Shared by the pipeline and by anything that feeds the models images (``edgeml predict``), so
-preprocessing is defined once: :func:`resize_image` makes the resized OOD sets and the CLI's
-input alike. Needs numpy and Pillow only; torch is imported by the two functions that make
-tensors, so the ONNX artifact runs on a machine without torch.
+Torch-free: the edge runtime and the pipeline share it, so an image is preprocessed the same way in both.
 """
 
 from __future__ import annotations
@@ -21,13 +18,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeml.errors import EdgeMLError
 
 if TYPE_CHECKING:
-    import torch
+    pass
+
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+
+
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
 IMAGE_SIZE = 32
+
+
 MAX_FILE_MB = 50.0  # files over this are refused before being read
+
+
 MAX_MEGAPIXELS = 40.0  # images over this are refused before being decoded (a 40 MP RGB image is 120 MB)
+
+
 PREPROCESSING = (
     "first frame of an animated image; EXIF orientation applied; 16-bit gray keeps its top 8 bits; "
     f"grayscale, palette, RGBA (alpha dropped) and CMYK converted to RGB; the central square, box-filtered "
@@ -158,19 +166,3 @@ def _kind(mode: int, path: Path) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-
-
-def to_tensor(images: np.ndarray) -> "torch.Tensor":
-    """uint8 HWC arrays -> uint8 NCHW tensor (channels-last in memory, as the models run)."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
-
-
-def normalize(images: "torch.Tensor") -> "torch.Tensor":
-    """uint8 NCHW -> float32 normalised with CIFAR-10 statistics (the models' input)."""
-    import torch
-
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from edgeml.io import atomic_path
-from edgeml.preprocess import DataError
+from edgeml.runtime.images import DataError
 
 STEMS = ("torchvision", "cifar", "conv3s2")
 

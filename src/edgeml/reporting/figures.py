@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve  # noqa: E402
 
 from edgeml.io import atomic_path  # noqa: E402
-from edgeml.metrics import roc_points  # noqa: E402
+from edgeml.ood.metrics import roc_points
 
 PLOT_POINTS = 200
 

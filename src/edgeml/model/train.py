@@ -1,15 +1,4 @@
-"""A lean, resumable training loop (airbench-style: data stays in memory as uint8 tensors).
-
-Augmentation (random crop with 4-pixel padding, horizontal flip) runs on whole batches, so
-there is no DataLoader overhead. On a CUDA GPU the uint8 training set lives in GPU memory, is
-augmented there, the model runs in bf16 autocast and channels-last, and the loss and accuracy
-are summed on the device and read once per epoch (no host sync per step). On the CPU the same
-loop runs in FP32 and gives the same weights as before these GPU paths existed. The schedule is
-one-cycle. A checkpoint holds the whole per-epoch history, from which the curves are written
-when training ends; a run that finds a checkpoint with the same configuration fingerprint
-(params, data and the training code itself) resumes from it after an interruption. Started by
-``torchrun --nproc_per_node=N``, it trains with DistributedDataParallel.
-"""
+"""The training loop: one-cycle SGD, cross-entropy or LogitNorm, bf16 on CUDA, DDP, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -23,7 +12,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,17 +22,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from edgeml import models, preprocess
 from edgeml.io import atomic_dir, atomic_path, write_json, write_text
+from edgeml.model import augment as augment_module
+from edgeml.model import inference, resnet
+from edgeml.model.augment import augment
+from edgeml.model.inference import normalize, predict_logits
 from edgeml.params import ParamsError, TrainParams
-from edgeml.preprocess import normalize
+from edgeml.runtime import images
 
-PAD = 4
 # A checkpoint is written when this long has passed since the last one (so every epoch on a CPU,
 # every minute or so on a GPU, where an epoch takes a second) and after the last epoch.
 CHECKPOINT_SECONDS = 60.0
+
+
 # The code a checkpoint was written by: a resumed run must not mix two versions of it.
-CODE = (Path(__file__), Path(models.__file__), Path(preprocess.__file__))
+CODE = (Path(__file__), *(Path(module.__file__) for module in (resnet, augment_module, inference, images)))
 
 
 def seed_everything(seed: int) -> None:
@@ -88,25 +81,6 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop from the zero-padded image and random horizontal flip, per image.
-    Runs on the images' device; ``generator`` must live there too."""
-    n, c, h, w = images.shape
-    device = images.device
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
-    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
-    flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
-    cols = torch.where(flip, torch.arange(w - 1, -1, -1, device=device), torch.arange(w, device=device)) + dx
-    rows = torch.arange(h, device=device) + dy
-    return padded[
-        torch.arange(n, device=device).view(n, 1, 1, 1),
-        torch.arange(c, device=device).view(1, c, 1, 1),
-        rows.view(n, 1, h, 1),
-        cols.view(n, 1, 1, w),
-    ]
-
-
 def logitnorm_loss(logits: torch.Tensor, targets: torch.Tensor, tau: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """LogitNorm (Wei et al., "Mitigating Neural Network Overconfidence with Logit Normalization",
     ICML 2022): cross-entropy of the logits scaled to norm 1/tau,
@@ -123,15 +97,6 @@ def classification_loss(
     if params.loss == "logitnorm":
         return logitnorm_loss(logits, targets, params.logitnorm_tau, label_smoothing)
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Logits for uint8 NCHW images, batched, in eval mode."""
-    device = device or torch.device("cpu")
-    model.eval()
-    out = [model(normalize(images[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
 
 
 def validation_metrics(

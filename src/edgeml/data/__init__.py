@@ -1,0 +1,1 @@
+"""Datasets: fetching sources, reading official formats, splits and OOD sets."""

@@ -1,0 +1,1 @@
+"""The ResNet18 classifier: architecture, published weights, augmentation, training, inference."""

@@ -1,0 +1,36 @@
+"""Where the pipeline's files live: the paths dvc.yaml declares, written once for the code (relative to the
+repository root, where DVC runs every stage). tests/test_dvc_yaml.py checks each against dvc.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SOURCES = Path("data/sources.json")  # which source and sha256 each fetched dataset came from
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+CIFAR10 = PREPARED / "cifar10.npz"  # train / val / test arrays
+OPENOOD_CIFAR10 = PREPARED / "openood_cifar10.npz"  # OpenOOD's ID test / validation positions in the test set
+SCORES = Path("data/scores")
+FP32 = Path("models/fp32.pt")
+DEPLOY = Path("models/deploy")
+SWEEP = Path("models/sweep")
+ARTIFACT = Path("models/artifact")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+# Not a pipeline output (git-ignored): the train stage's resume point after an interruption.
+CHECKPOINT = Path("models/checkpoints/train.pt")
+
+
+def ood_set(name: str) -> Path:
+    """A prepared OOD set (test or validation)."""
+    return PREPARED / "ood" / f"{name}.npz"
+
+
+def scores(model: str, detector: str) -> Path:
+    """One model's scores of every image set with one detector."""
+    return SCORES / f"{model}_{detector}.npz"
+
+
+def metrics(name: str) -> Path:
+    """A stage's metrics file, ``metrics/<name>.json``."""
+    return METRICS / f"{name}.json"

@@ -1,0 +1,87 @@
+"""The package's shape: the edge runtime apart from the pipeline, and no import cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "edgeml"
+# What the edge runtime may import from edgeml besides itself: the shared error base, nothing of the pipeline.
+RUNTIME_MAY_IMPORT = ("edgeml.runtime", "edgeml.errors")
+# Third-party packages a runtime module may import at module level: the `runtime` extra (numpy, Pillow,
+# onnxruntime). torch is imported only by runtime.torch_files, which only torch artifacts load.
+RUNTIME_THIRD_PARTY = {"numpy", "PIL", "onnxruntime"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, module_level_only: bool = False) -> set[str]:
+    """Modules ``path`` imports (``from a.b import c`` counts as a.b, and as a.b.c when that is a module)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:
+                candidate = SRC / Path(*node.module.split("."), alias.name)
+                if candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists():
+                    found.add(f"{node.module}.{alias.name}")
+    return found
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def test_the_runtime_imports_nothing_from_the_pipeline():
+    runtime = {name: path for name, path in modules().items() if name.startswith("edgeml.runtime")}
+    assert {"edgeml.runtime.artifact", "edgeml.runtime.runners", "edgeml.runtime.images"} <= set(runtime)
+    for name, path in runtime.items():
+        pipeline = {m for m in imports(path) if m.startswith("edgeml") and not m.startswith(RUNTIME_MAY_IMPORT)}
+        assert not pipeline, f"{name} imports pipeline modules {sorted(pipeline)}"
+
+
+def test_the_runtime_imports_only_the_runtime_extra_at_module_level():
+    for name, path in modules().items():
+        if not name.startswith("edgeml.runtime") or name == "edgeml.runtime.torch_files":
+            continue
+        third_party = {m.partition(".")[0] for m in imports(path, module_level_only=True)} - {"edgeml", "__future__"}
+        heavy = {m for m in third_party if m in {"torch", "torchvision", "onnx", "yaml", "pandas", "sklearn", "scipy"}}
+        assert not heavy, f"{name} imports {sorted(heavy)} at module level"
+        assert third_party & {"numpy", "PIL", "onnxruntime", "torch"} <= RUNTIME_THIRD_PARTY
+
+
+def test_the_checker_sees_a_pipeline_import(tmp_path):
+    # the check above is not vacuous: an edgeml.quantization import inside a function is caught
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from edgeml.quantization import load_file\n")
+    assert "edgeml.quantization" in imports(bad)
+
+
+def test_no_import_cycles_at_module_level():
+    graph = {
+        name: {m for m in imports(path, module_level_only=True) if m in modules() and m != name}
+        for name, path in modules().items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [name, nxt]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
