@@ -106,7 +106,7 @@ def clusters(rng: np.random.Generator, centres: np.ndarray, per_class: int, spre
     return torch.tensor(features, dtype=torch.float32), torch.tensor(labels)
 
 
-@pytest.mark.parametrize("name", ["mahalanobis", "knn", "vim"])
+@pytest.mark.parametrize("name", ["mds", "knn", "vim"])
 def test_feature_detectors_separate_gaussian_clusters(name):
     # ID: two classes in the first two of 16 dimensions; OOD: a cluster far off both classes,
     # in the dimensions the ID data does not use (ViM's residual space).
@@ -129,13 +129,13 @@ def test_feature_detectors_separate_gaussian_clusters(name):
     assert ood_metrics(id_scores, ood_scores)["auroc"] > 0.99
 
 
-def test_mahalanobis_is_the_distance_to_the_closest_class_mean():
+def test_mds_is_the_distance_to_the_closest_class_mean():
     # class means (1, 0) and (11, 0), shared covariance c * identity: score = -squared distance / c
     offsets = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     features = torch.cat([torch.tensor([1.0, 0.0]) + offsets, torch.tensor([11.0, 0.0]) + offsets])
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     head = nn.Linear(2, 2)
-    detector = make_detector("mahalanobis", ModelContext(head)).fit(outputs_of(features, head), labels)
+    detector = make_detector("mds", ModelContext(head)).fit(outputs_of(features, head), labels)
     queries = torch.tensor([[1.0, 0.0], [11.0, 0.0], [4.0, 0.0], [1.0, 3.0], [11.0, -3.0]])
     scores = detector.score(evidence_of(outputs_of(queries, head))).numpy()
     np.testing.assert_allclose(scores[:2], 0.0, atol=1e-4)
@@ -156,12 +156,12 @@ def test_react_clips_at_the_id_percentile_then_scores_energy_with_the_models_own
     torch.testing.assert_close(detector.score(evidence_of(outputs_of(features, other))), expected)
 
 
-def test_ash_prunes_the_activation_map_before_pooling():
+def test_ash_map_prunes_the_activation_map_before_pooling():
     # One sample, 2 channels of 2x2: values 1..8, sum 36. ASH-S at 75% keeps the top 2 of 8 (7 and 8, both
     # in channel 1), scales them by exp(36 / 15); then global average pooling and the head, then energy.
     head = nn.Linear(2, 3)
     maps = torch.arange(1.0, 9.0).view(1, 2, 2, 2)
-    detector = make_detector("ash", ModelContext(head), percentile=0.75)
+    detector = make_detector("ash_map", ModelContext(head), percentile=0.75)
     pooled = torch.tensor([[0.0, (7.0 + 8.0) * np.exp(36.0 / 15.0) / 4]], dtype=torch.float32)
     with torch.no_grad():
         expected = torch.logsumexp(head(pooled), dim=1)
@@ -169,19 +169,46 @@ def test_ash_prunes_the_activation_map_before_pooling():
     torch.testing.assert_close(detector.score(evidence_of(outputs)), expected)
 
 
-def test_ash_matches_pytorch_ood_on_the_same_map():
+def test_ash_prunes_the_pooled_features_as_published():
+    # Pooled features 1..4 (sum 10): ASH-S at 50% keeps 3 and 4 and scales them by exp(10 / 7), whatever
+    # the map they were pooled from; then the head and energy (andrijazz/ash: apply_ash after avg_pool2d).
+    head = nn.Linear(4, 3)
+    features = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    maps = torch.rand(1, 4, 2, 2)  # ignored by the published variant
+    kept = torch.tensor([[0.0, 0.0, 3.0, 4.0]]) * np.exp(10.0 / 7.0)
+    with torch.no_grad():
+        expected = torch.logsumexp(head(kept), dim=1)
+    score = make_detector("ash", ModelContext(head), percentile=0.5).score(evidence_of(Outputs(head(features), features, maps)))
+    torch.testing.assert_close(score, expected)
+
+
+def test_ash_map_matches_pytorch_ood_on_the_same_map():
     torch.manual_seed(0)
     head = nn.Linear(16, 10)
     maps = torch.relu(torch.randn(12, 16, 4, 4))
     reference = PoodASH(nn.Identity(), lambda m: head(m.mean(dim=(2, 3))), variant="ash-s", percentile=0.65,
                         detector=EnergyBased.score)
     outputs = Outputs(head(maps.mean(dim=(2, 3))), maps.mean(dim=(2, 3)), maps)
-    ours = make_detector("ash", ModelContext(head), percentile=0.65).score(evidence_of(outputs))
+    ours = make_detector("ash_map", ModelContext(head), percentile=0.65).score(evidence_of(outputs))
     torch.testing.assert_close(ours, -reference.predict_feature_maps(maps), rtol=1e-5, atol=1e-5)
-    # pruning the pooled features instead (a 1x1 map) is a different method on a 4x4 map
-    pooled = make_detector("ash", ModelContext(head), percentile=0.65).score(
-        evidence_of(Outputs(outputs.logits, outputs.features, outputs.features[:, :, None, None])))
+    # pruning the pooled features (the published ASH) is a different method on a 4x4 map
+    pooled = make_detector("ash", ModelContext(head), percentile=0.65).score(evidence_of(outputs))
     assert not torch.allclose(ours, pooled, rtol=1e-3)
+
+
+def test_fdbd_is_the_mean_boundary_distance_over_the_distance_to_the_training_mean():
+    # Two classes, w = (+1, 0) and (-1, 0), b = 0: the boundary is x = 0 and ||w_0 - w_1|| = 2. A feature at
+    # (3, 4) is 2 * 3 / 2 = 3 from it; the training mean is (0, 0), 5 away: score 3 / 5. Far from the training
+    # mean at the same boundary distance scores lower, as fDBD intends.
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        head.bias.zero_()
+    fit = outputs_of(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), head)
+    detector = make_detector("fdbd", ModelContext(head)).fit(fit, torch.tensor([0, 1]))
+    scores = detector.score(evidence_of(outputs_of(torch.tensor([[3.0, 4.0], [3.0, 40.0]]), head)))
+    torch.testing.assert_close(scores[0], torch.tensor(0.6))
+    assert scores[1] < scores[0]
 
 
 def choose_knn_case() -> tuple[Outputs, torch.Tensor, tuple[Evidence, Evidence]]:
@@ -208,7 +235,7 @@ def test_choose_takes_the_setting_with_the_best_validation_auroc():
 
 def test_choose_without_a_grid_records_the_defaults_validation_auroc():
     fit, labels, validation = choose_knn_case()
-    detector, record = choose("mahalanobis", {}, ModelContext(nn.Linear(4, 2)), fit, labels, validation)
+    detector, record = choose("mds", {}, ModelContext(nn.Linear(4, 2)), fit, labels, validation)
     assert record["chosen"] == {} and len(record["tried"]) == 1
     assert record["validation_auroc"] == ood_metrics(*(detector.score(e).numpy() for e in validation))["auroc"]
 
@@ -264,18 +291,18 @@ def test_odin_nudge_from_the_twin_raises_the_score_and_is_computed_once_per_set(
     assert (nudged > plain).all() and len(backward_passes) == 1
 
 
-def test_mahalanobis_survives_a_singular_covariance():
+def test_mds_survives_a_singular_covariance():
     # Fewer samples than dimensions and a dead feature: the covariance has no inverse.
     rng = np.random.default_rng(0)
     features = torch.tensor(rng.normal(0, 1, (6, 16)), dtype=torch.float32)
     features[:, 3] = 0.0
     head = nn.Linear(16, 2)
-    detector = make_detector("mahalanobis", ModelContext(head)).fit(outputs_of(features, head), torch.tensor([0, 0, 0, 1, 1, 1]))
+    detector = make_detector("mds", ModelContext(head)).fit(outputs_of(features, head), torch.tensor([0, 0, 0, 1, 1, 1]))
     scores = detector.score(evidence_of(outputs_of(torch.cat([features[:1], 10 * features[:1]]), head)))
     assert torch.isfinite(scores).all() and scores[0] > scores[1]
 
 
-@pytest.mark.parametrize("name", ["knn", "ash", "react", "mahalanobis"])
+@pytest.mark.parametrize("name", ["knn", "ash", "react", "mds"])
 def test_dead_features_give_finite_scores(name):
     # An input whose penultimate features are all zero (every ReLU off) must still get a score.
     rng = np.random.default_rng(0)

@@ -102,7 +102,7 @@ def test_dvc_repro_end_to_end(project: Path):
     for run in (bench["artifact"]["soak"][mode] for mode in ("sequential", "parallel")):  # `edgeml predict` in its own process
         assert run["files"] == run["records"] == 40 and run["exit_code"] == 1 and run["stderr"] == ""
     assert "Soak: `edgeml predict` run as its own process on 40 files" in (project / "metrics/predict_load.md").read_text()
-    assert set(bench["detector_cost_us"]) == set(params["ood"]["detectors"]) >= {"msp", "mahalanobis", "knn", "vim", "react", "ash"}
+    assert set(bench["detector_cost_us"]) == set(params["ood"]["detectors"]) >= {"msp", "mds", "knn", "vim", "react", "ash", "ash_map", "fdbd"}
     choices = json.loads((project / "metrics/detectors.json").read_text())
     knn = choices["int8"]["knn"]
     assert knn["hyperparameters"]["k"] == knn["chosen"]["k"] in (1, 5) and len(knn["tried"]) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +16,7 @@ from edgeml.data.readers import (
     load_tinyimagenet,
     read_openood_tin_list,
 )
-from edgeml.params import NOISE, OODSetSpec
+from edgeml.params import OODSetSpec
 from edgeml.runtime.images import IMAGE_SIZE, DataError, resize_rgb
 
 
@@ -24,6 +26,22 @@ def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np
     shape = (count, size, size, 3)
     pixels = rng.normal(0.5, 1.0, shape) if kind == "gaussian_noise" else rng.uniform(0.0, 1.0, shape)
     return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+
+
+# Readers of each fetched dataset's official format, by its params name (prepare.ood_sets.<set>.dataset, and
+# fetch.<name>); Tiny ImageNet, read by split and image list, and the generated sets are handled apart.
+# A new format: a reader in edgeml.data.readers, a fetch.<name> source, and one line here.
+READERS: dict[str, Callable[[str | Path], Iterable[np.ndarray]]] = {
+    "mnist": load_idx_images,
+    "fashion_mnist": load_idx_images,
+    "svhn": load_svhn,
+    "cifar100": load_cifar100_test,
+    "textures": functools.partial(load_images, under="dtd/images/"),
+    "places365": functools.partial(load_images, under="val_256/"),
+    **{name: load_images for name in ("odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize", "odin_isun")},
+}
+GENERATED = ("gaussian_noise", "uniform_noise")  # made here, not fetched: need transform none and a count
+DATASETS = ("tinyimagenet", *READERS, *GENERATED)  # every name prepare.ood_sets.<set>.dataset may take
 
 
 def _check_crop(image: np.ndarray, size: int) -> None:
@@ -68,14 +86,7 @@ def _source_images(
         if missing:
             raise DataError(f"{path}: {len(missing)} images named by {spec.imglist} are missing, e.g. {spec.split}_{missing[0]}")
         return [by_number[n] for n in listed], [f"tinyimagenet/{spec.split}/{n}" for n in listed]
-    if spec.dataset in ("mnist", "fashion_mnist"):
-        return load_idx_images(path), None
-    if spec.dataset == "svhn":
-        return load_svhn(path), None
-    if spec.dataset == "cifar100":
-        return load_cifar100_test(path), None
-    under = {"textures": "dtd/images/", "places365": "val_256/"}.get(spec.dataset, "")
-    return load_images(path, under), None
+    return READERS[spec.dataset](path), None
 
 
 def _as_released(images: Iterable[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
@@ -99,7 +110,7 @@ def build_ood_set(
     with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets.
     Also returns each image's source name (``tinyimagenet/val/17``, ``mnist/3``, ``gaussian_noise/seed0/5``),
     the same for the same source image in any set, so :func:`check_disjoint` can compare sets."""
-    if spec.dataset in NOISE:
+    if spec.dataset in GENERATED:
         # the generator fills images in order, so the first k images of any count are the same images
         x = noise_images(spec.dataset, spec.count, seed)
         return x, np.array([f"{spec.dataset}/seed{seed}/{i}" for i in range(len(x))])

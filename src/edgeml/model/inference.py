@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from edgeml.runtime.images import CIFAR10_MEAN, CIFAR10_STD
 
@@ -26,9 +27,22 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Logits for uint8 NCHW images, batched, in eval mode."""
+def forward_batches(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 500, device: Optional[torch.device] = None,
+    desc: Optional[str] = None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The model's outputs for uint8 NCHW images, batch by batch in eval mode, as float32 on the CPU: one
+    tensor, or a tuple when the model returns several (a deployable file's logits, features and map).
+    A progress bar named ``desc`` shows when there is more than one batch (stages score sets for minutes)."""
     device = device or torch.device("cpu")
     model.eval()
-    out = [model(normalize(images[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    starts = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=len(images) <= batch_size)
+    parts = [model(normalize(images[i : i + batch_size]).to(device)) for i in starts]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat([p[k] for p in parts]).float().cpu() for k in range(len(parts[0])))
+    return torch.cat([p.float().cpu() for p in parts])
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Logits for uint8 NCHW images, batched, in eval mode."""
+    return forward_batches(model, images, batch_size, device)

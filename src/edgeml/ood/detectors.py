@@ -30,9 +30,8 @@ from pytorch_ood.detector import EnergyBased, MaxSoftmax
 from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 from pytorch_ood.detector import ReAct as PoodReAct
 from torch import nn
-from tqdm import tqdm
 
-from edgeml.model.inference import normalize, to_tensor
+from edgeml.model.inference import forward_batches, normalize, to_tensor
 from edgeml.params import ParamsError
 from edgeml.runtime.images import CIFAR10_STD
 
@@ -52,14 +51,9 @@ class Outputs:
         return len(self.logits)
 
 
-@torch.no_grad()
 def predict_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500, desc: Optional[str] = None) -> Outputs:
-    """Outputs of uint8 NCHW images, batched; ``model`` returns (logits, features, map) as every deployable file does.
-    A progress bar named ``desc`` shows when there is more than one batch (a stage scores sets for minutes)."""
-    model.eval()
-    starts = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=len(images) <= batch_size)
-    parts = [model(normalize(images[i : i + batch_size])) for i in starts]
-    return Outputs(*(torch.cat([p[k] for p in parts]).float() for k in range(3)))
+    """Outputs of uint8 NCHW images; ``model`` returns (logits, features, map) as every deployable file does."""
+    return Outputs(*forward_batches(model, images, batch_size, desc=desc))
 
 
 @dataclasses.dataclass
@@ -189,15 +183,16 @@ class GEN(PytorchOODLogitDetector):
     outlier_score = staticmethod(PoodGEN.score)
 
 
-class Mahalanobis(Detector):
-    """Distance to the closest class mean under a shared covariance (Lee et al. 2018), features only
-    (no input perturbation). Written here rather than taken from pytorch-ood, whose matrix inverse
+class MDS(Detector):
+    """Mahalanobis distance score, MDS: the distance to the closest class mean under a shared covariance
+    (Lee et al. 2018) on the penultimate features, without the paper's input preprocessing or feature
+    ensemble (OpenOOD's ``mds``). Written here rather than taken from pytorch-ood, whose matrix inverse
     fails when the covariance is singular (fewer samples than dimensions, or dead features); the
     pseudo-inverse is what OpenOOD's implementation uses (sklearn's precision)."""
 
-    name = "mahalanobis"
+    name = "mds"
 
-    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "Mahalanobis":
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "MDS":
         features = outputs.features.double()
         classes = labels.unique()
         self.means = torch.stack([features[labels == c].mean(0) for c in classes])
@@ -298,12 +293,14 @@ class ReAct(Detector):
 
 
 class ASH(Detector):
-    """ASH-S (Djurisic et al. 2023), as pytorch-ood's ``ASH``: on the layer4 activation map before
-    global pooling (C x H x W), keep the top ``1 - percentile`` activations per sample, scale them by
-    exp(sum before / sum after), then pool, apply the judged model's own head and score Energy."""
+    """ASH-S (Djurisic et al. 2023) as published: on the pooled penultimate features (C x 1 x 1), keep the
+    top ``1 - percentile`` activations per sample, scale them by exp(sum before / sum after), apply the
+    judged model's own head and score Energy. The official code (andrijazz/ash) and OpenOOD apply it
+    after ``avg_pool2d``; pytorch-ood's ``ASH`` computes the pruning."""
 
     name = "ash"
     ranges = {"percentile": (0.0, 1.0, False)}
+    on_map: ClassVar[bool] = False  # prune the layer4 map before pooling instead (:class:`ASHMap`)
 
     def __init__(self, context: ModelContext, percentile: float = 0.9):
         super().__init__(context)
@@ -313,7 +310,8 @@ class ASH(Detector):
                              percentile=percentile, detector=EnergyBased.score)
 
     def score(self, evidence: Evidence) -> torch.Tensor:
-        maps = evidence.outputs.maps
+        outputs = evidence.outputs
+        maps = outputs.maps if self.on_map else outputs.features[:, :, None, None]
         with torch.no_grad():
             scores = -self._pood.predict_feature_maps(maps)
             # an all-zero map (dead ReLUs) has nothing to prune or rescale (ASH's ratio is 0/0): its energy as is
@@ -323,6 +321,39 @@ class ASH(Detector):
 
     def hyperparameters(self) -> dict[str, float]:
         return {"percentile": self.percentile}
+
+
+class ASHMap(ASH):
+    """ASH-S on the layer4 activation map before global pooling (C x H x W; 512 x 4 x 4 for the CIFAR stem):
+    not the published method, kept under its own name for comparison."""
+
+    name = "ash_map"
+    on_map = True
+
+
+class FDBD(Detector):
+    """fDBD (Liu & Qin, ICML 2024): the feature's average distance to the decision boundaries between the
+    predicted class y and every other class c, |l_y - l_c| / ||w_y - w_c||, divided by its distance to the
+    mean ID training feature, with the judged model's own head (W, b). The regulariser makes a feature far
+    from the training data look less ID however far from the boundaries it sits. As OpenOOD's ``fdbd``
+    postprocessor (the summed distances; the 1 / (C - 1) factor does not change the ranking)."""
+
+    name = "fdbd"
+
+    def fit(self, outputs: Outputs, labels: torch.Tensor) -> "FDBD":
+        self.mean = outputs.features.double().mean(dim=0)
+        return self
+
+    def score(self, evidence: Evidence) -> torch.Tensor:
+        head = self.context.head
+        w, b = head.weight.detach().double(), head.bias.detach().double()
+        features = evidence.outputs.features.double()
+        logits = features @ w.T + b
+        top, predicted = logits.max(dim=1)
+        gaps = (w[:, None, :] - w[None]).norm(dim=2)  # classes x classes: ||w_y - w_c||
+        gaps.fill_diagonal_(1.0)  # the predicted class itself: a zero gap over 1, no boundary
+        boundary = ((top[:, None] - logits).abs() / gaps[predicted]).sum(dim=1)
+        return (boundary / (features - self.mean).norm(dim=1).clamp_min(1e-12)).float()
 
 
 class ODIN(Detector):
@@ -359,7 +390,7 @@ class ODIN(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN, ODIN, Mahalanobis, KNN, ViM, ReAct, ASH)
+    cls.name: cls for cls in (MSP, MaxLogit, Energy, GEN, ODIN, MDS, KNN, ViM, ReAct, ASH, ASHMap, FDBD)
 }
 
 

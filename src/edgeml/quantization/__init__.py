@@ -35,7 +35,7 @@ BACKENDS = {  # quantize.backend -> "module:class"
 
 def quantizer_class(backend: str) -> type[Quantizer]:
     if backend not in BACKENDS:
-        raise ParamsError(f"quantize.backend: {backend!r} is not one of {sorted(BACKENDS)}")
+        raise ParamsError(f"quantize.backend: {backend!r} is not one of {list(BACKENDS)}")
     module, name = BACKENDS[backend].split(":")
     try:
         return getattr(importlib.import_module(module), name)
