@@ -319,3 +319,15 @@ def test_fuzzed_params_file_fails_with_a_params_error_naming_the_file(tmp_path_f
     path.write_bytes(text)
     with pytest.raises(ParamsError, match=re.escape(str(path))):
         load(path)
+
+
+def test_the_names_params_accept_are_the_registries_names():
+    """params keeps its own Literals (narrow stage deps, see edgeml.params), so they must equal the registries."""
+    from edgeml.data.ood_sets import DATASETS
+    from edgeml.model.resnet import STEMS
+    from edgeml.quantization import BACKENDS
+
+    literal = lambda cls, field: list(typing.get_args(typing.get_type_hints(cls)[field]))  # noqa: E731
+    assert literal(P.QuantizeParams, "backend") == list(BACKENDS)
+    assert literal(P.ModelParams, "stem") == list(STEMS)
+    assert literal(P.OODSetSpec, "dataset") == list(DATASETS)

@@ -80,6 +80,12 @@ class FetchParams:
         }
 
 
+# The names params accept for backends, stems and datasets are Literals here, not read from the registries:
+# params validation is a dependency of every stage, and reading edgeml.quantization's registry would make
+# every stage depend on every backend module. tests/test_params.py checks each Literal equals its registry.
+NOISE = ("gaussian_noise", "uniform_noise")  # generated, not fetched
+
+
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
     """An OOD set: images of a fetched dataset, made 32x32 RGB by ``transform`` (ODIN's random
@@ -87,7 +93,9 @@ class OODSetSpec:
     or synthetic noise as ODIN made it. Tiny ImageNet needs a ``split``; ``imglist`` names a
     fetched OpenOOD list that selects images; ``count``: how many noise images, or a seeded sample."""
 
-    dataset: str  # a name in edgeml.data.ood_sets.DATASETS
+    dataset: Literal["tinyimagenet", "mnist", "fashion_mnist", "svhn", "cifar100", "textures", "places365",
+                     "odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize",
+                     "odin_isun", "gaussian_noise", "uniform_noise"]
     transform: Literal["crop", "center_crop", "resize", "none"]
     split: Optional[Literal["test", "val"]] = None
     imglist: Optional[Literal["openood_tin_list", "openood_tin_val_list"]] = None
@@ -103,7 +111,7 @@ class PrepareParams:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    stem: str  # a name in edgeml.model.resnet.STEMS
+    stem: Literal["torchvision", "cifar", "conv3s2"]
     num_classes: int = 10
 
 
@@ -145,7 +153,7 @@ class QuantizeParams:
     """One quantization recipe. Which observers, activation types and QAT each backend offers
     is checked by :mod:`edgeml.quantization`; the defaults are the recipe a sweep entry starts from."""
 
-    backend: str = "fbgemm"  # a name in edgeml.quantization.BACKENDS
+    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino"] = "fbgemm"
     per_channel: bool = True
     observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
     reduce_range: bool = True  # torch backends: 7-bit activations (u8*s8 pairs cannot overflow int16 without VNNI); onnxruntime: 7-bit weights
@@ -252,25 +260,18 @@ class Params:
             for name, values in grid.items():
                 if not values or not all(math.isfinite(v) for v in values):
                     raise ParamsError(f"ood.search.{detector}.{name}: expected a list of finite numbers, got {values!r}")
-        from edgeml.data.ood_sets import DATASETS, GENERATED  # the registries' names: not restated here
-        from edgeml.model.resnet import STEMS
-
-        if self.model.stem not in STEMS:
-            raise ParamsError(f"model.stem: {self.model.stem!r} is not one of {list(STEMS)}")
         for name, spec in self.prepare.ood_sets.items():
             key = f"prepare.ood_sets.{name}"
-            if spec.dataset not in DATASETS:
-                raise ParamsError(f"{key}.dataset: {spec.dataset!r} is not one of {list(DATASETS)}")
             if spec.dataset == "tinyimagenet" and (spec.transform == "none" or spec.split is None):
                 raise ParamsError(f"{key}: Tiny ImageNet sets need split (test | val) and transform (crop | resize)")
             if spec.dataset != "tinyimagenet" and (spec.split is not None or spec.imglist is not None):
                 raise ParamsError(f"{key}: split and imglist apply to Tiny ImageNet only")
             if spec.dataset.startswith("odin_") and spec.transform not in ("none", "center_crop"):
                 raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none (or center_crop)")
-            if spec.dataset in GENERATED and (spec.transform != "none" or spec.count is None):
+            if spec.dataset in NOISE and (spec.transform != "none" or spec.count is None):
                 raise ParamsError(f"{key}: noise sets need transform: none and a count")
             for source in (spec.dataset, spec.imglist):  # every other name is a fetch.<name> field
-                if source and source not in GENERATED and getattr(self.fetch, source) is None:
+                if source and source not in NOISE and getattr(self.fetch, source) is None:
                     raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
         for name in self.ood.sets:
             if name not in self.prepare.ood_sets:
@@ -312,10 +313,6 @@ class Params:
             self._check_recipe(f"sweep.recipes.{name}", recipe)
 
     def _check_recipe(self, key: str, recipe: QuantizeParams) -> None:
-        from edgeml.quantization import BACKENDS  # names only: a backend's module loads when its recipe runs
-
-        if recipe.backend not in BACKENDS:
-            raise ParamsError(f"{key}.backend: {recipe.backend!r} is not one of {list(BACKENDS)}")
         if recipe.qat_images < recipe.qat_batch_size:
             raise ParamsError(
                 f"{key}.qat_images: {recipe.qat_images} is less than one batch ({key}.qat_batch_size: "

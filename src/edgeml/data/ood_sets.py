@@ -16,7 +16,7 @@ from edgeml.data.readers import (
     load_tinyimagenet,
     read_openood_tin_list,
 )
-from edgeml.params import OODSetSpec
+from edgeml.params import NOISE, OODSetSpec
 from edgeml.runtime.images import IMAGE_SIZE, DataError, resize_rgb
 
 
@@ -40,8 +40,7 @@ READERS: dict[str, Callable[[str | Path], Iterable[np.ndarray]]] = {
     "places365": functools.partial(load_images, under="val_256/"),
     **{name: load_images for name in ("odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize", "odin_isun")},
 }
-GENERATED = ("gaussian_noise", "uniform_noise")  # made here, not fetched: need transform none and a count
-DATASETS = ("tinyimagenet", *READERS, *GENERATED)  # every name prepare.ood_sets.<set>.dataset may take
+DATASETS = ("tinyimagenet", *READERS, *NOISE)  # every name prepare.ood_sets.<set>.dataset may take
 
 
 def _check_crop(image: np.ndarray, size: int) -> None:
@@ -110,7 +109,7 @@ def build_ood_set(
     with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets.
     Also returns each image's source name (``tinyimagenet/val/17``, ``mnist/3``, ``gaussian_noise/seed0/5``),
     the same for the same source image in any set, so :func:`check_disjoint` can compare sets."""
-    if spec.dataset in GENERATED:
+    if spec.dataset in NOISE:
         # the generator fills images in order, so the first k images of any count are the same images
         x = noise_images(spec.dataset, spec.count, seed)
         return x, np.array([f"{spec.dataset}/seed{seed}/{i}" for i in range(len(x))])
