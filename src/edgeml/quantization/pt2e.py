@@ -142,7 +142,7 @@ def _constant(module: torch.fx.GraphModule, node: torch.fx.node.Argument) -> tor
 
 
 def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
-    """Delete parameters and buffers the graph no longer reads, so they are not exported (4x the size)."""
+    """Delete parameters and buffers the converted graph does not read, so they are not exported (4x the size)."""
     used = {node.target for node in module.graph.nodes if node.op == "get_attr"}
     tensors = [name for name, _ in (*module.named_parameters(), *module.named_buffers())]
     for name in tensors:

@@ -54,13 +54,29 @@ class ArtifactError(EdgeMLError, RuntimeError):
 
 
 def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file, as the artifact's ``.sha256`` file records it.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a TorchScript or torch.export artifact, read without loading the model (the
-    quantization engine must be set first). An ONNX artifact's comes with its session (:meth:`EdgeModel.load`)."""
+    quantization engine must be set first). An ONNX artifact's comes with its session (:meth:`EdgeModel.load`).
+
+    Args:
+        path: a ``.pt`` or ``.pt2`` artifact (a zip archive holding ``extra/edgeml.json``).
+
+    Returns:
+        The parsed ``edgeml.json``: format, classes, threshold, backend, input spec and the rest.
+
+    Raises:
+        ArtifactError: ``path`` cannot be read, is not a zip archive, holds no ``edgeml.json``, or its
+            metadata is not a JSON object of format ``edgeml-artifact/1``.
+    """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -84,7 +100,11 @@ def _parse_metadata(path: Path, text: Optional[str | bytes]) -> dict[str, Any]:
 
 
 def input_metadata() -> dict[str, Any]:
-    """The input spec stored in the artifact: what :func:`edgeml.runtime.images.read_image` does to a file."""
+    """The input spec stored in the artifact: what :func:`edgeml.runtime.images.read_image` does to a file.
+
+    Returns:
+        size, color, dtype, normalisation mean and std, and the preprocessing in words.
+    """
     return {
         "size": IMAGE_SIZE,
         "color": "RGB",
@@ -101,7 +121,16 @@ Decoded = tuple[Optional[np.ndarray], list[Optional[str]]]
 
 @dataclasses.dataclass
 class EdgeModel:
-    """A loaded artifact: ``predict`` turns image files into one record each."""
+    """A loaded artifact: ``predict`` turns image files into one record each.
+
+    Build one with :meth:`load`, which verifies the file before loading it.
+
+    Attributes:
+        path: the artifact file.
+        metadata: its ``edgeml.json`` (classes, OOD threshold, backend, input spec, ...).
+        sha256: the file's verified sha256 hex digest.
+        runner: runs the model: uint8 NHWC images in, (class probabilities, OOD scores) out.
+    """
 
     path: Path
     metadata: dict[str, Any]
@@ -110,8 +139,23 @@ class EdgeModel:
 
     @classmethod
     def load(cls, path: str | Path, sha256: Optional[str] = None, threads: Optional[int] = None) -> "EdgeModel":
-        """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load; the model runs on
-        ``threads`` CPU threads (None: all cores)."""
+        """Verify against ``sha256`` (or the ``.sha256`` file beside it), then load.
+
+        Args:
+            path: the artifact file, or the folder holding exactly one (``models/artifact``).
+            sha256: the expected sha256 hex digest (any case); None reads the first word of
+                ``<artifact>.sha256`` beside the file.
+            threads: CPU threads the model runs on; None: the runtime's default (all physical cores).
+
+        Returns:
+            The verified, loaded model.
+
+        Raises:
+            ArtifactError: the artifact or its ``.sha256`` file is missing, the checksum does not match,
+                the metadata is unreadable or of another format, the package the format needs
+                (torch, torchao) is not installed, or the runtime cannot load the model.
+            OSError: the artifact or its ``.sha256`` file exists but cannot be read.
+        """
         path = find_artifact(path)
         if sha256 is None:
             sidecar = path.with_name(path.name + ".sha256")
@@ -143,14 +187,30 @@ class EdgeModel:
     @functools.cached_property
     def module(self) -> "torch.nn.Module":
         """The artifact as a torch module (uint8 NCHW tensor in, (probabilities, OOD score) out), for
-        checks against the pipeline's models; needs torch."""
+        checks against the pipeline's models; needs torch.
+
+        Raises:
+            ImportError: torch is not installed.
+        """
         return self.runner.torch_module()
 
     def predict_images(self, images: np.ndarray) -> list[dict[str, Any]]:
         """Records for a batch of images: uint8 RGB, shape (N, 32, 32, 3) (HWC, as Pillow and
         :func:`edgeml.runtime.images.read_image` give). Integer arrays whose values all lie in 0-255 are
         converted to uint8; anything else (floats, whose scale is ambiguous; NCHW; other sizes)
-        raises ValueError saying what was expected."""
+        is refused, saying what was expected.
+
+        Args:
+            images: a numpy array of shape (N, 32, 32, 3), as :func:`check_images` accepts.
+
+        Returns:
+            One record per image, in order: ``class`` (name), ``confidence`` (its probability),
+            ``ood_score`` and ``in_distribution`` (the score is at or above the artifact's threshold).
+            An empty batch gives an empty list.
+
+        Raises:
+            ValueError: ``images`` is not such an array (see :func:`check_images`).
+        """
         images = check_images(images)
         if not len(images):
             return []
@@ -179,7 +239,22 @@ class EdgeModel:
         not a usable image (the run goes on). ``workers`` threads decode the next ``workers`` batches
         while the model runs on one (0: decode in this thread), so memory stays bounded for any number
         of files. Files over ``max_file_mb`` or images over ``max_megapixels``
-        are refused before being read or decoded."""
+        are refused before being read or decoded.
+
+        Args:
+            files: image file paths, read lazily (see :func:`list_files` for folders).
+            batch_size: images per model call, at least 1.
+            workers: decoding threads, at least 0.
+            max_file_mb: larger files get an error record without being read.
+            max_megapixels: larger images get an error record without being decoded.
+
+        Yields:
+            ``{"file": path, **record}`` with a :meth:`predict_images` record, or
+            ``{"file": path, "error": message}`` for a file that is not a usable image.
+
+        Raises:
+            ValueError: ``batch_size`` < 1 or ``workers`` < 0 (when iteration starts: this is a generator).
+        """
         if batch_size < 1 or workers < 0:
             raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
         read = functools.partial(_read_batch, max_file_mb=max_file_mb, max_megapixels=max_megapixels)
@@ -210,7 +285,18 @@ class EdgeModel:
 
 
 def check_images(images: Any) -> np.ndarray:
-    """``images`` as uint8 (N, 32, 32, 3), or ValueError naming what was expected and what came."""
+    """``images`` as uint8 (N, 32, 32, 3), or ValueError naming what was expected and what came.
+
+    Args:
+        images: a numpy array of shape (N, 32, 32, 3), uint8 or any integer type with values in 0-255.
+
+    Returns:
+        ``images`` itself when already uint8, else a uint8 copy.
+
+    Raises:
+        ValueError: not a numpy array, another shape (with a hint for one image, NCHW or other sizes),
+            integer values outside 0-255, or a non-integer dtype (floats have an ambiguous scale).
+    """
     expected = f"uint8 RGB images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) (HWC, values 0-255)"
     if not isinstance(images, np.ndarray):
         raise ValueError(f"expected a numpy array of {expected}, got {type(images).__qualname__}")
@@ -253,7 +339,17 @@ def _read_batch(files: list[Path], max_file_mb: float, max_megapixels: float) ->
 
 
 def find_artifact(path: str | Path) -> Path:
-    """``path`` itself, or the one artifact in the folder ``path`` (as the package stage writes it)."""
+    """``path`` itself, or the one artifact in the folder ``path`` (as the package stage writes it).
+
+    Args:
+        path: an artifact file, or a folder holding one ``edgeml_int8.*`` file (besides its ``.sha256``).
+
+    Returns:
+        The artifact file.
+
+    Raises:
+        ArtifactError: the folder holds no or several artifacts, or the file does not exist.
+    """
     path = Path(path)
     if path.is_dir():
         found = sorted(p for p in path.glob("edgeml_int8.*") if p.suffix != ".sha256")
@@ -268,7 +364,15 @@ def find_artifact(path: str | Path) -> Path:
 def list_files(paths: Iterable[str | Path]) -> list[Path]:
     """The paths named, with every folder among them replaced by all it holds (searched recursively,
     sorted; symbolic links to folders are listed, not followed). Nothing found is left out: a FIFO, a
-    dangling link or a folder that cannot be listed is listed too, and gets its error record later."""
+    dangling link or a folder that cannot be listed is listed too, and gets its error record later.
+
+    Args:
+        paths: files and/or folders; a path that does not exist is kept as given.
+
+    Returns:
+        The files to pass to :meth:`EdgeModel.predict`, in the order of ``paths``. Never raises for an
+        unreadable entry: its error comes as the record :meth:`EdgeModel.predict` yields for it.
+    """
     files: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
