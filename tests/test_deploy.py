@@ -17,12 +17,7 @@ from edgeml.model.inference import predict_logits
 from edgeml.package import artifact_path, build_artifact, threshold_at_tpr
 from edgeml.params import QuantizeParams
 from edgeml.quantization import int8_path, load_deployable, make_quantizer
-from edgeml.runtime.artifact import (
-    ArtifactError,
-    EdgeModel,
-    input_metadata,
-    sha256_file,
-)
+from edgeml.runtime.artifact import FORMAT, METADATA, ArtifactError, EdgeModel, input_metadata, sha256_file
 
 BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 
@@ -128,6 +123,9 @@ def test_tampered_or_missing_artifact_is_refused(artifact, tmp_path, capsys):
     assert code == 2 and records == [] and "sha256 is" in err and "modified" in err
     code, _, err = run_cli(capsys, str(tmp_path), "--artifact", str(tmp_path / "absent.pt"))
     assert code == 2 and "artifact not found" in err
+    sidecar.write_text("\n")
+    code, _, err = run_cli(capsys, str(tmp_path), "--artifact", str(tampered))  # one error line, no traceback
+    assert code == 2 and "sha256: empty" in err and "Traceback" not in err
     sidecar.unlink()
     with pytest.raises(ArtifactError, match="checksum file not found"):
         EdgeModel.load(tampered)
@@ -152,3 +150,10 @@ def test_installed_command(artifact, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["file"] == str(image)
     assert result.stderr == ""
+
+
+def test_a_torch_artifact_whose_metadata_names_no_backend_is_refused(tmp_path):
+    path = tmp_path / "artifact.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), _extra_files={METADATA: json.dumps({"format": FORMAT})})
+    with pytest.raises(ArtifactError, match="names no quantization backend"):
+        EdgeModel.load(path, sha256=sha256_file(path))

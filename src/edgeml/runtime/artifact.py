@@ -161,7 +161,10 @@ class EdgeModel:
             sidecar = path.with_name(path.name + ".sha256")
             if not sidecar.is_file():
                 raise ArtifactError(f"{sidecar}: checksum file not found; pass the expected sha256 explicitly")
-            sha256 = sidecar.read_text().split()[0]
+            words = sidecar.read_text(errors="replace").split()
+            if not words:
+                raise ArtifactError(f"{sidecar}: empty; it should hold the artifact's sha256 (the package stage writes it)")
+            sha256 = words[0]
         actual = sha256_file(path)
         if actual != sha256.lower():
             raise ArtifactError(f"{path}: sha256 is {actual}, expected {sha256}; the file is corrupt or was modified")
@@ -172,6 +175,8 @@ class EdgeModel:
                 metadata, runner = _parse_metadata(path, session.metadata(METADATA)), session
             else:
                 metadata = read_metadata(path)
+                if "backend" not in metadata:
+                    raise ArtifactError(f"{path}: its metadata names no quantization backend; package it again")
                 runner = TorchRunner(path, metadata["backend"], threads)
         except ImportError as exc:
             raise ArtifactError(
