@@ -10,7 +10,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,48 @@ def config_fingerprint(params: TrainParams, extra: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def train_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    local: slice = slice(None),
+    desc: str = "train",
+    bar: bool = True,
+) -> torch.Tensor:
+    """One epoch of SGD steps on ``steps`` batches of a fresh permutation of the uint8 ``images``
+    (augmented, normalised; ``local``: this process's slice of each batch), the scheduler stepped per
+    batch, bf16 autocast on CUDA; ``forward`` maps a batch to logits. Returns the loss sum, the
+    number right and the number seen as one float64 tensor on the images' device, so the caller
+    syncs once (or all-reduces across processes)."""
+    device = images.device
+    order = torch.randperm(len(images), generator=generator, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    # no bar where output is not a terminal (disable=None), nor where the caller asks for none
+    for step in tqdm(range(steps), desc=desc, leave=False, disable=None if bar else True):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        x = normalize(augment(images[idx], generator)[local])
+        y = labels[idx][local]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = forward(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
+
+
 def train(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -199,26 +241,11 @@ def train(
     for epoch in range(len(history), params.epochs):
         net.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(train_x), generator=generator, device=device)
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{params.epochs}", leave=False, disable=True if rank else None)
-        for step in bar:  # no bar on other ranks, nor where output is not a terminal (disable=None)
-            idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            x = normalize(augment(train_x[idx], generator)[local]).to(device)
-            y = train_y[idx][local]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = net(x)
-                loss = classification_loss(logits, y, params, params.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        totals = torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        totals = train_epoch(
+            net, train_x, train_y, params.batch_size, steps_per_epoch, optimizer, scheduler, generator,
+            lambda logits, y: classification_loss(logits, y, params, params.label_smoothing),
+            local=local, desc=f"epoch {epoch + 1}/{params.epochs}", bar=rank == 0,
+        )
         if world > 1:
             dist.all_reduce(totals)
             for buffer in model.buffers():  # batch-norm statistics: every rank keeps rank 0's

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.quantization import resnet as quantizable_resnet
-from tqdm import tqdm
 
 from edgeml.io import atomic_path
-from edgeml.model.augment import augment
-from edgeml.model.inference import normalize
+from edgeml.model.train import train_epoch
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.runtime.torch_files import load_torch_file, load_torchscript
@@ -86,7 +84,8 @@ class EagerQuantizer(Quantizer):
             return (q.prepare_qat if qat else q.prepare)(quantizable)
 
     def fine_tune(self, prepared: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """A few epochs of SGD through the fake-quant model, BN statistics frozen (a small-lr fine-tune)."""
+        """A few epochs of SGD through the fake-quant model, BN statistics frozen (a small-lr fine-tune,
+        cosine-annealed), each epoch on the first ``qat_images`` of a fresh permutation of the images."""
         p = self.params
         generator = torch.Generator().manual_seed(p.seed)
         steps_per_epoch = min(p.qat_images, len(images)) // p.qat_batch_size
@@ -95,18 +94,11 @@ class EagerQuantizer(Quantizer):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
         prepared.train()
         prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
-        bar = tqdm(range(total), desc="QAT", leave=False)
-        for step in bar:
-            if step % steps_per_epoch == 0:
-                order = torch.randperm(len(images), generator=generator)
-            idx = order[(step % steps_per_epoch) * p.qat_batch_size : (step % steps_per_epoch + 1) * p.qat_batch_size]
-            logits = prepared(normalize(augment(images[idx], generator)))[0]
-            loss = F.cross_entropy(logits, labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        for epoch in range(p.qat_epochs):
+            train_epoch(
+                lambda x: prepared(x)[0], images, labels, p.qat_batch_size, steps_per_epoch, optimizer, scheduler,
+                generator, F.cross_entropy, desc=f"QAT epoch {epoch + 1}/{p.qat_epochs}",
+            )
         prepared.eval()
 
     @torch.no_grad()
