@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeml.reporting import tables
+from edgeml.reporting import markdown, tables
 
 
 def metrics(auroc_fp32: float, auroc_int8: float, auroc_pure: float) -> dict:
@@ -87,3 +87,20 @@ def test_predict_load_table_shows_each_file_kind_against_the_model_alone():
     assert "| in turn (`--workers 0`) | 20,000 | 1,030 | 1 | empty | 528 | 3001 | 131 |" in text
     assert "| 2 threads (`--workers 2`) | 20,000 | 1,030 | 1 | empty | 659 | 3001 | 131 |" in text
     assert "Soak" not in tables.predict_load_markdown(load_bench(soak=False))
+
+
+def test_markdown_table_layout_and_row_cap():
+    assert markdown.table(["", "FP32", "INT8"], [["size", "", "2.00"]]) == "| | FP32 | INT8 |\n|---|---|---|\n| size |  | 2.00 |"
+    text = markdown.table(["k", "v"], [[str(i), "x"] for i in range(5)], max_rows=3)
+    assert text.splitlines()[-3:] == ["| 2 | x |", "", "… 2 more rows not shown."]
+    assert markdown.table(["k"], [["a"]], max_rows=1) == "| k |\n|---|\n| a |"
+
+
+def test_table1_beside_the_paper_leaves_its_missing_cells_blank():
+    text = tables.markdown_table({"Model size (MB)": (44.8, 11.3), "Top-1 accuracy (%)": (91.0, 90.9)}, tables.PAPER_TABLE1)
+    assert text.splitlines() == [
+        "| | FP32 | INT8 | Paper FP32 | Paper INT8 |",
+        "|---|---|---|---|---|",
+        "| Model size (MB) | 44.80 | 11.30 | 44.80 | 12.40 |",
+        "| Top-1 accuracy (%) | 91.00 | 90.90 |  |  |",
+    ]

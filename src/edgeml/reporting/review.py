@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeml.io import write_text
+from edgeml.reporting.markdown import table
 from edgeml.sweep import SWEEP_GOALS, params_recipe
 
 HEADLINE = {"quality": "metrics/summary.json", "timing": "metrics/timing.json"}  # flat {name: number} files
@@ -180,14 +181,6 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[:MAX_ROWS]]
-    if len(rows) > MAX_ROWS:
-        lines.append(f"\n… {len(rows) - MAX_ROWS} more rows not shown.")
-    return "\n".join(lines)
-
-
 def data_source_changes(base: Side, head: Side, path: str = "data/sources.json") -> str:
     """A loud note naming each dataset fetched from another source (or as another file) on the two
     sides, "" when none: such a change moves the metrics by itself, whatever the code change does."""
@@ -214,7 +207,7 @@ def params_section(base: Side, head: Side) -> str:
         return "No parameter changed."
     missing = "*(absent)*"
     rows = [[f"`{k}`", _cell(old[k]) if k in old else missing, _cell(new[k]) if k in new else missing] for k in changed]
-    return table(["parameter", "base", "head"], rows)
+    return table(["parameter", "base", "head"], rows, MAX_ROWS)
 
 
 def quantize_row(side: Side) -> tuple[str | None, dict]:
@@ -247,7 +240,7 @@ def goals_section(base: Side, head: Side) -> str:
         + (f"; **no longer met: {', '.join(lost)}**" if lost else "")
         + (f"; newly met: {', '.join(won)}" if won else "") + ".",
         "",
-        table(["metric", "base", "head", "change", "goal"], rows),
+        table(["metric", "base", "head", "change", "goal"], rows, MAX_ROWS),
     ]
     best = (head.json(SWEEP) or {}).get("best")
     if best and h_name != best:
@@ -267,7 +260,8 @@ def metrics_section(base: Side, head: Side) -> str:
         rows = [[f"`{key}`", fmt(b.get(key)), fmt(h.get(key)), delta(b.get(key), h.get(key))]
                 for key in dict.fromkeys([*h, *b])]
         if rows:
-            parts += [f"**{kind.capitalize()}** (`{path}`)", "", table(["metric", "base", "head", "change"], rows), ""]
+            parts += [f"**{kind.capitalize()}** (`{path}`)", "",
+                      table(["metric", "base", "head", "change"], rows, MAX_ROWS), ""]
     return "\n".join(parts + ([" ".join(notes)] if notes else [])).rstrip()
 
 
@@ -281,7 +275,7 @@ def _side_by_side(title: str, old: dict | None, new: dict | None) -> str:
         b, h = old.get(row, {}), new.get(row, {})
         rows.append([_cell(row)] + [fmt(b.get(m)) for m in MODELS] + [fmt(h.get(m)) for m in MODELS]
                     + [delta(b.get("int8"), h.get("int8"))])
-    return f"{title}\n\n" + table(["", "base FP32", "base INT8", "head FP32", "head INT8", "INT8 change"], rows)
+    return f"{title}\n\n" + table(["", "base FP32", "base INT8", "head FP32", "head INT8", "INT8 change"], rows, MAX_ROWS)
 
 
 def tables_section(base: Side, head: Side) -> str:
