@@ -3,6 +3,7 @@
 import torch
 
 from edgeml import params as P
+from edgeml import paths
 from edgeml.data.splits import load_arrays
 from edgeml.io import write_json
 from edgeml.model.inference import predict_logits, to_tensor
@@ -12,19 +13,13 @@ from edgeml.stage import run
 
 def main() -> None:
     params = P.load()
-    arrays = load_arrays("data/prepared/cifar10.npz")
+    arrays = load_arrays(paths.CIFAR10)
     images, labels = to_tensor(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
-    predictions = {
-        name: predict_logits(model, images).argmax(1) for name, model in deployed_models(params.quantize.backend).items()
-    }
-    write_json(
-        "metrics/evaluate.json",
-        {
-            "test_samples": len(labels),
-            **{f"{name}_top1": (pred == labels).float().mean().item() for name, pred in predictions.items()},
-            "agreement": (predictions["fp32"] == predictions["int8"]).float().mean().item(),
-        },
-    )
+    models = deployed_models(params.quantize.backend, paths.DEPLOY)
+    predictions = {name: predict_logits(model, images).argmax(1) for name, model in models.items()}
+    top1 = {f"{name}_top1": (pred == labels).float().mean().item() for name, pred in predictions.items()}
+    agreement = (predictions["fp32"] == predictions["int8"]).float().mean().item()
+    write_json(paths.metrics("evaluate"), {"test_samples": len(labels), **top1, "agreement": agreement})
 
 
 if __name__ == "__main__":

@@ -5,21 +5,20 @@ import dataclasses
 from pathlib import Path
 
 from edgeml import params as P
+from edgeml import paths
 from edgeml.data.sources import fetch
 from edgeml.io import atomic_dir, write_json
 from edgeml.stage import run
 
-RAW = Path("data/raw")
-
 
 def main() -> None:
     params = P.load().fetch
-    with atomic_dir(RAW) as tmp:
+    with atomic_dir(paths.RAW) as tmp:
         records = [fetch(name, source, tmp, retries=params.retries) for name, source in params.sources().items()]
     # Record where each file ends up after the folder is moved into place.
     write_json(
-        "data/sources.json",
-        {r.name: dataclasses.asdict(r) | {"path": (RAW / r.name / Path(r.path).name).as_posix()} for r in records},
+        paths.SOURCES,
+        {r.name: dataclasses.asdict(r) | {"path": (paths.RAW / r.name / Path(r.path).name).as_posix()} for r in records},
     )
 
 

@@ -2,18 +2,18 @@
 best one, chosen on validation numbers and the shared timing run only."""
 
 from edgeml import params as P
-from edgeml import sweep
+from edgeml import paths, sweep
 from edgeml.io import read_json, write_json, write_text
 from edgeml.stage import run
 
 
 def main() -> None:
     params = P.load()
-    results = {name: read_json(f"metrics/sweep/{name}.json") for name in params.sweep.recipes}
-    timing, reference = read_json("metrics/sweep_timing.json"), read_json("metrics/sweep_reference.json")["fp32"]
+    results = {name: read_json(paths.METRICS / "sweep" / f"{name}.json") for name in params.sweep.recipes}
+    timing, reference = read_json(paths.metrics("sweep_timing")), read_json(paths.metrics("sweep_reference"))["fp32"]
     summary = sweep.sweep_summary(results, timing, reference)
-    write_json("metrics/quant_sweep.json", summary)
-    write_text("metrics/quant_sweep.md", sweep.render_sweep(summary))
+    write_json(paths.metrics("quant_sweep"), summary)
+    write_text(paths.METRICS / "quant_sweep.md", sweep.render_sweep(summary))
 
 
 if __name__ == "__main__":

@@ -5,22 +5,40 @@ The runtime side (reading, verifying, running) is edgeml.runtime.artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgeml.bench.cpu import detector_cost_us
+from edgeml.data.readers import CIFAR10_CLASSES
+from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_path, write_text
-from edgeml.model.inference import normalize
-from edgeml.params import ParamsError
-from edgeml.quantization import load_deployable
+from edgeml.model.inference import normalize, predict_logits, to_tensor
+from edgeml.ood.detectors import (
+    LogitDetector,
+    ModelContext,
+    detector_class,
+    make_detector,
+)
+from edgeml.ood.protocol import choose_packaged
+from edgeml.params import Params, ParamsError
+from edgeml.quantization import load_deployable, load_head
 from edgeml.quantization.base import LogitsOnly
-from edgeml.runtime.artifact import ARTIFACT_DIR, FORMAT, METADATA, sha256_file
+from edgeml.runtime.artifact import (
+    ARTIFACT_DIR,
+    FORMAT,
+    METADATA,
+    EdgeModel,
+    input_metadata,
+    sha256_file,
+)
 from edgeml.runtime.images import IMAGE_SIZE
 
 
@@ -60,6 +78,91 @@ def build_artifact(
     digest = sha256_file(out_path)
     write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
     return digest
+
+
+def choose_detector(
+    params: Params, int8: Path, int8_choices: Optional[Mapping[str, dict]]
+) -> tuple[str, LogitDetector, dict[str, Any]]:
+    """The logit detector the artifact carries, with the record of its choice: ``package.detector``, or
+    for "auto" the best INT8 validation AUROC (``int8_choices``, the ood stage's) among those cheap enough."""
+    backend, package = params.quantize.backend, params.package
+    context = ModelContext(load_head(int8, backend))
+    candidates = {name: make_detector(name, context) for name in params.ood.detectors if issubclass(detector_class(name), LogitDetector)}
+    if package.detector == "auto":
+        added_us = detector_cost_us(load_deployable(int8, backend, features=True), candidates, params.bench.runs)
+        name, selection = choose_packaged({n: int8_choices[n]["validation_auroc"] for n in candidates}, added_us, package.max_added_us)
+    elif package.detector in candidates:
+        name, selection = package.detector, {"rule": "set by params package.detector"}
+    else:
+        raise ParamsError(f"package.detector: {package.detector!r} needs more than logits; the artifact carries {sorted(candidates)} or auto")
+    return name, candidates[name], selection
+
+
+def check_artifact(folder: Path, images: torch.Tensor, scores: np.ndarray, threshold: float) -> int:
+    """The artifact in ``folder`` must score ``images`` as the pipeline's INT8 model + detector did
+    (``scores``). Not bit for bit: it normalises inside its own graph, and a float rounding difference
+    there can move an input across a quantization step (GEN's p**0.1 magnifies that for small
+    probabilities). Its decisions at ``threshold`` must agree on all but one image in a thousand.
+    Returns how many decisions differ."""
+    with torch.no_grad():
+        _, artifact_scores = EdgeModel.load(folder).module(images)
+    artifact_scores = np.asarray(artifact_scores)
+    np.testing.assert_allclose(artifact_scores, scores, rtol=1e-3, atol=1e-3)
+    flipped = int(((artifact_scores >= threshold) != (scores >= threshold)).sum())
+    if flipped > len(scores) // 1000:
+        raise AssertionError(f"package: the artifact decides differently on {flipped} of {len(scores)} validation images")
+    return flipped
+
+
+@dataclasses.dataclass
+class Packaged:
+    """What the package stage built and records: the artifact's digest, its detector and threshold."""
+
+    sha256: str
+    detector: str
+    selection: dict[str, Any]
+    threshold: float
+    val_scores: np.ndarray  # the INT8 model + detector on the ID validation images the threshold is set on
+    flipped: int  # validation decisions the artifact takes differently
+
+    def metrics(self, params: Params, test_scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The package metrics, ``test_scores`` being the ood stage's INT8 scores with this detector."""
+        return {
+            "sha256": self.sha256,
+            "detector": self.detector,
+            "selection": self.selection,
+            "threshold": self.threshold,
+            # disjoint image sets: calibration draws from the training split, the threshold from the held-out one
+            "calibration_images": {"split": params.quantize.calibration_split, "count": params.quantize.calibration_size},
+            "threshold_images": {"split": "val", "count": len(self.val_scores)},
+            "val_tpr": float((self.val_scores >= self.threshold).mean()),
+            "artifact_decisions_differing": self.flipped,
+            "test_tpr": float((test_scores["id"] >= self.threshold).mean()),
+            "test_fpr": {s: float((test_scores[s] >= self.threshold).mean()) for s in params.ood.sets},
+        }
+
+
+def package_int8(params: Params, int8: Path, int8_choices: Optional[Mapping[str, dict]], prepared: Path, out: Path) -> Packaged:
+    """The artifact of the INT8 file ``int8`` in ``out``: its detector (``choose_detector``), a threshold
+    keeping ``package.id_tpr`` of the ID validation images (``val_x`` of the arrays file ``prepared``,
+    disjoint from the training images calibration used), and the check that the artifact decides as
+    the pipeline does."""
+    backend, package = params.quantize.backend, params.package
+    name, detector, selection = choose_detector(params, int8, int8_choices)
+    val_x = to_tensor(load_arrays(prepared)["val_x"])
+    val_scores = detector.score_logits(predict_logits(load_deployable(int8, backend), val_x, params.ood.batch_size)).numpy()
+    threshold = threshold_at_tpr(val_scores, package.id_tpr)
+    metadata = {
+        "classes": list(CIFAR10_CLASSES),
+        "input": input_metadata(),
+        "detector": name,
+        "threshold": threshold,
+        "threshold_rule": f"keeps {package.id_tpr:.0%} of {len(val_x)} ID validation images",
+        "quantize": dataclasses.asdict(params.quantize),
+        "int8_model_sha256": sha256_file(int8),
+    }
+    digest = build_artifact(int8, backend, detector.score_logits, metadata, artifact_path(backend, out))
+    return Packaged(digest, name, selection, threshold, val_scores, check_artifact(out, val_x, val_scores, threshold))
 
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]

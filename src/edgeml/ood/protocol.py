@@ -6,11 +6,13 @@ tune on validation, report on test). Test data is scored here, never compared or
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from edgeml.model.inference import to_tensor
 from edgeml.ood.detectors import (
     Detector,
     Evidence,
@@ -21,7 +23,7 @@ from edgeml.ood.detectors import (
     make_detector,
 )
 from edgeml.ood.metrics import group_means, ood_metrics
-from edgeml.params import ParamsError
+from edgeml.params import OODParams, ParamsError
 from edgeml.runtime.images import DataError
 
 Validation = tuple[Evidence, Evidence]  # (ID validation, OOD validation)
@@ -82,27 +84,22 @@ def set_metrics(scores: dict[str, np.ndarray], sets: list[str], groups: dict[str
 
 
 def validation_quality(
-    model: torch.nn.Module,
-    context: ModelContext,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ood_images: torch.Tensor,
-    detectors: list[str],
-    id_images: int,
-    batch_size: int,
+    model: torch.nn.Module, context: ModelContext, arrays: Mapping[str, np.ndarray], ood_images: np.ndarray, ood: OODParams
 ) -> dict[str, Any]:
     """What a quantization recipe is chosen on, validation data only: top-1 on the held-out training
-    split ``images``, and each logit detector's AUROC of its first ``id_images`` vs ``ood_images``
-    (the detectors the artifact can carry, MSP among them)."""
-    everything = Evidence("validation/all", images, model, batch_size)
-    id_evidence = Evidence("validation/id", images[:id_images], model, batch_size)
-    id_evidence.outputs = everything.outputs[:id_images]
-    validation = (id_evidence, Evidence("validation/ood", ood_images, model, batch_size))
+    split (``arrays["val_x"]``), and each logit detector of ``ood.detectors``' AUROC of its first
+    ``ood.validation_images`` vs the uint8 HWC ``ood_images`` (the detectors the artifact can carry,
+    MSP among them)."""
+    images, labels = to_tensor(arrays["val_x"]), torch.from_numpy(arrays["val_y"])
+    everything = Evidence("validation/all", images, model, ood.batch_size)
+    id_evidence = Evidence("validation/id", images[: ood.validation_images], model, ood.batch_size)
+    id_evidence.outputs = everything.outputs[: ood.validation_images]
+    validation = (id_evidence, Evidence("validation/ood", to_tensor(ood_images), model, ood.batch_size))
     return {
         "top1": top1(everything.outputs.logits, labels),
         "auroc": {
             name: validation_auroc(make_detector(name, context), validation)
-            for name in detectors
+            for name in ood.detectors
             if issubclass(detector_class(name), LogitDetector)
         },
     }

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.reporting.markdown import table
+
 MODELS = ("fp32", "int8")
 
 
@@ -91,14 +93,10 @@ def table2(ood: dict, detector: str, ood_set: str) -> dict[str, tuple[float, flo
 
 
 def markdown_table(rows: dict[str, tuple], paper: dict[str, tuple] | None = None) -> str:
-    header = "| | FP32 | INT8 |" + (" Paper FP32 | Paper INT8 |" if paper else "")
-    lines = [header, "|---" * (header.count("|") - 1) + "|"]
-    for name, values in rows.items():
-        cells = [_fmt(v) for v in values]
-        if paper:
-            cells += [_fmt(v) for v in paper.get(name, ("", ""))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Table 1 or 2 (FP32, INT8), with the paper's values beside where given (blank where it has none)."""
+    header = ["", "FP32", "INT8"] + (["Paper FP32", "Paper INT8"] if paper else [])
+    return table(header, [[name, *map(_fmt, (*values, *(paper.get(name, ("", "")) if paper else ())))]
+                          for name, values in rows.items()])
 
 
 def validation_chosen(choices: dict, model: str = "int8") -> str:
@@ -233,21 +231,19 @@ def predict_load_markdown(bench: dict) -> str:
     artifact, env, settings = bench["artifact"], bench["environment"], bench["settings"]
     isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
     workers = artifact["decode_workers"]
+    header = ["files", "decoding, 1 thread (µs/file)", "decoding in turn (images/s)",
+              f"{workers} decoding threads (images/s)", "share of the model alone", "RSS growth (MB)"]
+    rows = [
+        [_file_kind(kind), f"{row['decode_us_per_file']:.0f}", f"{row['sequential']['images_per_s']:.0f}",
+         f"{row['parallel']['images_per_s']:.0f}", f"{100 * row['parallel']['share_of_model_only']:.0f}%",
+         _fmt(row["parallel"]["rss_growth_mb"], 1)]
+        for kind, row in artifact["throughput"].items()
+    ]
     lines = [
         f"#### `edgeml predict` on image files ({env['cpu']['model']}, {isa}; {env['threads']} threads, "
         f"batch {settings['throughput_batch_size']})",
         "",
-        f"| files | decoding, 1 thread (µs/file) | decoding in turn (images/s) | {workers} decoding threads (images/s) "
-        f"| share of the model alone | RSS growth (MB) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for kind, row in artifact["throughput"].items():
-        sequential, parallel = row["sequential"], row["parallel"]
-        lines.append(
-            f"| {_file_kind(kind)} | {row['decode_us_per_file']:.0f} | {sequential['images_per_s']:.0f} "
-            f"| {parallel['images_per_s']:.0f} | {100 * parallel['share_of_model_only']:.0f}% | {_fmt(parallel['rss_growth_mb'], 1)} |"
-        )
-    lines += [
+        table(header, rows),
         "",
         f"{settings['artifact_images']} CIFAR-10 test images, saved as files. The artifact's model alone, on the same "
         f"images decoded beforehand: {artifact['model_only_images_per_s']:.0f} images/s, the most that decoding ahead "
@@ -256,22 +252,27 @@ def predict_load_markdown(bench: dict) -> str:
     ]
     soak = artifact.get("soak")
     if soak:
+        header = ["decoding", "records", "error records", "exit code", "stderr", "images/s", "CPU µs/image", "peak RSS (MB)"]
+        rows = [
+            [_workers_label(run["workers"]), f"{run['records']:,}", f"{run['errors']:,}", str(run["exit_code"]),
+             "not empty" if run["stderr"] else "empty", _fmt(run["images_per_s_steady"], 0),
+             f"{run['cpu_us_per_image']:.0f}", f"{run['peak_rss_mb']:.0f}"]
+            for run in (soak["sequential"], soak["parallel"])
+        ]
         lines += [
             "",
             f"Soak: `edgeml predict` run as its own process on {soak['sequential']['files']:,} files ({soak['mix']}).",
             "",
-            "| decoding | records | error records | exit code | stderr | images/s | CPU µs/image | peak RSS (MB) |",
-            "|---|---|---|---|---|---|---|---|",
+            table(header, rows),
+            "",
+            "images/s: from the first output line to the last; peak RSS: the command's own, the kernel's high-water mark (VmHWM).",
         ]
-        for mode in ("sequential", "parallel"):
-            run = soak[mode]
-            label = "in turn (`--workers 0`)" if run["workers"] == 0 else f"{run['workers']} threads (`--workers {run['workers']}`)"
-            lines.append(
-                f"| {label} | {run['records']:,} | {run['errors']:,} | {run['exit_code']} | {'empty' if not run['stderr'] else 'not empty'} "
-                f"| {_fmt(run['images_per_s_steady'], 0)} | {run['cpu_us_per_image']:.0f} | {run['peak_rss_mb']:.0f} |"
-            )
-        lines += ["", "images/s: from the first output line to the last; peak RSS: the command's own, the kernel's high-water mark (VmHWM)."]
     return "\n".join(lines) + "\n"
+
+
+def _workers_label(workers: int) -> str:
+    """How the soak decoded, as the command's option reads."""
+    return "in turn (`--workers 0`)" if workers == 0 else f"{workers} threads (`--workers {workers}`)"
 
 
 def _file_kind(kind: str) -> str:
@@ -334,12 +335,12 @@ def headline(
 def detector_table(ood: dict, columns: list[str], key: str = "auroc") -> str:
     """Every detector x OOD set (or group mean): FP32 -> INT8 with its own validation choices (change),
     and in brackets the change with the FP32 model's choices where those differ (pure quantization effect)."""
-    lines = ["| detector | " + " | ".join(columns) + " |", "|---" * (1 + len(columns)) + "|"]
+    rows = []
     for detector in ood["fp32"]:
-        cells = []
+        cells = [detector]
         for column in columns:
             fp32, int8, pure = (100 * ood[m][detector][column][key] for m in (*MODELS, PURE))
             cell = f"{fp32:.2f} → {int8:.2f} ({int8 - fp32:+.2f})"
             cells.append(cell + (f" [{pure - fp32:+.2f}]" if pure != int8 else ""))
-        lines.append(f"| {detector} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return table(["detector", *columns], rows)

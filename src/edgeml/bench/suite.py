@@ -1,0 +1,120 @@
+"""The bench stages' measurements: CPU and GPU speed of every FP32 path and INT8 (and of every sweep recipe), the
+compute floor, what each detector adds, the `edgeml predict` path and its soak, and Table 1's rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeml.bench import artifact as predict_bench
+from edgeml.bench import cpu as cpu_timing
+from edgeml.bench import environment as host
+from edgeml.bench import gpu as gpu_timing
+from edgeml.bench import loadtest, roofline
+from edgeml.data.splits import load_arrays
+from edgeml.io import read_json
+from edgeml.model.resnet import load_checkpoint, parameter_count
+from edgeml.ood.detectors import Evidence, GradientSigns, ModelContext, fit_set
+from edgeml.ood.protocol import fitted
+from edgeml.params import Params
+from edgeml.quantization import export_fp32, load_deployable, load_head
+from edgeml.runtime.artifact import DECODE_WORKERS, find_artifact
+
+
+def table1_rows(
+    table_models: Mapping[str, str],
+    backend: str,
+    parameters: int,
+    files: Mapping[str, Path],
+    cpu: Mapping[str, Mapping[str, float]],
+    gpu_cells: Mapping[str, Mapping[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Table 1's rows, by row name (``table_models``: row -> the measured path it shows), from the CPU
+    numbers per path, the GPU cells per row and the files' sizes."""
+    return {
+        name: {
+            "path": backend if name == "int8" else source.removeprefix("fp32_"),
+            # Quantization changes storage, not the number of weights.
+            "parameters": parameters,
+            "size_mb": cpu_timing.file_size_mb(files[source]),
+            "cpu_latency_ms": cpu[source]["latency_ms"],
+            "cpu_throughput_images_per_s": cpu[source]["throughput_images_per_s"],
+            "gpu_latency_ms": gpu_cells[name]["latency_ms"],
+            "gpu_path": gpu_cells[name]["path"],
+        }
+        for name, source in table_models.items()
+    }
+
+
+def run_bench(
+    params: Params, fp32: Path, fp32_files: Mapping[str, Path], int8: Path, prepared: Path, choices: Path, artifact_dir: Path
+) -> dict[str, Any]:
+    """Every bench measurement and Table 1's rows. ``fp32`` is the checkpoint, ``fp32_files`` its
+    deployable files by path name, ``int8`` the INT8 file; the detectors are timed with the INT8
+    settings the ood stage chose (``choices``), fitted on the training sample of the arrays file
+    ``prepared``; ``artifact_dir`` holds the packaged artifact."""
+    bench, backend = params.bench, params.quantize.backend
+    float_model = load_checkpoint(fp32)
+    files = {**fp32_files, "int8": int8}
+    deployed = {name: load_deployable(path, backend) for name, path in files.items()}
+    cpu = cpu_timing.bench_cpu(
+        deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
+    )
+    example = torch.zeros(1, 3, 32, 32)
+    compute = roofline.compare_to_floor(
+        cpu, list(fp32_files), roofline.count_macs(float_model, example), roofline.gemm_peak_gmacs(bench.threads)
+    )
+    int8_onnx = int8 if int8.suffix == ".onnx" else None
+    gpu = gpu_timing.bench_gpu(float_model, int8_onnx, bench.warmup, bench.runs, bench.throughput_batch_size)
+    gpu_cells = gpu_timing.gpu_table_cells(gpu)  # Table 1: the fastest FP32 GPU path at batch 1
+    int8_with_features = load_deployable(int8, backend, features=True)
+    arrays = load_arrays(prepared)
+    fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
+    fit = Evidence("fit", fit_images, int8_with_features, params.ood.batch_size).outputs
+    # the INT8 model's own head and its validation-chosen settings, as the ood stage used them
+    context = ModelContext(load_head(int8, backend), GradientSigns(float_model))
+    chosen = read_json(choices)["int8"]
+    detectors = {name: fitted(name, chosen[name]["chosen"], context, fit, fit_labels) for name in params.ood.detectors}
+    detector_cost = cpu_timing.detector_cost_us(int8_with_features, detectors, bench.runs)
+    images = arrays["test_x"][: bench.artifact_images]
+    with tempfile.TemporaryDirectory() as workdir:
+        artifact = predict_bench.bench_artifact(
+            find_artifact(artifact_dir), images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
+        )
+        folder = Path(workdir, "soak")
+        loadtest.write_mixed_files(folder, bench.soak_files)
+        artifact["soak"] = {"mix": loadtest.MIX} | {
+            mode: loadtest.soak(artifact_dir, folder, bench.throughput_batch_size, workers, bench.threads)
+            for mode, workers in {"sequential": 0, "parallel": DECODE_WORKERS}.items()
+        }
+    # Table 1 compares INT8 with the fastest FP32 path measured in this run.
+    table_models = {"fp32": compute["fastest_fp32_path"], "int8": "int8"}
+    return (
+        table1_rows(table_models, backend, parameter_count(float_model), files, cpu, gpu_cells)
+        | {"cpu_paths": cpu, "gpu_paths": gpu, "compute": compute, "artifact": artifact, "detector_cost_us": detector_cost}
+        | {"environment": host.environment(bench.threads), "settings": dataclasses.asdict(bench)}
+    )
+
+
+def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str, Any]:
+    """Every sweep recipe's INT8 file (``int8``, by recipe) and both FP32 paths of the checkpoint ``fp32``
+    timed in one process, taking turns over ``sweep.timing_rounds`` rounds, against the compute floor."""
+    bench, recipes = params.bench, params.sweep.recipes
+    float_model = load_checkpoint(fp32)
+    int8_models = {name: load_deployable(int8[name], recipe.backend) for name, recipe in recipes.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        float_paths = {name: load_deployable(path) for name, path in export_fp32(float_model, tmp).items()}
+        timing = cpu_timing.time_recipes(
+            float_paths, int8_models, bench.threads, bench.warmup, params.sweep.timing_rounds,
+            -(-bench.runs // params.sweep.timing_rounds), bench.throughput_batch_size, bench.throughput_runs,
+        )
+    macs, peaks = roofline.count_macs(float_model, torch.zeros(1, 3, 32, 32)), roofline.gemm_peak_gmacs(bench.threads)
+    return {
+        **timing, "macs_per_sample": macs, "gemm_peak_gmacs": peaks, "floor_ms": roofline.floor_ms(macs, peaks),
+        "environment": host.environment(bench.threads),
+    }

@@ -1,0 +1,71 @@
+"""The ood stage's experiment: every deployed model x detector x image set, each detector's settings
+chosen on validation data only. INT8 is also scored with the FP32 model's choices, separating the
+quantization effect from the re-tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.io import write_npz
+from edgeml.model.inference import to_tensor
+from edgeml.model.resnet import load_checkpoint
+from edgeml.ood import protocol
+from edgeml.ood.detectors import Evidence, GradientSigns, ModelContext, fit_set
+from edgeml.params import OODParams
+from edgeml.quantization import load_deployable, load_head
+
+REFERENCE = "fp32"  # whose choices the pure-quantization view re-uses
+
+
+def run_experiment(
+    ood: OODParams,
+    models: Mapping[str, Path],
+    backend: str,
+    twin: Path,
+    arrays: Mapping[str, np.ndarray],
+    ood_images: Mapping[str, np.ndarray],
+    id_split: tuple[np.ndarray, np.ndarray],
+    out: Path,
+) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Score the ID test images (``arrays["test_x"]`` at the positions ``id_split[0]``) and each of
+    ``ood.sets`` with every detector on each deployable file of ``models`` (``REFERENCE`` first),
+    writing ``out/<model>_<detector>.npz``. The FP32 checkpoint ``twin`` drives ODIN's nudge for every
+    model; ``ood_images`` holds ``ood.sets`` and ``ood.validation_set``. Returns (each model's detector
+    choices, the metrics of every model and view)."""
+    fit_images, fit_labels = fit_set(arrays, ood.fit_images, ood.seed)
+    id_positions, id_validation = id_split
+    test_images = {"id": to_tensor(arrays["test_x"][id_positions])} | {name: to_tensor(ood_images[name]) for name in ood.sets}
+    validation_images = {
+        "id": to_tensor(id_validation[: ood.validation_images]),
+        "ood": to_tensor(ood_images[ood.validation_set]),
+    }
+    # The FP32 twin's gradients drive ODIN's nudge for both models; computed once per set and temperature.
+    gradients = GradientSigns(load_checkpoint(twin))
+    metrics: dict[str, dict] = {}
+    choices: dict[str, dict] = {}
+    for model_name, path in models.items():
+        model = load_deployable(path, backend, features=True)
+        context = ModelContext(load_head(path, backend), gradients)
+        fit = Evidence("fit", fit_images, model, ood.batch_size).outputs
+        validation = tuple(Evidence(f"validation/{k}", x, model, ood.batch_size) for k, x in validation_images.items())
+        test = {key: Evidence(f"test/{key}", x, model, ood.batch_size) for key, x in test_images.items()}
+        views = [model_name] + ([f"{model_name}_{REFERENCE}_settings"] if model_name != REFERENCE else [])
+        for name in ood.detectors:
+            detector, record = protocol.choose(name, ood.search.get(name, {}), context, fit, fit_labels, validation)
+            choices.setdefault(model_name, {})[name] = record
+            scores = protocol.score_sets(detector, name, test, ood.perturbation_images, ood.seed)
+            write_npz(out / f"{model_name}_{name}.npz", **scores)
+            metrics.setdefault(model_name, {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
+            if len(views) > 1:  # the same model with the reference model's validation choice
+                reference = choices[REFERENCE][name]["chosen"]
+                if reference != record["chosen"]:
+                    same = protocol.fitted(name, reference, context, fit, fit_labels)
+                    scores = protocol.score_sets(same, name, test, ood.perturbation_images, ood.seed)
+                metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
+    split = {"name": ood.id_split, "test_images": len(test_images["id"]),
+             "validation_images": len(validation_images["id"]), "validation_set": ood.validation_set}
+    return choices, {"id_split": split, "perturbation_images": ood.perturbation_images, **metrics}

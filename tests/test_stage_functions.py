@@ -1,0 +1,253 @@
+"""What the stage scripts call: the experiment loop, the artifact and its check, Table 1's rows, a sweep
+recipe, the sweep timing, prepare and the report; on a tiny ResNet18, its INT8 twin and tiny data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cifar_python_files, write_tar
+
+from edgeml import params as P
+from edgeml.bench.cpu import file_size_mb
+from edgeml.bench.roofline import floor_ms
+from edgeml.bench.suite import table1_rows, time_sweep
+from edgeml.data.prepare import prepare
+from edgeml.data.splits import load_arrays
+from edgeml.io import write_npz
+from edgeml.model.inference import predict_logits
+from edgeml.model.resnet import save_checkpoint
+from edgeml.ood.experiment import REFERENCE, run_experiment
+from edgeml.package import check_artifact, choose_detector, package_int8
+from edgeml.params import (
+    OODParams,
+    OODSetSpec,
+    ParamsError,
+    PrepareParams,
+    QuantizeParams,
+)
+from edgeml.quantization import (
+    WithFeatureMap,
+    deployed_paths,
+    int8_path,
+    load_deployable,
+    make_quantizer,
+)
+from edgeml.quantization.eager import export_torchscript
+from edgeml.quantization.recipe import sweep_quantizer, sweep_recipe
+from edgeml.reporting import tables
+from edgeml.reporting.report import INPUTS, write_report
+from edgeml.runtime.artifact import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = "fbgemm"
+OOD = OODParams(
+    detectors=["msp", "energy", "knn"],
+    sets=["noise", "dark"],
+    groups={"far": ["noise", "dark"]},
+    fit_images=40,
+    batch_size=16,
+    threads=1,
+    validation_set="val_noise",
+    validation_images=16,
+    search={"knn": {"k": [1, 5]}},
+)
+
+
+def nhwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def deployed(float_model_and_images, tmp_path_factory) -> dict[str, Path]:
+    """The FP32 checkpoint, and the deployable FP32 and INT8 files as the quantize stage writes them."""
+    model, images = float_model_and_images
+    folder = tmp_path_factory.mktemp("deploy")
+    save_checkpoint(model, "torchvision", 10, folder / "checkpoint.pt")
+    models = deployed_paths(BACKEND, folder)
+    export_torchscript(WithFeatureMap(model), models["fp32"])
+    make_quantizer(QuantizeParams(backend=BACKEND, calibration_size=64)).run(model, images[:64], models["int8"])
+    return {"checkpoint": folder / "checkpoint.pt", **models}
+
+
+@pytest.fixture(scope="module")
+def arrays(float_model_and_images) -> dict[str, np.ndarray]:
+    """CIFAR-10-like arrays: 48 training, 24 validation and 24 test images."""
+    images = nhwc(float_model_and_images[1])
+    labels = np.random.default_rng(0).integers(0, 10, len(images))
+    return {"train_x": images[:48], "train_y": labels[:48], "val_x": images[48:72], "val_y": labels[48:72],
+            "test_x": images[72:], "test_y": labels[72:]}
+
+
+def ood_images(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (36, 32, 32, 3), dtype=np.uint8)
+    return {"noise": noise[:20], "dark": noise[20:] // 4, "val_noise": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)}
+
+
+def experiment(deployed, arrays, sets, out: Path) -> tuple[dict, dict]:
+    models = {name: deployed[name] for name in ("fp32", "int8")}
+    out.mkdir()
+    return run_experiment(OOD, models, BACKEND, deployed["checkpoint"], arrays, sets, (np.arange(24), arrays["val_x"]), out)
+
+
+def test_the_experiment_scores_every_model_detector_and_set_with_validation_choices(deployed, arrays, tmp_path):
+    choices, metrics = experiment(deployed, arrays, ood_images(0), tmp_path / "scores")
+    assert set(choices) == {"fp32", "int8"}
+    for model in choices:
+        assert set(choices[model]) == set(OOD.detectors)
+        knn = choices[model]["knn"]
+        assert [setting for setting, _ in knn["tried"]] == [{"k": 1}, {"k": 5}]
+        assert knn["validation_auroc"] == max(auroc for _, auroc in knn["tried"])
+        assert knn["hyperparameters"] == knn["chosen"]
+        assert choices[model]["msp"]["chosen"] == {}  # no grid: the defaults alone
+    assert metrics["id_split"] == {"name": "odin", "test_images": 24, "validation_images": 16, "validation_set": "val_noise"}
+    assert metrics["perturbation_images"] is None
+    assert set(metrics) == {"id_split", "perturbation_images", "fp32", "int8", f"int8_{REFERENCE}_settings"}
+    for view in ("fp32", "int8", f"int8_{REFERENCE}_settings"):
+        assert set(metrics[view]) == set(OOD.detectors)
+        for detector in OOD.detectors:
+            assert set(metrics[view][detector]) == {"noise", "dark", "mean_far"}
+            assert 0.0 <= metrics[view][detector]["noise"]["auroc"] <= 1.0
+    for model in ("fp32", "int8"):
+        for detector in OOD.detectors:
+            scores = load_arrays(tmp_path / "scores" / f"{model}_{detector}.npz")
+            assert {key: len(s) for key, s in scores.items()} == {"id": 24, "noise": 20, "dark": 16}
+    # the reference view of a detector without a grid is the model's own
+    assert metrics[f"int8_{REFERENCE}_settings"]["msp"] == metrics["int8"]["msp"]
+
+
+def test_the_experiment_never_chooses_on_test_data(deployed, arrays, tmp_path):
+    sets = ood_images(0)
+    other = ood_images(1) | {"val_noise": sets["val_noise"]}  # other test sets, the same validation set
+    choices, metrics = experiment(deployed, arrays, sets, tmp_path / "a")
+    other_choices, other_metrics = experiment(deployed, arrays, other, tmp_path / "b")
+    assert other_choices == choices
+    assert other_metrics["int8"]["msp"]["noise"] != metrics["int8"]["msp"]["noise"]
+
+
+def params_with(**package) -> P.Params:
+    params = P.load(ROOT / "params.yaml")
+    return dataclasses.replace(
+        params,
+        quantize=dataclasses.replace(params.quantize, backend=BACKEND),
+        ood=dataclasses.replace(params.ood, detectors=OOD.detectors, search=OOD.search, batch_size=16),
+        package=dataclasses.replace(params.package, **package),
+        bench=dataclasses.replace(params.bench, runs=3),
+    )
+
+
+def test_auto_packages_the_best_cheap_detector_with_a_threshold_the_artifact_keeps(deployed, arrays, tmp_path):
+    write_npz(tmp_path / "cifar10.npz", **arrays)
+    choices = {"msp": {"validation_auroc": 0.7}, "energy": {"validation_auroc": 0.8}, "knn": {"validation_auroc": 0.99}}
+    out = tmp_path / "artifact"
+    out.mkdir()
+    params = params_with(detector="auto", max_added_us=1e9, id_tpr=0.75)
+    packaged = package_int8(params, deployed["int8"], choices, tmp_path / "cifar10.npz", out)
+    assert packaged.detector == "energy"  # knn needs features: the artifact cannot carry it
+    assert set(packaged.selection["added_us"]) == {"msp", "energy"}
+    assert packaged.flipped == 0 and len(packaged.val_scores) == 24
+    (artifact,) = [p for p in out.iterdir() if p.suffix == ".pt"]
+    assert packaged.sha256 == sha256_file(artifact)
+    below, *others = params.ood.sets
+    test_scores = {"id": packaged.val_scores, below: np.full(5, packaged.threshold - 1)}
+    metrics = packaged.metrics(params, test_scores | {s: np.full(5, packaged.threshold) for s in others})
+    assert metrics["val_tpr"] == metrics["test_tpr"] == 0.75
+    assert metrics["test_fpr"] == {below: 0.0} | {s: 1.0 for s in others}
+    assert metrics["threshold_images"] == {"split": "val", "count": 24}
+    # an artifact that decides differently from the pipeline's scores is refused
+    images = torch.from_numpy(arrays["val_x"]).permute(0, 3, 1, 2)
+    boundary = float(np.sort(packaged.val_scores)[12])
+    with pytest.raises(AssertionError, match="decides differently"):
+        check_artifact(out, images, packaged.val_scores - 1e-4, boundary)
+    with pytest.raises(AssertionError):
+        check_artifact(out, images, packaged.val_scores + 1.0, packaged.threshold)
+
+
+def test_a_detector_the_artifact_cannot_carry_is_refused(deployed):
+    assert choose_detector(params_with(detector="msp"), deployed["int8"], None)[0] == "msp"
+    with pytest.raises(ParamsError, match="package.detector: 'knn' needs more than logits"):
+        choose_detector(params_with(detector="knn"), deployed["int8"], None)
+
+
+def test_table1_rows_come_from_the_bench_numbers(deployed):
+    cpu = {"fp32_torchscript": {"latency_ms": 2.0, "throughput_images_per_s": 900.0},
+           "fp32_onnxruntime": {"latency_ms": 1.5, "throughput_images_per_s": 1000.0},
+           "int8": {"latency_ms": 0.5, "throughput_images_per_s": 3000.0}}
+    gpu_cells = {"fp32": {"path": "fp32_fp16_graph", "latency_ms": 0.2}, "int8": {"path": None, "latency_ms": "not measured"}}
+    files = {"fp32_onnxruntime": deployed["fp32"], "int8": deployed["int8"]}
+    rows = table1_rows({"fp32": "fp32_onnxruntime", "int8": "int8"}, BACKEND, 123, files, cpu, gpu_cells)
+    assert rows["fp32"] == {"path": "onnxruntime", "parameters": 123, "size_mb": file_size_mb(deployed["fp32"]),
+                            "cpu_latency_ms": 1.5, "cpu_throughput_images_per_s": 1000.0,
+                            "gpu_latency_ms": 0.2, "gpu_path": "fp32_fp16_graph"}
+    assert rows["int8"] == {"path": BACKEND, "parameters": 123, "size_mb": file_size_mb(deployed["int8"]),
+                            "cpu_latency_ms": 0.5, "cpu_throughput_images_per_s": 3000.0,
+                            "gpu_latency_ms": "not measured", "gpu_path": None}
+    assert rows["int8"]["size_mb"] < rows["fp32"]["size_mb"]
+
+
+def test_a_sweep_recipe_is_judged_on_validation_data_only(float_model_and_images, arrays, tmp_path):
+    params = params_with()
+    params = dataclasses.replace(params, sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams(calibration_size=32)}))
+    with pytest.raises(ParamsError, match="sweep.recipes: no recipe 'nope'"):
+        sweep_quantizer(params, "nope")
+    ood = dataclasses.replace(OOD, validation_images=8)
+    validation_ood = ood_images(0)["val_noise"]
+    record = sweep_recipe(sweep_quantizer(params, "tiny"), float_model_and_images[0], arrays, validation_ood, ood, tmp_path)
+    assert record["recipe"]["calibration_size"] == 32
+    assert record["size_mb"]["int8"] < record["size_mb"]["fp32"]
+    assert record["quantize_seconds"] > 0
+    assert set(record["validation"]["auroc"]) == {"msp", "energy"}  # the detectors the artifact can carry
+    model = load_deployable(int8_path(BACKEND, tmp_path), BACKEND)
+    logits = predict_logits(model, torch.from_numpy(arrays["val_x"]).permute(0, 3, 1, 2))
+    assert record["validation"]["top1"] == (logits.argmax(1) == torch.from_numpy(arrays["val_y"])).float().mean().item()
+
+
+def test_time_sweep_times_every_recipe_against_both_fp32_paths(deployed):
+    params = params_with()
+    params = dataclasses.replace(
+        params,
+        sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams()}, timing_rounds=2),
+        bench=dataclasses.replace(params.bench, warmup=1, runs=4, throughput_batch_size=2, throughput_runs=2),
+    )
+    timing = time_sweep(params, deployed["checkpoint"], {"tiny": deployed["int8"]})
+    assert set(timing["recipes"]) == {"tiny"}
+    assert timing["fastest_fp32_path"] in {"fp32_torchscript", "fp32_onnxruntime"}
+    assert timing["floor_ms"] == floor_ms(timing["macs_per_sample"], timing["gemm_peak_gmacs"])
+
+
+def test_prepare_writes_every_split_and_set(tmp_path):
+    archive = write_tar(tmp_path / "cifar-10-python.tar.gz", cifar_python_files(2, 2))
+    specs = {"gaussian": OODSetSpec(dataset="gaussian_noise", transform="none", count=5),
+             "uniform": OODSetSpec(dataset="uniform_noise", transform="none", count=4)}
+    out = tmp_path / "prepared"
+    counts = prepare(PrepareParams(val_size=10, seed=0, ood_sets=specs), "uniform", {"cifar10": {"path": str(archive)}}, out)
+    assert counts == {"train": 90, "val": 10, "test": 20, "gaussian": 5, "uniform": 4}
+    arrays = load_arrays(out / "cifar10.npz")
+    assert len(arrays["train_x"]) == 90 and len(arrays["val_x"]) == 10
+    assert load_arrays(out / "ood" / "gaussian.npz")["x"].shape == (5, 32, 32, 3)
+    assert not (out / "openood_cifar10.npz").exists()  # no OpenOOD lists among the sources
+
+
+def test_the_report_is_written_from_the_metrics(tmp_path):
+    metrics = {name: json.loads((ROOT / "metrics" / f"{name}.json").read_text()) for name in INPUTS}
+    packaged = metrics["package"]["detector"]
+    params = P.load(ROOT / "params.yaml")
+    params = dataclasses.replace(params, ood=dataclasses.replace(params.ood, detectors=sorted({"msp", packaged}), search={}))
+    rng = np.random.default_rng(0)
+    for model in ("fp32", "int8"):
+        for detector in params.ood.detectors:
+            write_npz(tmp_path / "scores" / f"{model}_{detector}.npz",
+                      **{key: rng.normal(size=20) for key in ["id", *params.ood.sets]})
+    write_report(params, metrics, tmp_path / "metrics", lambda m, d: tmp_path / "scores" / f"{m}_{d}.npz", tmp_path / "plots")
+    tables_json = json.loads((tmp_path / "metrics" / "tables.json").read_text())
+    assert tables_json["table1"] == {row: dict(zip(tables.MODELS, v)) for row, v in tables.table1(metrics["bench"], metrics["evaluate"]).items()}
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
+    warned = (tmp_path / "metrics" / "report.md").read_text().startswith("> **")
+    assert summary["quantize_is_sweep_best"] == int(not warned)
+    assert (tmp_path / "plots" / "figures" / f"msp_{params.report.headline_set}.png").exists()
+    assert (tmp_path / "plots" / "figures" / "auroc_change.png").exists()
