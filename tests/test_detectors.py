@@ -8,6 +8,7 @@ from torch import nn
 
 from edgeml.model.inference import normalize
 from edgeml.ood.detectors import (
+    DETECTORS,
     MSP,
     Evidence,
     GradientSigns,
@@ -375,3 +376,38 @@ def test_vim_equals_pytorch_ood_where_its_float32_solver_converges():
     queries = torch.tensor(np.abs(rng.normal(0, 1.5, (20, 32))), dtype=torch.float32)
     torch.testing.assert_close(ours.score(evidence_of(outputs_of(queries, head))),
                                -reference.predict_features(queries), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in DETECTORS.items() if cls.carriable))
+def test_carriable_detectors_score_the_same_inside_an_onnx_graph(name, tmp_path):
+    """What the artifact computes (the detector's scorer, exported to ONNX and run by ONNX Runtime) is the
+    detector's own score, to within float32 rounding, on ID-like and far-off features."""
+    import onnxruntime as ort
+
+    from edgeml.quantization.onnxrt import export_onnx
+
+    torch.manual_seed(0)
+    head = nn.Linear(16, 4)
+    labels = torch.randint(0, 4, (200,))
+    fit = outputs_of(torch.relu(torch.randn(200, 16) + labels[:, None].float()), head)
+    detector = make_detector(name, ModelContext(head)) if name != "vim" else make_detector(name, ModelContext(head), dim=8)
+    detector.fit(fit, labels)
+    features = torch.cat([torch.relu(torch.randn(20, 16) + 1), 5 * torch.rand(10, 16)])
+    outputs = outputs_of(features, head)
+    expected = detector.score(evidence_of(outputs))
+    scorer = detector.scorer()
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(outputs.logits, outputs.features), expected, rtol=1e-4, atol=1e-4)
+    path = tmp_path / "scorer.onnx"
+    export_onnx(scorer, path, (outputs.logits[:2], outputs.features[:2]), ["logits", "features"], ["score"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"logits": outputs.logits.numpy(), "features": outputs.features.numpy()}
+    (onnx_scores,) = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})  # logit scores: no features
+    np.testing.assert_allclose(onnx_scores, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_detectors_that_need_more_than_logits_and_features_cannot_travel():
+    for name in ("odin", "knn", "ash_map"):
+        assert not DETECTORS[name].carriable
+        with pytest.raises(NotImplementedError, match="cannot travel in the artifact"):
+            make_detector(name, ModelContext(nn.Linear(4, 2))).scorer()

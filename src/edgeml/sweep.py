@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from edgeml.reporting.markdown import table
+
 if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, which the runtime install lacks
     from edgeml.params import QuantizeParams
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, whi
 SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
+MAX_TIE_BAND = 0.25  # however noisy the rounds, a recipe 25% slower than the best never ties with it
 
 
 def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
@@ -61,8 +64,8 @@ def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> d
 
 def tie_band(rows: dict[str, dict]) -> float:
     """How far below the best speed-up a recipe still ties: the largest spread measured among ``rows``
-    across timing rounds, and at least MIN_TIE_BAND."""
-    return max([MIN_TIE_BAND, *(row["speedup_spread"] for row in rows.values())])
+    across timing rounds, within [MIN_TIE_BAND, MAX_TIE_BAND]."""
+    return min(MAX_TIE_BAND, max([MIN_TIE_BAND, *(row["speedup_spread"] for row in rows.values())]))
 
 
 def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
@@ -79,7 +82,7 @@ def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
     tied = [n for n, row in quality.items() if row["speedup"] >= (1 - band) * top]
     return min(tied, key=by_loss), (
         f"meets the size, top-1 and AUROC goals; among those within {band:.1%} of the best speed-up (the largest "
-        f"round-to-round spread measured, at least {MIN_TIE_BAND:.0%}), the smallest AUROC loss"
+        f"round-to-round spread measured, within {MIN_TIE_BAND:.0%}-{MAX_TIE_BAND:.0%}), the smallest AUROC loss"
     )
 
 
@@ -114,26 +117,32 @@ def disagreement(quantize: QuantizeParams, summary: dict) -> str | None:
 def render_sweep(summary: dict[str, Any]) -> str:
     goals, rows = summary["goals"], summary["recipes"]
     mark = lambda ok: "" if ok else " ✗"  # noqa: E731
+    header = ["recipe", "backend", "size MB (x smaller)", "INT8 batch-1 ms", "fastest FP32 ms (path)",
+              "speed-up (spread)", "x compute floor", "INT8 images/s", "val top-1 FP32 → INT8",
+              "worst val AUROC loss (detector)"]
+    recipe_rows = []
+    for name, r in rows.items():
+        m = r["meets"]
+        recipe_rows.append([
+            f"**{name}**" if name == summary["best"] else name,
+            r["backend"],
+            f"{r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])})",
+            f"{r['latency_ms']:.3f}",
+            f"{r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')})",
+            f"{r['speedup']:.2f}x{mark(m['speedup'])} (±{r['speedup_spread'] / 2:.0%})",
+            f"{r['latency_over_floor']:.1f}",
+            f"{r['throughput_images_per_s']:.0f}",
+            (f"{r['val_top1']['fp32']:.2f} → {r['val_top1']['int8']:.2f} "
+             f"({-r['top1_drop_points']:+.2f}{mark(m['top1_drop_points'])})"),
+            f"{r['max_auroc_drop_points']:.2f} ({r['worst_detector']}){mark(m['auroc_drop_points'])}",
+        ])
+    detectors = list(next(iter(rows.values()))["val_auroc"])
+    auroc = [[name, *(f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in map(r["val_auroc"].get, detectors))]
+             for name, r in rows.items()]
     lines = [
         "#### Quantization recipes (chosen on validation data; committed FP32 model)",
         "",
-        "| recipe | backend | size MB (x smaller) | INT8 batch-1 ms | fastest FP32 ms (path) | speed-up (spread) "
-        "| x compute floor | INT8 images/s | val top-1 FP32 → INT8 | worst val AUROC loss (detector) |",
-        "|---" * 10 + "|",
-    ]
-    for name, r in rows.items():
-        m = r["meets"]
-        lines.append(
-            f"| {'**' + name + '**' if name == summary['best'] else name} | {r['backend']} "
-            f"| {r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])}) | {r['latency_ms']:.3f} "
-            f"| {r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')}) "
-            f"| {r['speedup']:.2f}x{mark(m['speedup'])} (±{r['speedup_spread'] / 2:.0%}) "
-            f"| {r['latency_over_floor']:.1f} | {r['throughput_images_per_s']:.0f} "
-            f"| {r['val_top1']['fp32']:.2f} → {r['val_top1']['int8']:.2f} ({-r['top1_drop_points']:+.2f}{mark(m['top1_drop_points'])}) "
-            f"| {r['max_auroc_drop_points']:.2f} ({r['worst_detector']}){mark(m['auroc_drop_points'])} |"
-        )
-    detectors = list(next(iter(rows.values()))["val_auroc"])
-    lines += [
+        table(header, recipe_rows),
         "",
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every detector the artifact can carry, "
@@ -145,12 +154,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
         "",
         "#### Validation AUROC (%) per detector, INT8 (change from FP32)",
         "",
-        "| recipe | " + " | ".join(detectors) + " |",
-        "|---" * (1 + len(detectors)) + "|",
+        table(["recipe", *detectors], auroc),
     ]
-    for name, r in rows.items():
-        cells = [f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in (r["val_auroc"][d] for d in detectors)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     env, compute = summary["environment"], summary["compute"]
     peaks = compute["gemm_peak_gmacs"]
     isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)

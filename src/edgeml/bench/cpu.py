@@ -59,7 +59,8 @@ def time_recipes(
 ) -> dict[str, Any]:
     """Batch-1 latency and batch-``batch_size`` throughput of every FP32 path and INT8 recipe, all in this
     process, taking turns for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest
-    FP32 path, per round and overall, and its spread ((max - min) / median of the per-round speed-ups)."""
+    FP32 path, per round and overall, and its spread: the interquartile range of the per-round speed-ups over
+    their median (a robust spread: one round disturbed by another process does not set it)."""
     torch.set_num_threads(threads)
     models = {**fp32, **int8}
     generator = torch.Generator().manual_seed(0)
@@ -79,10 +80,15 @@ def time_recipes(
             **cpu[name],
             "speedup": latency_ms[fastest] / latency_ms[name],
             "speedup_rounds": per_round,
-            "speedup_spread": (max(per_round) - min(per_round)) / statistics.median(per_round),
+            "speedup_spread": _iqr(per_round) / statistics.median(per_round),
         }
     return {"fp32": {name: cpu[name] for name in fp32}, "fastest_fp32_path": fastest, "recipes": recipes,
             "rounds": rounds, "runs_per_round": block}
+
+
+def _iqr(values: list[float]) -> float:
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return high - low
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -113,8 +113,25 @@ class ModelContext:
     gradients: Optional[GradientSigns] = None
 
 
+class Scorer(nn.Module):
+    """A detector's score of a model's (logits, features), with what ``fit`` learned held as float32 buffers:
+    the tail the deployable artifact computes inside its own graph (ONNX, TorchScript or torch.export), so
+    the edge runtime runs no detector code of its own."""
+
+    def __init__(self, score: Callable[..., torch.Tensor], **constants: torch.Tensor):
+        super().__init__()
+        self.score, self.names = score, tuple(constants)
+        for name, value in constants.items():
+            self.register_buffer(name, value.detach().float())
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.score(logits, features, **{name: getattr(self, name) for name in self.names})
+
+
 class Detector(ABC):
     name: ClassVar[str]
+    # True for detectors the artifact can carry: a function of the logits and pooled features (:meth:`scorer`)
+    carriable: ClassVar[bool] = False
     # True for detectors that run the model themselves on changed inputs (their cost includes a forward pass)
     perturbs_inputs: ClassVar[bool] = False
     # hyperparameter -> (low, high, low inclusive): the values ``ood.search`` may try
@@ -135,12 +152,26 @@ class Detector(ABC):
         """The values this detector ran with (written to the metrics)."""
         return {}
 
+    def scorer(self) -> Scorer:
+        """This fitted detector as the artifact's tail (for ``carriable`` detectors: the others need the layer4
+        map, input gradients or a feature bank too large for an edge file)."""
+        raise NotImplementedError(f"{self.name} cannot travel in the artifact")
+
+    def head_constants(self) -> dict[str, torch.Tensor]:
+        """The judged model's own classifier layer, for scorers that re-apply it to the features."""
+        return {"weight": self.context.head.weight, "bias": self.context.head.bias}
+
 
 class LogitDetector(Detector):
-    """A function of the logits alone: it can travel inside the deployable artifact."""
+    """A function of the logits alone."""
+
+    carriable = True
 
     def score(self, evidence: Evidence) -> torch.Tensor:
         return self.score_logits(evidence.outputs.logits)
+
+    def scorer(self) -> Scorer:
+        return Scorer(lambda logits, features: self.score_logits(logits))
 
     @abstractmethod
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor: ...
@@ -191,6 +222,7 @@ class MDS(Detector):
     pseudo-inverse is what OpenOOD's implementation uses (sklearn's precision)."""
 
     name = "mds"
+    carriable = True
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "MDS":
         features = outputs.features.double()
@@ -204,6 +236,13 @@ class MDS(Detector):
         diff = evidence.outputs.features.double()[:, None, :] - self.means[None]  # samples x classes x dims
         distances = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
         return -distances.min(dim=1).values.float()
+
+    def scorer(self) -> Scorer:
+        # precision = L L^T (its eigenvectors scaled by the root eigenvalues): the distance is ||L^T x - L^T mean||^2,
+        # one 512 x 512 product per image instead of one per class, and no cancellation in float32
+        values, vectors = torch.linalg.eigh(self.precision)
+        whiten = vectors * values.clamp_min(0).sqrt()
+        return Scorer(_mds_score, whiten=whiten, whitened_means=self.means @ whiten)
 
 
 class KNN(Detector):
@@ -237,6 +276,7 @@ class ViM(Detector):
     few or quantized features; here it runs in float64."""
 
     name = "vim"
+    carriable = True
     ranges = {"dim": (1, float("inf"), True)}
 
     def __init__(self, context: ModelContext, dim: int = 256):
@@ -264,6 +304,10 @@ class ViM(Detector):
         residual = ((features - self.origin) @ self.residual_space).norm(dim=1)
         return (torch.logsumexp(logits, dim=1) - self.alpha * residual).float()
 
+    def scorer(self) -> Scorer:
+        return Scorer(_vim_score, **self.head_constants(), origin=self.origin, residual_space=self.residual_space,
+                      alpha=torch.tensor(self.alpha))
+
     def hyperparameters(self) -> dict[str, float]:
         return {"principal_dim": self.dim}
 
@@ -273,6 +317,7 @@ class ReAct(Detector):
     with the judged model's own head."""
 
     name = "react"
+    carriable = True
     ranges = {"percentile": (0.0, 1.0, False)}
 
     def __init__(self, context: ModelContext, percentile: float = 0.9):
@@ -287,6 +332,9 @@ class ReAct(Detector):
 
     def score(self, evidence: Evidence) -> torch.Tensor:
         return -self._pood.predict_feature_maps(evidence.outputs.features[:, :, None, None])
+
+    def scorer(self) -> Scorer:
+        return Scorer(_react_score, **self.head_constants(), threshold=torch.as_tensor(float(self._pood.threshold)))
 
     def hyperparameters(self) -> dict[str, float]:
         return {"percentile": self.percentile, "threshold": float(self._pood.threshold)}
@@ -339,6 +387,7 @@ class FDBD(Detector):
     postprocessor (the summed distances; the 1 / (C - 1) factor does not change the ranking)."""
 
     name = "fdbd"
+    carriable = True
 
     def fit(self, outputs: Outputs, labels: torch.Tensor) -> "FDBD":
         self.mean = outputs.features.double().mean(dim=0)
@@ -354,6 +403,12 @@ class FDBD(Detector):
         gaps.fill_diagonal_(1.0)  # the predicted class itself: a zero gap over 1, no boundary
         boundary = ((top[:, None] - logits).abs() / gaps[predicted]).sum(dim=1)
         return (boundary / (features - self.mean).norm(dim=1).clamp_min(1e-12)).float()
+
+    def scorer(self) -> Scorer:
+        w = self.context.head.weight.detach().double()
+        gaps = (w[:, None, :] - w[None]).norm(dim=2)
+        gaps.fill_diagonal_(1.0)
+        return Scorer(_fdbd_score, **self.head_constants(), gaps=gaps, mean=self.mean)
 
 
 class ODIN(Detector):
@@ -387,6 +442,31 @@ class ODIN(Detector):
 
     def hyperparameters(self) -> dict[str, float]:
         return {"temperature": self.temperature, "eps": self.eps}
+
+
+# The carriable detectors' scores in float32 torch ops that export to ONNX, TorchScript and torch.export
+# (:meth:`Detector.scorer`); each equals its detector's ``score`` to within float32 rounding (tested).
+def _mds_score(logits: torch.Tensor, features: torch.Tensor, whiten: torch.Tensor, whitened_means: torch.Tensor) -> torch.Tensor:
+    return -((features @ whiten)[:, None, :] - whitened_means[None]).square().sum(dim=2).amin(dim=1)
+
+
+def _vim_score(logits: torch.Tensor, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               origin: torch.Tensor, residual_space: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    own = features @ weight.T + bias
+    return torch.logsumexp(own, dim=1) - alpha * ((features - origin) @ residual_space).norm(dim=1)
+
+
+def _react_score(logits: torch.Tensor, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 threshold: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(torch.minimum(features, threshold) @ weight.T + bias, dim=1)
+
+
+def _fdbd_score(logits: torch.Tensor, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                gaps: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    own = features @ weight.T + bias
+    top, predicted = own.max(dim=1)
+    boundary = ((top[:, None] - own).abs() / gaps[predicted]).sum(dim=1)
+    return boundary / (features - mean).norm(dim=1).clamp_min(1e-12)
 
 
 DETECTORS: dict[str, type[Detector]] = {

@@ -163,16 +163,17 @@ def _constants(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray]
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    example: Optional[torch.Tensor] = None,
+    example: Optional[torch.Tensor | tuple[torch.Tensor, ...]] = None,
     inputs: Sequence[str] = (INPUT,),
     outputs: Sequence[str] = OUTPUTS,
     opset: int = 17,
 ) -> None:
-    """Export a module to ONNX with a dynamic batch dimension on every input and output."""
+    """Export a module to ONNX with a dynamic batch dimension on every input and output (``example``: one
+    input tensor, or a tuple of them)."""
     example = torch.zeros(1, 3, 32, 32) if example is None else example
     with torch.no_grad(), warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # TorchScript-based exporter deprecation notice
         torch.onnx.export(
-            model.eval(), (example,), str(tmp), input_names=list(inputs), output_names=list(outputs),
+            model.eval(), example if isinstance(example, tuple) else (example,), str(tmp), input_names=list(inputs), output_names=list(outputs),
             dynamic_axes={name: {0: "batch"} for name in (*inputs, *outputs)}, opset_version=opset, dynamo=False,
         )
