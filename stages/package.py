@@ -17,7 +17,7 @@ def main() -> None:
     check_params(params.ood.detectors, {})
     int8 = int8_path(params.quantize.backend, paths.DEPLOY)
     torch.set_num_threads(params.bench.threads)
-    choices = read_json(paths.metrics("detectors"))["int8"] if params.package.detector == "auto" else None
+    choices = read_json(paths.metrics("detectors"))["int8"]  # the settings the artifact's detector runs with
     with atomic_dir(paths.ARTIFACT) as out:
         packaged = package_int8(params, int8, choices, paths.CIFAR10, out)
     write_json(paths.metrics("package"), packaged.metrics(params, load_arrays(paths.scores("int8", packaged.detector))))

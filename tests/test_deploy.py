@@ -14,10 +14,18 @@ from PIL import Image
 from edgeml.cli import main
 from edgeml.data.readers import CIFAR10_CLASSES
 from edgeml.model.inference import predict_logits
+from edgeml.ood.detectors import ModelContext, Scorer, make_detector, predict_outputs
 from edgeml.package import artifact_path, build_artifact, threshold_at_tpr
 from edgeml.params import QuantizeParams
-from edgeml.quantization import int8_path, load_deployable, make_quantizer
-from edgeml.runtime.artifact import FORMAT, METADATA, ArtifactError, EdgeModel, input_metadata, sha256_file
+from edgeml.quantization import int8_path, load_deployable, load_head, make_quantizer
+from edgeml.runtime.artifact import (
+    FORMAT,
+    METADATA,
+    ArtifactError,
+    EdgeModel,
+    input_metadata,
+    sha256_file,
+)
 
 BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
 
@@ -35,7 +43,7 @@ def make_artifact(backend: str, model: torch.nn.Module, images: torch.Tensor, fo
     threshold = threshold_at_tpr(msp(predict_logits(load_deployable(int8_path(backend, folder), backend), images)).numpy(), 0.95)
     metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": "msp", "threshold": threshold}
     path = artifact_path(backend, folder)
-    build_artifact(int8_path(backend, folder), backend, msp, metadata, path)
+    build_artifact(int8_path(backend, folder), backend, Scorer(lambda logits, features: msp(logits)), metadata, path)
     return path, int8_path(backend, folder), threshold
 
 
@@ -157,3 +165,24 @@ def test_a_torch_artifact_whose_metadata_names_no_backend_is_refused(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), _extra_files={METADATA: json.dumps({"format": FORMAT})})
     with pytest.raises(ArtifactError, match="names no quantization backend"):
         EdgeModel.load(path, sha256=sha256_file(path))
+
+
+@pytest.mark.parametrize("name", ["mds", "fdbd"])
+def test_a_feature_detector_travels_in_the_artifact(artifact, float_model_and_images, tmp_path, name):
+    """The artifact computes a feature detector's score in its own graph (ONNX, TorchScript or torch.export):
+    what EdgeModel returns is the detector's score of the INT8 file's own features."""
+    _, int8, _ = artifact
+    backend = {".pt": "fbgemm", ".onnx": "onnxruntime", ".pt2": "pt2e_x86"}[int8.suffix]
+    images = float_model_and_images[1]
+    model = load_deployable(int8, backend, features=True)
+    fit = predict_outputs(model, images[:48])
+    detector = make_detector(name, ModelContext(load_head(int8, backend))).fit(fit, torch.arange(48) % 10)
+    held_out = predict_outputs(model, images[48:])
+    with torch.no_grad():
+        expected = detector.scorer()(held_out.logits, held_out.features).numpy()
+    path = artifact_path(backend, tmp_path)
+    metadata = {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": name, "threshold": 0.0}
+    build_artifact(int8, backend, detector.scorer(), metadata, path)
+    with torch.no_grad():
+        _, scores = EdgeModel.load(path).module(images[48:])
+    np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-3, atol=1e-3)

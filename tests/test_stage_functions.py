@@ -135,7 +135,7 @@ def params_with(**package) -> P.Params:
     return dataclasses.replace(
         params,
         quantize=dataclasses.replace(params.quantize, backend=BACKEND),
-        ood=dataclasses.replace(params.ood, detectors=OOD.detectors, search=OOD.search, batch_size=16),
+        ood=dataclasses.replace(params.ood, detectors=OOD.detectors, search=OOD.search, batch_size=16, fit_images=OOD.fit_images),
         package=dataclasses.replace(params.package, **package),
         bench=dataclasses.replace(params.bench, runs=3),
     )
@@ -143,13 +143,15 @@ def params_with(**package) -> P.Params:
 
 def test_auto_packages_the_best_cheap_detector_with_a_threshold_the_artifact_keeps(deployed, arrays, tmp_path):
     write_npz(tmp_path / "cifar10.npz", **arrays)
-    choices = {"msp": {"validation_auroc": 0.7}, "energy": {"validation_auroc": 0.8}, "knn": {"validation_auroc": 0.99}}
+    auroc = {"msp": 0.7, "energy": 0.8, "fdbd": 0.9, "knn": 0.99}
+    choices = {name: {"validation_auroc": a, "chosen": {"k": 1} if name == "knn" else {}} for name, a in auroc.items()}
     out = tmp_path / "artifact"
     out.mkdir()
-    params = params_with(detector="auto", max_added_us=1e9, id_tpr=0.75)
+    params = dataclasses.replace(params_with(detector="auto", max_added_us=1e9, id_tpr=0.75), ood=dataclasses.replace(
+        params_with().ood, detectors=["msp", "energy", "fdbd", "knn"], fit_images=OOD.fit_images))
     packaged = package_int8(params, deployed["int8"], choices, tmp_path / "cifar10.npz", out)
-    assert packaged.detector == "energy"  # knn needs features: the artifact cannot carry it
-    assert set(packaged.selection["added_us"]) == {"msp", "energy"}
+    assert packaged.detector == "fdbd"  # a feature detector travels in the artifact; knn's bank does not
+    assert set(packaged.selection["added_us"]) == {"msp", "energy", "fdbd"}
     assert packaged.flipped == 0 and len(packaged.val_scores) == 24
     (artifact,) = [p for p in out.iterdir() if p.suffix == ".pt"]
     assert packaged.sha256 == sha256_file(artifact)
@@ -168,10 +170,11 @@ def test_auto_packages_the_best_cheap_detector_with_a_threshold_the_artifact_kee
         check_artifact(out, images, packaged.val_scores + 1.0, packaged.threshold)
 
 
-def test_a_detector_the_artifact_cannot_carry_is_refused(deployed):
-    assert choose_detector(params_with(detector="msp"), deployed["int8"], None)[0] == "msp"
-    with pytest.raises(ParamsError, match="package.detector: 'knn' needs more than logits"):
-        choose_detector(params_with(detector="knn"), deployed["int8"], None)
+def test_a_detector_the_artifact_cannot_carry_is_refused(deployed, arrays):
+    choices = {name: {"validation_auroc": 0.5, "chosen": {}} for name in OOD.detectors}
+    assert choose_detector(params_with(detector="msp"), deployed["int8"], choices, arrays)[0] == "msp"
+    with pytest.raises(ParamsError, match="package.detector: 'knn' needs more than the logits and pooled features"):
+        choose_detector(params_with(detector="knn"), deployed["int8"], choices, arrays)
 
 
 def test_table1_rows_come_from_the_bench_numbers(deployed):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,17 +20,18 @@ from edgeml.bench.cpu import detector_cost_us
 from edgeml.data.readers import CIFAR10_CLASSES
 from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_path, write_text
-from edgeml.model.inference import normalize, predict_logits, to_tensor
+from edgeml.model.inference import normalize, to_tensor
 from edgeml.ood.detectors import (
-    LogitDetector,
+    Detector,
     ModelContext,
+    Scorer,
     detector_class,
-    make_detector,
+    fit_set,
+    predict_outputs,
 )
-from edgeml.ood.protocol import choose_packaged
+from edgeml.ood.protocol import choose_packaged, fitted
 from edgeml.params import Params, ParamsError
 from edgeml.quantization import load_deployable, load_head
-from edgeml.quantization.base import LogitsOnly
 from edgeml.runtime.artifact import (
     ARTIFACT_DIR,
     FORMAT,
@@ -64,37 +65,45 @@ def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
 def build_artifact(
     int8_path: str | Path,
     backend: str,
-    score_logits: Callable[["torch.Tensor"], "torch.Tensor"],
+    scorer: Scorer,
     metadata: dict[str, Any],
     out_path: str | Path,
 ) -> str:
-    """Preprocessing + INT8 model + detector in one file of the backend's format, with metadata; write its .sha256; return the digest."""
-    from edgeml.package import write_artifact
-
+    """Preprocessing + INT8 model + detector (its ``scorer``) in one file of the backend's format, with
+    metadata; write its .sha256; return the digest."""
     out_path = Path(out_path)
     meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
     with atomic_path(out_path) as tmp:
-        write_artifact(Path(int8_path), backend, score_logits, meta, tmp)
+        write_artifact(Path(int8_path), backend, scorer, meta, tmp)
     digest = sha256_file(out_path)
     write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
     return digest
 
 
 def choose_detector(
-    params: Params, int8: Path, int8_choices: Optional[Mapping[str, dict]]
-) -> tuple[str, LogitDetector, dict[str, Any]]:
-    """The logit detector the artifact carries, with the record of its choice: ``package.detector``, or
-    for "auto" the best INT8 validation AUROC (``int8_choices``, the ood stage's) among those cheap enough."""
+    params: Params, int8: Path, int8_choices: Mapping[str, dict], arrays: Mapping[str, np.ndarray]
+) -> tuple[str, Detector, dict[str, Any]]:
+    """The detector the artifact carries: one it computes in its own graph (a function of the logits and the
+    pooled features, :attr:`Detector.carriable`), with the ood stage's INT8 settings (``int8_choices``),
+    fitted as the ood stage fits it; and the record of its choice: ``package.detector``, or for "auto" the
+    best INT8 validation AUROC among the carriable detectors that add at most ``package.max_added_us``."""
     backend, package = params.quantize.backend, params.package
+    carriable = [name for name in params.ood.detectors if detector_class(name).carriable]
+    if package.detector not in ("auto", *carriable):
+        raise ParamsError(
+            f"package.detector: {package.detector!r} needs more than the logits and pooled features (the layer4 "
+            f"map, input gradients or a large feature bank); the artifact carries {carriable} or auto"
+        )
+    model = load_deployable(int8, backend, features=True)
+    fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
+    fit = predict_outputs(model, fit_images, params.ood.batch_size, desc="fit")
     context = ModelContext(load_head(int8, backend))
-    candidates = {name: make_detector(name, context) for name in params.ood.detectors if issubclass(detector_class(name), LogitDetector)}
-    if package.detector == "auto":
-        added_us = detector_cost_us(load_deployable(int8, backend, features=True), candidates, params.bench.runs)
-        name, selection = choose_packaged({n: int8_choices[n]["validation_auroc"] for n in candidates}, added_us, package.max_added_us)
-    elif package.detector in candidates:
-        name, selection = package.detector, {"rule": "set by params package.detector"}
-    else:
-        raise ParamsError(f"package.detector: {package.detector!r} needs more than logits; the artifact carries {sorted(candidates)} or auto")
+    names = carriable if package.detector == "auto" else [package.detector]
+    candidates = {name: fitted(name, int8_choices[name]["chosen"], context, fit, fit_labels) for name in names}
+    if package.detector != "auto":
+        return package.detector, candidates[package.detector], {"rule": "set by params package.detector"}
+    added_us = detector_cost_us(model, candidates, params.bench.runs)
+    name, selection = choose_packaged({n: int8_choices[n]["validation_auroc"] for n in candidates}, added_us, package.max_added_us)
     return name, candidates[name], selection
 
 
@@ -148,9 +157,12 @@ def package_int8(params: Params, int8: Path, int8_choices: Optional[Mapping[str,
     disjoint from the training images calibration used), and the check that the artifact decides as
     the pipeline does."""
     backend, package = params.quantize.backend, params.package
-    name, detector, selection = choose_detector(params, int8, int8_choices)
-    val_x = to_tensor(load_arrays(prepared)["val_x"])
-    val_scores = detector.score_logits(predict_logits(load_deployable(int8, backend), val_x, params.ood.batch_size)).numpy()
+    arrays = load_arrays(prepared)
+    name, detector, selection = choose_detector(params, int8, int8_choices, arrays)
+    val_x, scorer = to_tensor(arrays["val_x"]), detector.scorer()
+    val = predict_outputs(load_deployable(int8, backend, features=True), val_x, params.ood.batch_size)
+    with torch.no_grad():
+        val_scores = scorer(val.logits, val.features).numpy()
     threshold = threshold_at_tpr(val_scores, package.id_tpr)
     metadata = {
         "classes": list(CIFAR10_CLASSES),
@@ -161,35 +173,31 @@ def package_int8(params: Params, int8: Path, int8_choices: Optional[Mapping[str,
         "quantize": dataclasses.asdict(params.quantize),
         "int8_model_sha256": sha256_file(int8),
     }
-    digest = build_artifact(int8, backend, detector.score_logits, metadata, artifact_path(backend, out))
+    digest = build_artifact(int8, backend, scorer, metadata, artifact_path(backend, out))
     return Packaged(digest, name, selection, threshold, val_scores, check_artifact(out, val_x, val_scores, threshold))
-
-
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Pipeline(nn.Module):
     """uint8 NCHW images -> (class probabilities, OOD score): what the artifact computes."""
 
-    def __init__(self, model: nn.Module, score_logits: ScoreFn):
+    def __init__(self, model: nn.Module, scorer: Scorer):
         super().__init__()
-        self.model = model
-        self.score_logits = score_logits
+        self.model, self.scorer = model, scorer
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(normalize(images))
-        return logits.softmax(dim=1), self.score_logits(logits)
+        logits, features, _ = self.model(normalize(images))
+        return logits.softmax(dim=1), self.scorer(logits, features)
 
 
 class _Scores(nn.Module):
-    """logits -> (class probabilities, OOD score): the ONNX artifact's tail."""
+    """(logits, pooled features) -> (class probabilities, OOD score): the ONNX artifact's tail."""
 
-    def __init__(self, score_logits: ScoreFn):
+    def __init__(self, scorer: Scorer):
         super().__init__()
-        self.score_logits = score_logits
+        self.scorer = scorer
 
-    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.softmax(dim=1), self.score_logits(logits)
+    def forward(self, logits: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.softmax(dim=1), self.scorer(logits, features)
 
 
 class _Normalize(nn.Module):
@@ -197,7 +205,7 @@ class _Normalize(nn.Module):
         return normalize(images)
 
 
-def write_artifact(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+def write_artifact(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     """Write the artifact of the INT8 file ``int8_path`` to ``out``, in its format, with the JSON ``meta``."""
     writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
     if int8_path.suffix not in writers:
@@ -207,27 +215,27 @@ def write_artifact(int8_path: Path, backend: str, score_logits: ScoreFn, meta: s
         )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript/ONNX exporter deprecation and constant-capture notices
-        writers[int8_path.suffix](int8_path, backend, score_logits, meta, out)
+        writers[int8_path.suffix](int8_path, backend, scorer, meta, out)
 
 
 def _example_images(batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
 
 
-def _write_torchscript(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
-    pipeline = _Pipeline(load_deployable(int8_path, backend), score_logits).eval()
+def _write_torchscript(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
+    pipeline = _Pipeline(load_deployable(int8_path, backend, features=True), scorer).eval()
     traced = torch.jit.freeze(torch.jit.trace(pipeline, _example_images()))
     torch.jit.save(traced, str(out), _extra_files={METADATA: meta})
 
 
-def _write_exported(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+def _write_exported(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     from edgeml.quantization.pt2e import export_program
 
-    pipeline = _Pipeline(LogitsOnly(torch.export.load(str(int8_path)).module()), score_logits)
+    pipeline = _Pipeline(torch.export.load(str(int8_path)).module(), scorer)
     torch.export.save(export_program(pipeline, _example_images()), str(out), extra_files={METADATA: meta})
 
 
-def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str, out: Path) -> None:
+def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     """The INT8 graph, unchanged, between a normalisation head and a detector tail (onnx.compose)."""
     import onnx
     import onnx.compose
@@ -239,7 +247,9 @@ def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str,
     head_path, tail_path = out.with_suffix(".head.onnx"), out.with_suffix(".tail.onnx")
     try:
         export_onnx(_Normalize(), head_path, _example_images(), ["images"], ["normalized"], opset)
-        export_onnx(_Scores(score_logits), tail_path, torch.zeros(2, 10), ["logits"], ["probabilities", "ood_score"], opset)
+        features = load_head(int8_path, backend).in_features
+        export_onnx(_Scores(scorer), tail_path, (torch.zeros(2, 10), torch.zeros(2, features)), ["logits", "features"],
+                    ["probabilities", "ood_score"], opset)
         head, tail = onnx.load(str(head_path)), onnx.load(str(tail_path))
     finally:
         head_path.unlink(missing_ok=True)
@@ -247,9 +257,13 @@ def _write_onnx(int8_path: Path, backend: str, score_logits: ScoreFn, meta: str,
     head.ir_version = tail.ir_version = model.ir_version
     (model_input,) = model.graph.input
     merged = onnx.compose.merge_models(
-        head, model, io_map=[("normalized", model_input.name)], prefix2="model/", outputs=["model/logits"]
+        head, model, io_map=[("normalized", model_input.name)], prefix2="model/", outputs=["model/logits", "model/features"]
     )
-    merged = onnx.compose.merge_models(merged, tail, io_map=[("model/logits", "logits")], prefix2="detector/")
+    used = [i.name for i in tail.graph.input]  # a logit detector's tail takes no features: ONNX drops the input
+    merged = onnx.compose.merge_models(
+        merged, tail, io_map=[(f"model/{name}", name) for name in used], prefix2="detector/",
+        outputs=["detector/probabilities", "detector/ood_score"],
+    )
     for output in merged.graph.output:  # plain output names, as the other formats have
         merged.graph.node.append(onnx.helper.make_node("Identity", [output.name], [output.name.removeprefix("detector/")]))
         output.name = output.name.removeprefix("detector/")

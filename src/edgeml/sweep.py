@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, whi
 
 # A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
 # fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
-# of ID validation vs the OOD validation set for every detector the artifact can carry).
+# of ID validation vs the OOD validation set for every logit detector).
 SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
@@ -145,7 +145,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         table(header, recipe_rows),
         "",
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
-        f"≤{goals['auroc_drop_points']} validation AUROC points lost for every detector the artifact can carry, "
+        f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
         f"one process, taking turns over {summary['timing_rounds']} rounds; spread: half the range of a recipe's "
         f"per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "

@@ -88,8 +88,8 @@ def validation_quality(
 ) -> dict[str, Any]:
     """What a quantization recipe is chosen on, validation data only: top-1 on the held-out training
     split (``arrays["val_x"]``), and each logit detector of ``ood.detectors``' AUROC of its first
-    ``ood.validation_images`` vs the uint8 HWC ``ood_images`` (the detectors the artifact can carry,
-    MSP among them)."""
+    ``ood.validation_images`` vs the uint8 HWC ``ood_images`` (MSP among them; the feature detectors,
+    which need a fit on each recipe's training features, are compared FP32 vs INT8 by the ood stage)."""
     images, labels = to_tensor(arrays["val_x"]), torch.from_numpy(arrays["val_y"])
     everything = Evidence("validation/all", images, model, ood.batch_size)
     id_evidence = Evidence("validation/id", images[: ood.validation_images], model, ood.batch_size)
