@@ -186,32 +186,17 @@ class PytorchOODLogitDetector(LogitDetector):
         return -type(self).outlier_score(logits)
 
 
-class MSP(PytorchOODLogitDetector):
-    """Maximum softmax probability (Hendrycks & Gimpel 2017), ODIN's baseline."""
-
-    name = "msp"
-    outlier_score = staticmethod(MaxSoftmax.score)
+def _pytorch_ood_logit_detector(class_name: str, name: str, outlier_score: Callable[[torch.Tensor], torch.Tensor], doc: str) -> type:
+    """A :class:`PytorchOODLogitDetector` subclass: these differ only in their name and pytorch-ood score."""
+    return type(class_name, (PytorchOODLogitDetector,), {"name": name, "outlier_score": staticmethod(outlier_score), "__doc__": doc})
 
 
-class MaxLogit(PytorchOODLogitDetector):
-    """Largest logit (Hendrycks et al. 2022): keeps the magnitude that softmax normalises away."""
-
-    name = "maxlogit"
-    outlier_score = staticmethod(PoodMaxLogit.score)
-
-
-class Energy(PytorchOODLogitDetector):
-    """Free energy logsumexp(logits) (Liu et al. 2020)."""
-
-    name = "energy"
-    outlier_score = staticmethod(EnergyBased.score)
-
-
-class GEN(PytorchOODLogitDetector):
-    """Generalized entropy of the softmax, gamma 0.1 over all classes (Liu et al. 2023)."""
-
-    name = "gen"
-    outlier_score = staticmethod(PoodGEN.score)
+MSP = _pytorch_ood_logit_detector("MSP", "msp", MaxSoftmax.score, "Maximum softmax probability (Hendrycks & Gimpel 2017), ODIN's baseline.")
+MaxLogit = _pytorch_ood_logit_detector(
+    "MaxLogit", "maxlogit", PoodMaxLogit.score, "Largest logit (Hendrycks et al. 2022): keeps the magnitude that softmax normalises away.")
+Energy = _pytorch_ood_logit_detector("Energy", "energy", EnergyBased.score, "Free energy logsumexp(logits) (Liu et al. 2020).")
+GEN = _pytorch_ood_logit_detector(
+    "GEN", "gen", PoodGEN.score, "Generalized entropy of the softmax, gamma 0.1 over all classes (Liu et al. 2023).")
 
 
 class MDS(Detector):
