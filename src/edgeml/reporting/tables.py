@@ -203,8 +203,10 @@ def render_markdown(
         f"Groups: {group_text}. Each model uses its own outputs and its own classifier head (INT8: its dequantized "
         f"INT8 layer) and its own validation-chosen settings; a bracket shows the INT8 change when it reuses the FP32 "
         f"model's settings instead, where those differ (the pure quantization effect). Input-perturbation detectors "
-        f"(ODIN) score a seeded sample of {ood['perturbation_images'] or 'all'} images per set. Sample counts per set "
-        f"in `metrics/ood.json`.",
+        f"(ODIN) score a seeded sample of {ood['perturbation_images'] or 'all'} images per set; INT8 ODIN's input "
+        f"gradient comes from its FP32 twin (INT8 kernels have none), so ODIN cannot travel in the artifact. MDS is "
+        f"the Mahalanobis distance without input preprocessing; ASH prunes the pooled features as published, "
+        f"ash_map the layer4 map. Sample counts per set in `metrics/ood.json`.",
     ]
     if "detector_cost_us" in bench:
         costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
