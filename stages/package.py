@@ -7,8 +7,8 @@ from edgeml import paths
 from edgeml.data.splits import load_arrays
 from edgeml.io import atomic_dir, read_json, write_json
 from edgeml.ood.detectors import check_params
-from edgeml.package import package_int8
-from edgeml.quantization import int8_path
+from edgeml.package import fp32_acceptance, package_int8
+from edgeml.quantization import fp32_paths, int8_path
 from edgeml.stage import run
 
 
@@ -17,10 +17,13 @@ def main() -> None:
     check_params(params.ood.detectors, {})
     int8 = int8_path(params.quantize.backend, paths.DEPLOY)
     torch.set_num_threads(params.bench.threads)
-    choices = read_json(paths.metrics("detectors"))["int8"]  # the settings the artifact's detector runs with
+    choices = read_json(paths.metrics("detectors"))  # the settings the detector runs with, per model
     with atomic_dir(paths.ARTIFACT) as out:
-        packaged = package_int8(params, int8, choices, paths.CIFAR10, out)
-    write_json(paths.metrics("package"), packaged.metrics(params, load_arrays(paths.scores("int8", packaged.detector))))
+        packaged = package_int8(params, int8, choices["int8"], paths.CIFAR10, out)
+    metrics = packaged.metrics(params, load_arrays(paths.scores("int8", packaged.detector)))
+    metrics["fp32_twin"] = fp32_acceptance(params, fp32_paths(paths.DEPLOY)["fp32_torchscript"], packaged.detector,
+                                           choices["fp32"], load_arrays(paths.CIFAR10), load_arrays(paths.scores("fp32", packaged.detector)))
+    write_json(paths.metrics("package"), metrics)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def test_dvc_repro_end_to_end(project: Path):
     assert ood["int8"]["energy"]["mean_near"]["openood_fpr95_ood_positive"] == pytest.approx(sum(near) / 3)
     report = (project / "metrics/report.md").read_text()
     assert "Table 1" in report and "Table 2: MSP OOD detection, CIFAR-10 vs tin_crop" in report
-    figures = {"msp_tin_crop.png", f"{package['detector']}_tin_crop.png", "auroc_change.png", "training.png"}
+    figures = {"msp_tin_crop.png", f"{package['detector']}_tin_crop.png", "auroc_change.png", "training.png", "acceptance.png"}
+    assert set(package["fp32_twin"]["test_fpr"]) == set(package["test_fpr"]) == set(params["ood"]["sets"])
+    assert "What the artifact accepts at its threshold" in report
     assert {p.name for p in (project / "plots/figures").iterdir()} == figures  # a handful, not one per curve
     for figure in figures:
         assert (project / "plots/figures" / figure).stat().st_size > 1000

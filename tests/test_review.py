@@ -174,3 +174,19 @@ def test_review_says_loudly_when_params_quantize_is_not_the_sweeps_best(repo: Pa
     write(repo, "params.yaml", {"quantize": {"backend": "qnnpack"}})  # no sweep recipe at all
     text = review.review("HEAD", None, repo / "review.md").read_text()
     assert "> ⚠️ **params.yaml `quantize` is no sweep recipe, but the sweep's best is `a`**" in text
+
+
+def test_review_shows_what_each_sides_artifact_accepts(repo: Path) -> None:
+    def package(detector: str, fpr: float, twin: float) -> dict:
+        return {"detector": detector, "test_tpr": 0.95, "test_fpr": {"tin_crop": fpr, "mnist": fpr / 2},
+                "fp32_twin": {"threshold": 1.0, "test_tpr": 0.95, "test_fpr": {"tin_crop": twin, "mnist": twin / 2}}}
+
+    write(repo, "metrics/package.json", package("gen", 0.58, 0.57))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "gen")
+    write(repo, "metrics/package.json", package("vim", 0.30, 0.31))
+    out = review.review("HEAD", None, repo / "review.md")
+    text = out.read_text()
+    assert "**What the artifact accepts** at its threshold (%, test data): base gen, head vim" in text
+    assert rows(text)["`tin_crop` accepted"] == ["58.00", "30.00", "-28.00 (-48.3%)", "31.00"]
+    assert (out.parent / "review_acceptance.png").read_bytes().startswith(b"\x89PNG")

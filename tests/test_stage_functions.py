@@ -22,7 +22,7 @@ from edgeml.io import write_npz
 from edgeml.model.inference import predict_logits
 from edgeml.model.resnet import save_checkpoint
 from edgeml.ood.experiment import REFERENCE, run_experiment
-from edgeml.package import check_artifact, choose_detector, package_int8
+from edgeml.package import check_artifact, choose_detector, fp32_acceptance, package_int8
 from edgeml.params import (
     OODParams,
     OODSetSpec,
@@ -161,6 +161,10 @@ def test_auto_packages_the_best_cheap_detector_with_a_threshold_the_artifact_kee
     assert metrics["val_tpr"] == metrics["test_tpr"] == 0.75
     assert metrics["test_fpr"] == {below: 0.0} | {s: 1.0 for s in others}
     assert metrics["threshold_images"] == {"split": "val", "count": 24}
+    # the FP32 model under the same rule: its own settings, fit and threshold, on its own test scores
+    twin = fp32_acceptance(params, deployed["fp32"], "fdbd", choices, arrays, test_scores | {s: np.full(5, -1e9) for s in others})
+    assert set(twin["test_fpr"]) == set(params.ood.sets) and twin["test_fpr"][others[0]] == 0.0
+    assert twin["test_tpr"] == float((packaged.val_scores >= twin["threshold"]).mean())
     # an artifact that decides differently from the pipeline's scores is refused
     images = torch.from_numpy(arrays["val_x"]).permute(0, 3, 1, 2)
     boundary = float(np.sort(packaged.val_scores)[12])
@@ -254,3 +258,7 @@ def test_the_report_is_written_from_the_metrics(tmp_path):
     assert summary["quantize_is_sweep_best"] == int(not warned)
     assert (tmp_path / "plots" / "figures" / f"msp_{params.report.headline_set}.png").exists()
     assert (tmp_path / "plots" / "figures" / "auroc_change.png").exists()
+    assert (tmp_path / "plots" / "figures" / "acceptance.png").exists()
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    twin = metrics["package"]["fp32_twin"]["test_fpr"][params.ood.sets[0]]
+    assert f"| `{params.ood.sets[0]}` accepted as ID | {100 * twin:.1f}% |" in report  # FP32 under the artifact's rule

@@ -95,16 +95,54 @@ def choose_detector(
             f"map, input gradients or a large feature bank); the artifact carries {carriable} or auto"
         )
     model = load_deployable(int8, backend, features=True)
-    fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
-    fit = predict_outputs(model, fit_images, params.ood.batch_size, desc="fit")
-    context = ModelContext(load_head(int8, backend))
     names = carriable if package.detector == "auto" else [package.detector]
-    candidates = {name: fitted(name, int8_choices[name]["chosen"], context, fit, fit_labels) for name in names}
+    candidates = fitted_on(params, model, load_head(int8, backend), {n: int8_choices[n]["chosen"] for n in names}, arrays)
     if package.detector != "auto":
         return package.detector, candidates[package.detector], {"rule": "set by params package.detector"}
     added_us = detector_cost_us(model, candidates, params.bench.runs)
     name, selection = choose_packaged({n: int8_choices[n]["validation_auroc"] for n in candidates}, added_us, package.max_added_us)
     return name, candidates[name], selection
+
+
+def fitted_on(
+    params: Params, model: nn.Module, head: nn.Linear, settings: Mapping[str, dict], arrays: Mapping[str, np.ndarray]
+) -> dict[str, Detector]:
+    """Detectors by name with their ``settings``, fitted on ``model``'s outputs for the training sample the
+    ood stage fits on (the same seed, so the same images)."""
+    fit_images, fit_labels = fit_set(arrays, params.ood.fit_images, params.ood.seed)
+    fit = predict_outputs(model, fit_images, params.ood.batch_size, desc="fit")
+    return {name: fitted(name, setting, ModelContext(head), fit, fit_labels) for name, setting in settings.items()}
+
+
+def validation_threshold(params: Params, model: nn.Module, scorer: Scorer, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """``scorer``'s scores of ``model``'s outputs on the ID validation images (the held-out training split),
+    and the threshold keeping ``package.id_tpr`` of them."""
+    val = predict_outputs(model, to_tensor(arrays["val_x"]), params.ood.batch_size)
+    with torch.no_grad():
+        scores = scorer(val.logits, val.features).numpy()
+    return scores, threshold_at_tpr(scores, params.package.id_tpr)
+
+
+def acceptance(threshold: float, test_scores: Mapping[str, np.ndarray], sets: list[str]) -> dict[str, Any]:
+    """What a threshold lets through on test data: the share of ID test images kept, and of each OOD set accepted."""
+    return {
+        "threshold": threshold,
+        "test_tpr": float((test_scores["id"] >= threshold).mean()),
+        "test_fpr": {s: float((test_scores[s] >= threshold).mean()) for s in sets},
+    }
+
+
+def fp32_acceptance(
+    params: Params, fp32: Path, detector: str, fp32_choices: Mapping[str, dict], arrays: Mapping[str, np.ndarray],
+    test_scores: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """The artifact's rule on the FP32 model: the same detector with the FP32 model's own settings, fit and
+    threshold (``package.id_tpr`` of the validation images), on the ood stage's FP32 test scores. Beside the
+    artifact's own rates it shows what quantization changes in what a user gets."""
+    model = load_deployable(fp32, features=True)
+    fitted_detector = fitted_on(params, model, load_head(fp32), {detector: fp32_choices[detector]["chosen"]}, arrays)[detector]
+    _, threshold = validation_threshold(params, model, fitted_detector.scorer(), arrays)
+    return acceptance(threshold, test_scores, params.ood.sets)
 
 
 def check_artifact(folder: Path, images: torch.Tensor, scores: np.ndarray, threshold: float) -> int:
@@ -146,8 +184,7 @@ class Packaged:
             "threshold_images": {"split": "val", "count": len(self.val_scores)},
             "val_tpr": float((self.val_scores >= self.threshold).mean()),
             "artifact_decisions_differing": self.flipped,
-            "test_tpr": float((test_scores["id"] >= self.threshold).mean()),
-            "test_fpr": {s: float((test_scores[s] >= self.threshold).mean()) for s in params.ood.sets},
+            **{k: v for k, v in acceptance(self.threshold, test_scores, params.ood.sets).items() if k != "threshold"},
         }
 
 
@@ -160,10 +197,7 @@ def package_int8(params: Params, int8: Path, int8_choices: Optional[Mapping[str,
     arrays = load_arrays(prepared)
     name, detector, selection = choose_detector(params, int8, int8_choices, arrays)
     val_x, scorer = to_tensor(arrays["val_x"]), detector.scorer()
-    val = predict_outputs(load_deployable(int8, backend, features=True), val_x, params.ood.batch_size)
-    with torch.no_grad():
-        val_scores = scorer(val.logits, val.features).numpy()
-    threshold = threshold_at_tpr(val_scores, package.id_tpr)
+    val_scores, threshold = validation_threshold(params, load_deployable(int8, backend, features=True), scorer, arrays)
     metadata = {
         "classes": list(CIFAR10_CLASSES),
         "input": input_metadata(),

@@ -91,6 +91,20 @@ def plot_auroc_change(ood: dict, sets: list[str], path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_acceptance(package: dict, sets: list[str], path: Path) -> None:
+    """The share of each OOD test set taken as in-distribution at the artifact's threshold, FP32 vs INT8."""
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(sets), 3.5))
+    x = np.arange(len(sets))
+    for offset, (label, rates) in zip((-0.2, 0.2), (("FP32, same rule", package["fp32_twin"]), ("INT8 artifact", package))):
+        ax.bar(x + offset, [100 * rates["test_fpr"][s] for s in sets], 0.4, label=label)
+    ax.set_xticks(x, sets, rotation=20)
+    ax.set(ylabel="accepted as in-distribution (%)", ylim=(0, 100),
+           title=f"What the artifact lets through ({package['detector']}, {100 * package['test_tpr']:.0f}% of ID kept)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, path)
+
+
 def plot_training(live_metrics_dir: Path, path: Path) -> None:
     """Per-epoch loss and accuracy from dvclive's TSV files; installed published weights have only the
     measured validation point (one marker), no training curves."""

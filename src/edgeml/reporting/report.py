@@ -56,4 +56,5 @@ def write_report(
             if (detector, ood_set) in readme_figures:
                 figures.plot_ood(model_scores, ood_set, detector, plots / "figures" / f"{detector}_{ood_set}.png")
     figures.plot_auroc_change(ood, params.sets, plots / "figures" / "auroc_change.png")
+    figures.plot_acceptance(package, params.sets, plots / "figures" / "acceptance.png")
     figures.plot_training(plots / "train" / "plots" / "metrics", plots / "figures" / "training.png")

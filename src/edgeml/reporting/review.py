@@ -284,7 +284,29 @@ def tables_section(base: Side, head: Side) -> str:
         _side_by_side("**Table 1**: model cost", old.get("table1"), new.get("table1")),
         _side_by_side(f"**Table 2**: OOD detection, `{TABLE2}`", old.get("table2", {}).get(TABLE2),
                       new.get("table2", {}).get(TABLE2)),
+        acceptance_section(base, head),
     ])
+
+
+def acceptance_section(base: Side, head: Side) -> str:
+    """What a user gets from each side's artifact: the share of each test set it takes as in-distribution at
+    its threshold (test data, shown, not gated), with the head's FP32 model under the same rule."""
+    old, new = base.json(PACKAGE) or {}, head.json(PACKAGE) or {}
+    if "test_fpr" not in new:
+        return "**What the artifact accepts**: the head has no `metrics/package.json` acceptance rates."
+    b_fpr, twin = old.get("test_fpr", {}), new.get("fp32_twin", {}).get("test_fpr", {})
+    rows = [["ID test images kept", fmt(_pct(old.get("test_tpr"))), fmt(_pct(new["test_tpr"])),
+             delta(_pct(old.get("test_tpr")), _pct(new["test_tpr"])), fmt(_pct(new.get("fp32_twin", {}).get("test_tpr")))]]
+    rows += [[f"`{s}` accepted", fmt(_pct(b_fpr.get(s))), fmt(_pct(v)), delta(_pct(b_fpr.get(s)), _pct(v)), fmt(_pct(twin.get(s)))]
+             for s, v in new["test_fpr"].items()]
+    title = (f"**What the artifact accepts** at its threshold (%, test data): base {old.get('detector', '—')}, "
+             f"head {new.get('detector')}")
+    return f"{title}\n\n" + table(["", "base INT8", "head INT8", "change", "head FP32, same rule"], rows, MAX_ROWS)
+
+
+def _pct(value: Any) -> float | None:
+    x = number(value)
+    return None if x is None else 100 * x
 
 
 def write_figures(head: Side, out_dir: Path, stem: str) -> list[tuple[str, str]]:
@@ -310,6 +332,11 @@ def write_figures(head: Side, out_dir: Path, stem: str) -> list[tuple[str, str]]
         name = f"{stem}_auroc_change.png"
         figures.plot_change_heatmap(change, "AUROC change, INT8 - FP32 (points)", out_dir / name)
         drawn.append(("AUROC change INT8 - FP32 (points), detector x OOD set", name))
+    package = head.json(PACKAGE)
+    if package and "fp32_twin" in package:
+        name = f"{stem}_acceptance.png"
+        figures.plot_acceptance(package, list(package["test_fpr"]), out_dir / name)
+        drawn.append(("What the artifact accepts at its threshold, FP32 vs INT8", name))
     sweep = head.json(SWEEP)
     if sweep and sweep.get("recipes"):
         recipes = pd.DataFrame(sweep["recipes"]).T[["latency_ms", "max_auroc_drop_points"]].astype(float)

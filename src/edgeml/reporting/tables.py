@@ -146,6 +146,25 @@ def table2_section(ood: dict, detector: str, ood_set: str, paper: bool) -> list[
     ]
 
 
+def acceptance_section(package: dict, sets: list[str]) -> list[str]:
+    """What a user gets: the share of each test set the artifact takes as in-distribution at its threshold,
+    beside the FP32 model under the same rule (its own settings and threshold)."""
+    twin = package["fp32_twin"]
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    rows = [["ID test images kept", pct(twin["test_tpr"]), pct(package["test_tpr"])]]
+    rows += [[f"`{s}` accepted as ID", pct(twin["test_fpr"][s]), pct(package["test_fpr"][s])] for s in sets]
+    return [
+        "",
+        f"#### What the artifact accepts at its threshold ({package['detector'].upper()}, test data)",
+        "",
+        table(["", "FP32, same rule", "INT8 artifact"], rows),
+        "",
+        f"Threshold: keeps {100 * package['val_tpr']:.0f}% of the ID validation images (the held-out training split); "
+        f"every other share is on test data, shown, never used to choose. FP32: the same detector with the FP32 "
+        f"model's own settings and threshold.",
+    ]
+
+
 def render_markdown(
     bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, sets: list[str], groups: dict[str, list[str]],
     headline_set: str,
@@ -193,6 +212,7 @@ def render_markdown(
     if packaged != "msp":
         parts += table2_section(ood, packaged, headline_set, paper=False)
         parts += ["", f"{packaged.upper()} is the detector the deployable artifact carries: {package['selection']['rule']}."]
+    parts += acceptance_section(package, sets)
     group_text = "; ".join(f"mean_{g}: {', '.join(members)}" for g, members in groups.items())
     parts += [
         "",
