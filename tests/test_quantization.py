@@ -386,7 +386,7 @@ def test_cifar_stem_files_expose_the_4x4_map_that_features_pool(tmp_path, backen
 @pytest.mark.parametrize(
     "recipe, message",
     [
-        (dict(backend="tensorrt"), r"quantize.backend: 'tensorrt' is not one of \['fbgemm', 'onnxruntime'"),
+        (dict(backend="tensorrt"), r"quantize.backend: 'tensorrt' is not one of \['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime', 'openvino'\]"),
         (dict(backend="onnxruntime", observer="histogram"), r"quantize.observer: 'histogram' is not offered by backend 'onnxruntime'; allowed: \['minmax'"),
         (dict(backend="fbgemm", observer="entropy"), r"quantize.observer: 'entropy' is not offered by backend 'fbgemm'"),
         (dict(backend="pt2e_x86", activations="int8"), r"quantize.activations: 'int8' is not offered by backend 'pt2e_x86'; allowed: \['uint8'\]"),
