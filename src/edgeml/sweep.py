@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, whi
 SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
-MAX_TIE_BAND = 0.25  # however noisy the rounds, a recipe 25% slower than the best never ties with it
+MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the best never ties with it
 
 
 def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
@@ -147,8 +147,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
-        f"one process, taking turns over {summary['timing_rounds']} rounds; spread: half the range of a recipe's "
-        f"per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "
+        f"one process, taking turns over {summary['timing_rounds']} rounds; spread: ± half the interquartile "
+        f"range of a recipe's per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "
         f"validation data (top-1: the held-out training split; AUROC: its first images vs the OOD validation set); "
         f"test data is reported only by the main stages, for the recipe in params `quantize`.",
         "",
