@@ -18,7 +18,7 @@ def main() -> None:
     check_params(ood.detectors, ood.search)
     torch.set_num_threads(ood.threads)
     arrays = load_arrays(paths.CIFAR10)
-    sets = {name: load_arrays(paths.ood_set(name))["x"] for name in [*ood.sets, ood.validation_set]}
+    sets = {name: load_arrays(paths.ood_set(name))["x"] for name in [*ood.sets, ood.validation_sets.near, ood.validation_sets.far]}
     split, models = id_split(arrays, ood.id_split, paths.PREPARED), deployed_paths(backend, paths.DEPLOY)
     with atomic_dir(paths.SCORES) as out:
         choices, metrics = run_experiment(ood, models, backend, paths.FP32, arrays, sets, split, out)

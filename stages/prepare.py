@@ -12,7 +12,7 @@ def main() -> None:
     params = P.load()
     sources = read_json(paths.SOURCES)
     with atomic_dir(paths.PREPARED) as out:
-        counts = prepare(params.prepare, params.ood.validation_set, sources, out)
+        counts = prepare(params.prepare, [name for _, name in params.ood.validation_sets.items()], sources, out)
     write_json(paths.metrics("prepare"), {"samples": counts})
 
 

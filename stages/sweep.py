@@ -7,7 +7,7 @@ import torch
 
 from edgeml import params as P
 from edgeml import paths
-from edgeml.data.splits import load_arrays
+from edgeml.data.splits import load_arrays, load_ood_validation
 from edgeml.io import atomic_dir, write_json
 from edgeml.model.resnet import load_checkpoint
 from edgeml.quantization.recipe import sweep_quantizer, sweep_recipe
@@ -19,7 +19,7 @@ def main() -> None:
     quantizer = sweep_quantizer(params, name)
     torch.set_num_threads(params.bench.threads)
     arrays, fp32 = load_arrays(paths.CIFAR10), load_checkpoint(paths.FP32)
-    ood_images = load_arrays(paths.ood_set(params.ood.validation_set))["x"]
+    ood_images = load_ood_validation(params.ood.validation_sets)
     with atomic_dir(paths.SWEEP / name) as out:
         record = sweep_recipe(quantizer, fp32, arrays, ood_images, params.ood, out)
     write_json(paths.METRICS / "sweep" / f"{name}.json", record)

@@ -5,7 +5,7 @@ import torch
 
 from edgeml import params as P
 from edgeml import paths
-from edgeml.data.splits import load_arrays
+from edgeml.data.splits import load_arrays, load_ood_validation
 from edgeml.io import write_json
 from edgeml.model.resnet import load_checkpoint
 from edgeml.ood.detectors import ModelContext, check_params
@@ -20,7 +20,7 @@ def main() -> None:
     check_params(ood.detectors, {})
     torch.set_num_threads(params.bench.threads)
     arrays, fp32 = load_arrays(paths.CIFAR10), load_checkpoint(paths.FP32)
-    ood_images = load_arrays(paths.ood_set(ood.validation_set))["x"]
+    ood_images = load_ood_validation(ood.validation_sets)
     quality = validation_quality(WithFeatureMap(fp32).eval(), ModelContext(fp32.fc), arrays, ood_images, ood)
     write_json(paths.metrics("sweep_reference"), {"fp32": quality})
 

@@ -18,7 +18,7 @@ from conftest import (
 )
 from PIL import Image
 
-from edgeml.data.ood_sets import build_ood_set, check_disjoint, noise_images, odin_crop
+from edgeml.data.ood_sets import build_ood_set, check_disjoint, noise_images, odin_crop, synthetic_shapes
 from edgeml.data.readers import (
     load_cifar10,
     load_cifar100_test,
@@ -171,6 +171,25 @@ def test_noise_sets_follow_odin():
     np.testing.assert_array_equal(gaussian, noise_images("gaussian_noise", 200, seed=0))
 
 
+def test_synthetic_shapes_are_flat_coloured_regions_unlike_noise_or_grayscale():
+    shapes = synthetic_shapes(300, seed=0)
+    noise = noise_images("uniform_noise", 300, seed=0)
+    assert shapes.shape == (300, 32, 32, 3) and shapes.dtype == np.uint8
+
+    def step(images: np.ndarray) -> float:  # mean absolute difference between horizontal neighbours
+        return float(np.abs(np.diff(images.astype(np.int16), axis=2)).mean())
+
+    # flat regions and gradients: neighbours differ by a few levels, i.i.d. noise by ~85
+    assert step(shapes) < 10 < 60 < step(noise)
+    assert (shapes[..., 0] != shapes[..., 1]).mean() > 0.5  # colour, not gray copied to RGB
+    assert shapes.std(axis=(1, 2, 3)).min() > 0  # every image has some structure
+    np.testing.assert_array_equal(synthetic_shapes(40, seed=0), shapes[:40])  # the first k of any count agree
+    assert not np.array_equal(synthetic_shapes(40, seed=1), shapes[:40])
+    x, names = build_ood_set(OODSetSpec(dataset="synthetic_shapes", transform="none", count=5), {}, 0, {})
+    np.testing.assert_array_equal(x, shapes[:5])
+    assert names[3] == "synthetic_shapes/seed0/3"
+
+
 def test_openood_list_selects_tinyimagenet_images(tmp_path):
     files = tinyimagenet_files(count=10)
     archive = write_tar(tmp_path / "tin.tar.gz", files)
@@ -210,13 +229,16 @@ def test_an_ood_validation_set_sharing_an_image_with_a_test_set_is_refused(tmp_p
 
     noise = lambda count, seed=0: build_ood_set(  # noqa: E731
         OODSetSpec(dataset="gaussian_noise", transform="none", count=count), {}, seed, {})[1]
-    check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list"), "noise": noise(5)}, "tin_val")
+    check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list"), "noise": noise(5)}, ["tin_val"])
     (tmp_path / "val.txt").write_text(openood_tin_list([4, 3]))
-    with pytest.raises(DataError, match=r"'tin_val' and test set 'tin_openood' share 1 source images \(e.g. tinyimagenet/val/3\)"):
-        check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list", "crop")}, "tin_val")
-    with pytest.raises(DataError, match="'noise_val' and test set 'noise' share 3 source images"):
-        check_disjoint({"noise": noise(10), "noise_val": noise(3)}, "noise_val")
-    check_disjoint({"noise": noise(10), "noise_val": noise(3, seed=1)}, "noise_val")
+    with pytest.raises(DataError, match=r"'tin_val' and set 'tin_openood' share 1 source images \(e.g. tinyimagenet/val/3\)"):
+        check_disjoint({"tin_openood": names("test_list"), "tin_val": names("val_list", "crop")}, ["tin_val"])
+    with pytest.raises(DataError, match="'noise_val' and set 'noise' share 3 source images"):
+        check_disjoint({"noise": noise(10), "noise_val": noise(3)}, ["noise_val"])
+    check_disjoint({"noise": noise(10), "noise_val": noise(3, seed=1)}, ["noise_val"])
+    # the near and the far validation set must not share images either
+    with pytest.raises(DataError, match="'near' and set 'far' share 2 source images"):
+        check_disjoint({"near": noise(2, seed=1), "far": noise(4, seed=1)}, ["near", "far"])
 
 
 def test_svhn_official_mat_file(tmp_path):

@@ -222,7 +222,9 @@ def choose_knn_case() -> tuple[Outputs, torch.Tensor, tuple[Evidence, Evidence]]
     strays = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
     fit = outputs_of(torch.cat([fit_features, strays]), head)
     labels = torch.zeros(43, dtype=torch.long)
-    validation = (evidence_of(outputs_of(fit_features[:10] + 0.01, head)), evidence_of(outputs_of(strays + 0.01, head)))
+    # near: the strays; far: the strays pushed twice as far
+    validation = (evidence_of(outputs_of(fit_features[:10] + 0.01, head)),
+                  {"near": evidence_of(outputs_of(strays + 0.01, head)), "far": evidence_of(outputs_of(2 * strays, head))})
     return fit, labels, validation
 
 
@@ -238,7 +240,10 @@ def test_choose_without_a_grid_records_the_defaults_validation_auroc():
     fit, labels, validation = choose_knn_case()
     detector, record = choose("mds", {}, ModelContext(nn.Linear(4, 2)), fit, labels, validation)
     assert record["chosen"] == {} and len(record["tried"]) == 1
-    assert record["validation_auroc"] == ood_metrics(*(detector.score(e).numpy() for e in validation))["auroc"]
+    id_scores = detector.score(validation[0]).numpy()
+    by_group = {group: ood_metrics(id_scores, detector.score(e).numpy())["auroc"] for group, e in validation[1].items()}
+    assert record["validation_auroc_by_group"] == by_group
+    assert record["validation_auroc"] == pytest.approx((by_group["near"] + by_group["far"]) / 2, abs=1e-12)
 
 
 def test_unknown_hyperparameter_names_the_param_and_the_allowed_ones():

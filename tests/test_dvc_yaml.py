@@ -111,7 +111,8 @@ def test_every_path_the_code_names_is_declared_in_dvc_yaml():
             entries |= {next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])}
     declared = lambda path: any(path == e or path.startswith(e.rstrip("/") + "/") for e in entries)  # noqa: E731
     named = {value.as_posix() for value in vars(paths).values() if isinstance(value, PurePath)}
-    named |= {paths.ood_set("${ood.validation_set}").as_posix(), paths.metrics("train").as_posix(),
+    named |= {*(paths.ood_set(f"${{ood.validation_sets.{group}}}").as_posix() for group in ("near", "far")),
+              paths.metrics("train").as_posix(),
               paths.scores("int8", "msp").as_posix()}
     undeclared = sorted(path for path in named if not declared(path) and path not in ("metrics", "plots", paths.CHECKPOINT.as_posix()))
     assert len(named) >= 14 and not undeclared, f"edgeml.paths names {undeclared}, which dvc.yaml does not declare"

@@ -106,7 +106,8 @@ def test_dvc_repro_end_to_end(project: Path):
     choices = json.loads((project / "metrics/detectors.json").read_text())
     knn = choices["int8"]["knn"]
     assert knn["hyperparameters"]["k"] == knn["chosen"]["k"] in (1, 5) and len(knn["tried"]) == 2
-    assert ood["id_split"] == {"name": "openood", "test_images": 30, "validation_images": 10, "validation_set": "tin_val"}
+    assert ood["id_split"] == {"name": "openood", "test_images": 30, "validation_images": 10,
+                              "validation_sets": {"near": "tin_val", "far": "shapes_val"}}
     # ODIN scores a seeded sample of ood.perturbation_images per set
     assert (ood["int8"]["odin"]["tin_crop"]["id_samples"], ood["int8"]["odin"]["tin_crop"]["ood_samples"]) == (20, 20)
     # the pure-quantization view: INT8 with the FP32 model's choices, for every detector

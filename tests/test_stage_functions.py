@@ -29,6 +29,7 @@ from edgeml.params import (
     ParamsError,
     PrepareParams,
     QuantizeParams,
+    ValidationSets,
 )
 from edgeml.quantization import (
     WithFeatureMap,
@@ -52,7 +53,7 @@ OOD = OODParams(
     fit_images=40,
     batch_size=16,
     threads=1,
-    validation_set="val_noise",
+    validation_sets=ValidationSets(near="val_noise", far="val_flat"),
     validation_images=16,
     search={"knn": {"k": [1, 5]}},
 )
@@ -86,7 +87,9 @@ def arrays(float_model_and_images) -> dict[str, np.ndarray]:
 def ood_images(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (36, 32, 32, 3), dtype=np.uint8)
-    return {"noise": noise[:20], "dark": noise[20:] // 4, "val_noise": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)}
+    flat = np.repeat(rng.integers(0, 256, (12, 1, 1, 3), dtype=np.uint8), 32, axis=1).repeat(32, axis=2)
+    return {"noise": noise[:20], "dark": noise[20:] // 4, "val_noise": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+            "val_flat": flat}
 
 
 def experiment(deployed, arrays, sets, out: Path) -> tuple[dict, dict]:
@@ -103,9 +106,11 @@ def test_the_experiment_scores_every_model_detector_and_set_with_validation_choi
         knn = choices[model]["knn"]
         assert [setting for setting, _ in knn["tried"]] == [{"k": 1}, {"k": 5}]
         assert knn["validation_auroc"] == max(auroc for _, auroc in knn["tried"])
+        assert knn["validation_auroc"] == pytest.approx(sum(knn["validation_auroc_by_group"].values()) / 2, abs=1e-12)
         assert knn["hyperparameters"] == knn["chosen"]
         assert choices[model]["msp"]["chosen"] == {}  # no grid: the defaults alone
-    assert metrics["id_split"] == {"name": "odin", "test_images": 24, "validation_images": 16, "validation_set": "val_noise"}
+    assert metrics["id_split"] == {"name": "odin", "test_images": 24, "validation_images": 16,
+                                  "validation_sets": {"near": "val_noise", "far": "val_flat"}}
     assert metrics["perturbation_images"] is None
     assert set(metrics) == {"id_split", "perturbation_images", "fp32", "int8", f"int8_{REFERENCE}_settings"}
     for view in ("fp32", "int8", f"int8_{REFERENCE}_settings"):
@@ -123,7 +128,7 @@ def test_the_experiment_scores_every_model_detector_and_set_with_validation_choi
 
 def test_the_experiment_never_chooses_on_test_data(deployed, arrays, tmp_path):
     sets = ood_images(0)
-    other = ood_images(1) | {"val_noise": sets["val_noise"]}  # other test sets, the same validation set
+    other = ood_images(1) | {key: sets[key] for key in ("val_noise", "val_flat")}  # other test sets, the same validation sets
     choices, metrics = experiment(deployed, arrays, sets, tmp_path / "a")
     other_choices, other_metrics = experiment(deployed, arrays, other, tmp_path / "b")
     assert other_choices == choices
@@ -203,7 +208,7 @@ def test_a_sweep_recipe_is_judged_on_validation_data_only(float_model_and_images
     with pytest.raises(ParamsError, match="sweep.recipes: no recipe 'nope'"):
         sweep_quantizer(params, "nope")
     ood = dataclasses.replace(OOD, validation_images=8)
-    validation_ood = ood_images(0)["val_noise"]
+    validation_ood = {group: ood_images(0)[name] for group, name in OOD.validation_sets.items()}
     record = sweep_recipe(sweep_quantizer(params, "tiny"), float_model_and_images[0], arrays, validation_ood, ood, tmp_path)
     assert record["recipe"]["calibration_size"] == 32
     assert record["size_mb"]["int8"] < record["size_mb"]["fp32"]
@@ -232,7 +237,7 @@ def test_prepare_writes_every_split_and_set(tmp_path):
     specs = {"gaussian": OODSetSpec(dataset="gaussian_noise", transform="none", count=5),
              "uniform": OODSetSpec(dataset="uniform_noise", transform="none", count=4)}
     out = tmp_path / "prepared"
-    counts = prepare(PrepareParams(val_size=10, seed=0, ood_sets=specs), "uniform", {"cifar10": {"path": str(archive)}}, out)
+    counts = prepare(PrepareParams(val_size=10, seed=0, ood_sets=specs), ["uniform"], {"cifar10": {"path": str(archive)}}, out)
     assert counts == {"train": 90, "val": 10, "test": 20, "gaussian": 5, "uniform": 4}
     arrays = load_arrays(out / "cifar10.npz")
     assert len(arrays["train_x"]) == 90 and len(arrays["val_x"]) == 10

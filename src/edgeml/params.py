@@ -83,19 +83,19 @@ class FetchParams:
 # The names params accept for backends, stems and datasets are Literals here, not read from the registries:
 # params validation is a dependency of every stage, and reading edgeml.quantization's registry would make
 # every stage depend on every backend module. tests/test_params.py checks each Literal equals its registry.
-NOISE = ("gaussian_noise", "uniform_noise")  # generated, not fetched
+GENERATED = ("gaussian_noise", "uniform_noise", "synthetic_shapes")  # generated in code, not fetched
 
 
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
     """An OOD set: images of a fetched dataset, made 32x32 RGB by ``transform`` (ODIN's random
     crop, the central crop, a resize of the central square, or none for sets released at 32x32),
-    or synthetic noise as ODIN made it. Tiny ImageNet needs a ``split``; ``imglist`` names a
-    fetched OpenOOD list that selects images; ``count``: how many noise images, or a seeded sample."""
+    or generated in code (ODIN's noise, or synthetic shapes). Tiny ImageNet needs a ``split``; ``imglist`` names a
+    fetched OpenOOD list that selects images; ``count``: how many generated images, or a seeded sample."""
 
     dataset: Literal["tinyimagenet", "mnist", "fashion_mnist", "svhn", "cifar100", "textures", "places365",
                      "odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize",
-                     "odin_isun", "gaussian_noise", "uniform_noise"]
+                     "odin_isun", "gaussian_noise", "uniform_noise", "synthetic_shapes"]
     transform: Literal["crop", "center_crop", "resize", "none"]
     split: Optional[Literal["test", "val"]] = None
     imglist: Optional[Literal["openood_tin_list", "openood_tin_val_list"]] = None
@@ -183,11 +183,25 @@ class OODParams:
     sets: list[str]
     groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
     fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
+@dataclasses.dataclass(frozen=True)
+class ValidationSets:
+    """The OOD validation sets every choice is made on, one near and one far from the ID data: a choice
+    made on near-OOD alone can favour a detector that accepts noise (GEN once did, 84% of gaussian)."""
+
+    near: str
+    far: str
+
+    def items(self) -> list[tuple[str, str]]:
+        """(group, set name) pairs, near first."""
+        return [("near", self.near), ("far", self.far)]
+
+
     batch_size: int
     threads: int
-    # Hyperparameters are chosen on validation only: ID validation images vs this OOD set, which
-    # must not be a test set (not in ``sets``). ``search``: detector -> hyperparameter -> grid.
-    validation_set: str
+    # Hyperparameters are chosen on validation only: by the mean AUROC of ID validation images vs the
+    # near and the far OOD validation set, neither a test set (in ``sets``). ``search``: detector ->
+    # hyperparameter -> grid.
+    validation_sets: ValidationSets
     seed: int = 0
     validation_images: int = 1000  # ID validation images (the first of the validation split)
     # ID test / validation: "odin" = all 10,000 CIFAR-10 test images / the held-out training split
@@ -268,10 +282,10 @@ class Params:
                 raise ParamsError(f"{key}: split and imglist apply to Tiny ImageNet only")
             if spec.dataset.startswith("odin_") and spec.transform not in ("none", "center_crop"):
                 raise ParamsError(f"{key}: ODIN's archives are used as released: transform: none (or center_crop)")
-            if spec.dataset in NOISE and (spec.transform != "none" or spec.count is None):
-                raise ParamsError(f"{key}: noise sets need transform: none and a count")
+            if spec.dataset in GENERATED and (spec.transform != "none" or spec.count is None):
+                raise ParamsError(f"{key}: generated sets ({', '.join(GENERATED)}) need transform: none and a count")
             for source in (spec.dataset, spec.imglist):  # every other name is a fetch.<name> field
-                if source and source not in NOISE and getattr(self.fetch, source) is None:
+                if source and source not in GENERATED and getattr(self.fetch, source) is None:
                     raise ParamsError(f"{key}: uses {source}, but fetch.{source} has no source")
         for name in self.ood.sets:
             if name not in self.prepare.ood_sets:
@@ -283,13 +297,14 @@ class Params:
             raise ParamsError(
                 f"report.headline_set: {self.report.headline_set!r} is not an OOD test set (ood.sets: {self.ood.sets})"
             )
-        if self.ood.validation_set not in self.prepare.ood_sets:
-            raise ParamsError(
-                f"ood.validation_set: {self.ood.validation_set!r} is not built by prepare.ood_sets "
-                f"(defined: {sorted(self.prepare.ood_sets)})"
-            )
-        if self.ood.validation_set in self.ood.sets:
-            raise ParamsError(f"ood.validation_set: {self.ood.validation_set!r} is a test set (in ood.sets); choose on held-out data")
+        for group, name in self.ood.validation_sets.items():
+            key = f"ood.validation_sets.{group}"
+            if name not in self.prepare.ood_sets:
+                raise ParamsError(f"{key}: {name!r} is not built by prepare.ood_sets (defined: {sorted(self.prepare.ood_sets)})")
+            if name in self.ood.sets:
+                raise ParamsError(f"{key}: {name!r} is a test set (in ood.sets); choose on held-out data")
+        if self.ood.validation_sets.near == self.ood.validation_sets.far:
+            raise ParamsError(f"ood.validation_sets: near and far are both {self.ood.validation_sets.near!r}; give two different sets")
         if self.ood.id_split == "openood":
             for source in ("openood_cifar10_test_list", "openood_cifar10_val_list"):
                 if getattr(self.fetch, source) is None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, whi
 
 # A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
 # fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
-# of ID validation vs the OOD validation set for every logit detector).
+# of ID validation vs the near and far OOD validation sets, their mean, for every logit detector).
 SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 0.5, "speedup": 3.0}
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
@@ -149,7 +149,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
         f"one process, taking turns over {summary['timing_rounds']} rounds; spread: ± half the interquartile "
         f"range of a recipe's per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "
-        f"validation data (top-1: the held-out training split; AUROC: its first images vs the OOD validation set); "
+        f"validation data (top-1: the held-out training split; AUROC: its first images vs the near and far OOD validation sets, their mean); "
         f"test data is reported only by the main stages, for the recipe in params `quantize`.",
         "",
         "#### Validation AUROC (%) per detector, INT8 (change from FP32)",

@@ -1,4 +1,4 @@
-"""The OOD sets, 32x32 uint8, built from fetched datasets (or generated, for noise), each image named by its source image so validation and test sets can be checked for overlap."""
+"""The OOD sets, 32x32 uint8, built from fetched datasets or generated in code, each image named by its source image so validation and test sets can be checked for overlap."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from edgeml.data.readers import (
     load_tinyimagenet,
     read_openood_tin_list,
 )
-from edgeml.params import NOISE, OODSetSpec
+from edgeml.params import GENERATED, OODSetSpec
 from edgeml.runtime.images import IMAGE_SIZE, DataError, resize_rgb
 
 
@@ -26,6 +26,44 @@ def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np
     shape = (count, size, size, 3)
     pixels = rng.normal(0.5, 1.0, shape) if kind == "gaussian_noise" else rng.uniform(0.0, 1.0, shape)
     return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+
+
+def synthetic_shapes(count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Far-OOD validation images: one to four flat-coloured ellipses, rectangles and half-planes over a
+    two-colour linear gradient. Far from CIFAR-10 (no texture, no object, sharp edges between flat
+    regions) and like no OOD test set: not i.i.d. pixel noise (gaussian, uniform), not grayscale strokes
+    or garments on black (mnist, fashion_mnist), not photographs (Tiny ImageNet). Image i depends on
+    (seed, i) only, so the first k images of any count are the same images."""
+    ys, xs = np.mgrid[0:size, 0:size] / (size - 1)
+    images = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(angle) * (xs - 0.5) + np.sin(angle) * (ys - 0.5)) / np.sqrt(0.5) + 0.5  # 0..1 across the image
+        start, end = rng.uniform(0, 1, (2, 3))
+        image = start + np.clip(ramp, 0, 1)[..., None] * (end - start)
+        for _ in range(rng.integers(1, 5)):
+            kind = rng.integers(3)
+            cy, cx = rng.uniform(0.1, 0.9, 2)
+            ry, rx = rng.uniform(0.1, 0.45, 2)
+            if kind == 0:
+                mask = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+            elif kind == 1:
+                mask = (np.abs(ys - cy) <= ry) & (np.abs(xs - cx) <= rx)
+            else:
+                normal = rng.uniform(0, 2 * np.pi)
+                mask = np.cos(normal) * (xs - cx) + np.sin(normal) * (ys - cy) > 0
+            image[mask] = rng.uniform(0, 1, 3)
+        images[i] = np.round(image * 255)
+    return images
+
+
+# The generated sets, by their params name (prepare.ood_sets.<set>.dataset): count, seed -> uint8 NHWC images.
+GENERATORS: dict[str, Callable[[int, int], np.ndarray]] = {
+    "gaussian_noise": functools.partial(noise_images, "gaussian_noise"),
+    "uniform_noise": functools.partial(noise_images, "uniform_noise"),
+    "synthetic_shapes": synthetic_shapes,
+}
 
 
 # Readers of each fetched dataset's official format, by its params name (prepare.ood_sets.<set>.dataset, and
@@ -40,7 +78,7 @@ READERS: dict[str, Callable[[str | Path], Iterable[np.ndarray]]] = {
     "places365": functools.partial(load_images, under="val_256/"),
     **{name: load_images for name in ("odin_imagenet_crop", "odin_imagenet_resize", "odin_lsun_crop", "odin_lsun_resize", "odin_isun")},
 }
-DATASETS = ("tinyimagenet", *READERS, *NOISE)  # every name prepare.ood_sets.<set>.dataset may take
+DATASETS = ("tinyimagenet", *READERS, *GENERATED)  # every name prepare.ood_sets.<set>.dataset may take
 
 
 def _check_crop(image: np.ndarray, size: int) -> None:
@@ -109,9 +147,9 @@ def build_ood_set(
     with ``count``, a seeded sample of that many. ``tinyimagenet`` caches decoded splits across sets.
     Also returns each image's source name (``tinyimagenet/val/17``, ``mnist/3``, ``gaussian_noise/seed0/5``),
     the same for the same source image in any set, so :func:`check_disjoint` can compare sets."""
-    if spec.dataset in NOISE:
-        # the generator fills images in order, so the first k images of any count are the same images
-        x = noise_images(spec.dataset, spec.count, seed)
+    if spec.dataset in GENERATORS:
+        # the generators fill images in order, so the first k images of any count are the same images
+        x = GENERATORS[spec.dataset](spec.count, seed)
         return x, np.array([f"{spec.dataset}/seed{seed}/{i}" for i in range(len(x))])
     path = sources[spec.dataset]["path"]
     images, names = _source_images(spec, sources, tinyimagenet)
@@ -135,13 +173,14 @@ def build_ood_set(
     return x, names
 
 
-def check_disjoint(names: dict[str, np.ndarray], validation_set: str) -> None:
-    """Refuse an OOD validation set that shares a source image with any other (test) set, as the ID
-    validation and test lists are refused: choices made on validation must never see a test image."""
-    for name, other in names.items():
-        shared = np.intersect1d(names[validation_set], other) if name != validation_set else []
-        if len(shared):
-            raise DataError(
-                f"OOD validation set {validation_set!r} and test set {name!r} share {len(shared)} source images "
-                f"(e.g. {shared[0]}); fix prepare.ood_sets or their image lists so they are disjoint"
-            )
+def check_disjoint(names: dict[str, np.ndarray], validation_sets: list[str]) -> None:
+    """Refuse an OOD validation set that shares a source image with any other set, as the ID validation
+    and test lists are refused: choices made on validation must never see a test image."""
+    for validation_set in validation_sets:
+        for name, other in names.items():
+            shared = np.intersect1d(names[validation_set], other) if name != validation_set else []
+            if len(shared):
+                raise DataError(
+                    f"OOD validation set {validation_set!r} and set {name!r} share {len(shared)} source images "
+                    f"(e.g. {shared[0]}); fix prepare.ood_sets or their image lists so they are disjoint"
+                )

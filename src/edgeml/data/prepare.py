@@ -13,9 +13,9 @@ from edgeml.io import write_npz
 from edgeml.params import PrepareParams
 
 
-def prepare(params: PrepareParams, validation_set: str, sources: dict[str, dict], out: Path) -> dict[str, int]:
+def prepare(params: PrepareParams, validation_sets: list[str], sources: dict[str, dict], out: Path) -> dict[str, int]:
     """Write the prepared files into ``out`` (the folder that becomes ``paths.PREPARED``) from the fetched
-    ``sources``, refusing an OOD ``validation_set`` that shares an image with a test set; returns the
+    ``sources``, refusing an OOD validation set (of ``validation_sets``) that shares an image with a test set; returns the
     number of images in each split and set."""
     cifar = readers.load_cifar10(sources["cifar10"]["path"])
     arrays = splits.split_cifar10(cifar, params.val_size, params.seed)
@@ -31,5 +31,5 @@ def prepare(params: PrepareParams, validation_set: str, sources: dict[str, dict]
         x, names[name] = ood_sets.build_ood_set(spec, sources, params.seed, tinyimagenet)
         write_npz(out / paths.ood_set(name).relative_to(paths.PREPARED), x=x)
         counts[name] = len(x)
-    ood_sets.check_disjoint(names, validation_set)
+    ood_sets.check_disjoint(names, validation_sets)
     return counts

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeml.data.readers import openood_cifar10_positions
-from edgeml.params import ParamsError
+from edgeml import paths
+from edgeml.params import ParamsError, ValidationSets
 from edgeml.runtime.images import DataError
 
 
@@ -70,3 +71,8 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
             return {key: data[key] for key in data.files}
     except (ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: unreadable or truncated ({exc}); re-run the stage that writes it") from exc
+
+
+def load_ood_validation(validation_sets: ValidationSets) -> dict[str, np.ndarray]:
+    """The prepared OOD validation images by group (near, far), as choices are made on them."""
+    return {group: load_arrays(paths.ood_set(name))["x"] for group, name in validation_sets.items()}

@@ -34,15 +34,13 @@ def run_experiment(
     """Score the ID test images (``arrays["test_x"]`` at the positions ``id_split[0]``) and each of
     ``ood.sets`` with every detector on each deployable file of ``models`` (``REFERENCE`` first),
     writing ``out/<model>_<detector>.npz``. The FP32 checkpoint ``twin`` drives ODIN's nudge for every
-    model; ``ood_images`` holds ``ood.sets`` and ``ood.validation_set``. Returns (each model's detector
+    model; ``ood_images`` holds ``ood.sets`` and the sets of ``ood.validation_sets``. Returns (each model's detector
     choices, the metrics of every model and view)."""
     fit_images, fit_labels = fit_set(arrays, ood.fit_images, ood.seed)
     id_positions, id_validation = id_split
     test_images = {"id": to_tensor(arrays["test_x"][id_positions])} | {name: to_tensor(ood_images[name]) for name in ood.sets}
-    validation_images = {
-        "id": to_tensor(id_validation[: ood.validation_images]),
-        "ood": to_tensor(ood_images[ood.validation_set]),
-    }
+    validation_id = to_tensor(id_validation[: ood.validation_images])
+    validation_ood = {group: to_tensor(ood_images[name]) for group, name in ood.validation_sets.items()}
     # The FP32 twin's gradients drive ODIN's nudge for both models; computed once per set and temperature.
     gradients = GradientSigns(load_checkpoint(twin))
     metrics: dict[str, dict] = {}
@@ -51,7 +49,8 @@ def run_experiment(
         model = load_deployable(path, backend, features=True)
         context = ModelContext(load_head(path, backend), gradients)
         fit = Evidence("fit", fit_images, model, ood.batch_size).outputs
-        validation = tuple(Evidence(f"validation/{k}", x, model, ood.batch_size) for k, x in validation_images.items())
+        validation = (Evidence("validation/id", validation_id, model, ood.batch_size),
+                      {group: Evidence(f"validation/{group}", x, model, ood.batch_size) for group, x in validation_ood.items()})
         test = {key: Evidence(f"test/{key}", x, model, ood.batch_size) for key, x in test_images.items()}
         views = [model_name] + ([f"{model_name}_{REFERENCE}_settings"] if model_name != REFERENCE else [])
         for name in ood.detectors:
@@ -67,5 +66,5 @@ def run_experiment(
                     scores = protocol.score_sets(same, name, test, ood.perturbation_images, ood.seed)
                 metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
     split = {"name": ood.id_split, "test_images": len(test_images["id"]),
-             "validation_images": len(validation_images["id"]), "validation_set": ood.validation_set}
+             "validation_images": len(validation_id), "validation_sets": dict(ood.validation_sets.items())}
     return choices, {"id_split": split, "perturbation_images": ood.perturbation_images, **metrics}

@@ -26,7 +26,7 @@ from edgeml.ood.metrics import group_means, ood_metrics
 from edgeml.params import OODParams, ParamsError
 from edgeml.runtime.images import DataError
 
-Validation = tuple[Evidence, Evidence]  # (ID validation, OOD validation)
+Validation = tuple[Evidence, dict[str, Evidence]]  # (ID validation, OOD validation by group: near, far)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -38,29 +38,38 @@ def fitted(name: str, setting: dict[str, float], context: ModelContext, fit: Out
     return make_detector(name, context, **setting).fit(fit, labels)
 
 
+def validation_aurocs(detector: Detector, validation: Validation) -> dict[str, float]:
+    """AUROC of the ID validation images vs each OOD validation set, by group."""
+    id_evidence, ood_sets = validation
+    id_scores = detector.score(id_evidence).numpy()
+    return {group: ood_metrics(id_scores, detector.score(evidence).numpy())["auroc"] for group, evidence in ood_sets.items()}
+
+
 def validation_auroc(detector: Detector, validation: Validation) -> float:
-    """AUROC of ID vs OOD validation images: the only number choices are made on."""
-    id_scores, ood_scores = (detector.score(evidence).numpy() for evidence in validation)
-    return ood_metrics(id_scores, ood_scores)["auroc"]
+    """The mean of :func:`validation_aurocs` over the near and far sets: the only number choices are made on."""
+    return float(np.mean(list(validation_aurocs(detector, validation).values())))
 
 
 def choose(
     name: str, grid: dict[str, list[float]], context: ModelContext, fit: Outputs, labels: torch.Tensor, validation: Validation
 ) -> tuple[Detector, dict[str, Any]]:
     """Grid search on validation only: every setting in ``grid`` (the defaults alone when it is empty)
-    is fitted and scored on ``validation``; the highest AUROC wins. Returns that detector and the record
-    (chosen setting, its validation AUROC, every setting tried)."""
+    is fitted and scored on ``validation``; the highest mean AUROC over the near and far sets wins. Returns
+    that detector and the record (chosen setting, its validation AUROC and per-group AUROCs, every setting
+    tried with its mean AUROC)."""
     tried = []
     for values in itertools.product(*grid.values()):
         setting = dict(zip(grid, values))
         detector = fitted(name, setting, context, fit, labels)
-        tried.append((validation_auroc(detector, validation), setting, detector))
-    auroc, setting, detector = max(tried, key=lambda t: t[0])
+        by_group = validation_aurocs(detector, validation)
+        tried.append((float(np.mean(list(by_group.values()))), by_group, setting, detector))
+    auroc, by_group, setting, detector = max(tried, key=lambda t: t[0])
     return detector, {
         "chosen": setting,
         "hyperparameters": detector.hyperparameters(),
         "validation_auroc": auroc,
-        "tried": [[s, a] for a, s, _ in tried],
+        "validation_auroc_by_group": by_group,
+        "tried": [[s, a] for a, _, s, _ in tried],
     }
 
 
@@ -84,17 +93,20 @@ def set_metrics(scores: dict[str, np.ndarray], sets: list[str], groups: dict[str
 
 
 def validation_quality(
-    model: torch.nn.Module, context: ModelContext, arrays: Mapping[str, np.ndarray], ood_images: np.ndarray, ood: OODParams
+    model: torch.nn.Module, context: ModelContext, arrays: Mapping[str, np.ndarray], ood_images: Mapping[str, np.ndarray],
+    ood: OODParams,
 ) -> dict[str, Any]:
     """What a quantization recipe is chosen on, validation data only: top-1 on the held-out training
-    split (``arrays["val_x"]``), and each logit detector of ``ood.detectors``' AUROC of its first
-    ``ood.validation_images`` vs the uint8 HWC ``ood_images`` (MSP among them; the feature detectors,
-    which need a fit on each recipe's training features, are compared FP32 vs INT8 by the ood stage)."""
+    split (``arrays["val_x"]``), and each logit detector of ``ood.detectors``' mean AUROC of its first
+    ``ood.validation_images`` vs the uint8 HWC OOD validation images ``ood_images`` (by group: near, far;
+    MSP among them; the feature detectors, which need a fit on each recipe's training features, are
+    compared FP32 vs INT8 by the ood stage)."""
     images, labels = to_tensor(arrays["val_x"]), torch.from_numpy(arrays["val_y"])
     everything = Evidence("validation/all", images, model, ood.batch_size)
     id_evidence = Evidence("validation/id", images[: ood.validation_images], model, ood.batch_size)
     id_evidence.outputs = everything.outputs[: ood.validation_images]
-    validation = (id_evidence, Evidence("validation/ood", to_tensor(ood_images), model, ood.batch_size))
+    ood_evidence = {group: Evidence(f"validation/{group}", to_tensor(x), model, ood.batch_size) for group, x in ood_images.items()}
+    validation = (id_evidence, ood_evidence)
     return {
         "top1": top1(everything.outputs.logits, labels),
         "auroc": {

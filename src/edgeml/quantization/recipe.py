@@ -38,10 +38,11 @@ def sweep_quantizer(params: Params, name: str) -> Quantizer:
 
 
 def sweep_recipe(
-    quantizer: Quantizer, fp32: nn.Module, arrays: Mapping[str, np.ndarray], ood_images: np.ndarray, ood: OODParams, out: Path
+    quantizer: Quantizer, fp32: nn.Module, arrays: Mapping[str, np.ndarray], ood_images: Mapping[str, np.ndarray], ood: OODParams,
+    out: Path,
 ) -> dict[str, Any]:
     """Quantize ``fp32`` by ``quantizer``'s recipe into ``out``; its validation quality (``ood_images``:
-    the OOD validation set), both models' sizes on disk and how long quantizing took."""
+    the OOD validation sets by group), both models' sizes on disk and how long quantizing took."""
     recipe = quantizer.params
     with tempfile.TemporaryDirectory() as tmp:
         path = int8_path(recipe.backend, out)

@@ -237,12 +237,16 @@ def render_markdown(
         reference = choices["fp32"][name]["hyperparameters"]
         if reference != record["hyperparameters"]:
             numbers += " (FP32: " + ", ".join(f"{k} {v:.4g}" for k, v in reference.items()) + ")"
-        settings.append(f"{name} {numbers}, validation AUROC {100 * record['validation_auroc']:.2f}" if numbers else
-                        f"{name}: validation AUROC {100 * record['validation_auroc']:.2f}")
+        auroc = f"validation AUROC {100 * record['validation_auroc']:.2f}"
+        by_group = record.get("validation_auroc_by_group")
+        if by_group:
+            auroc += " (" + ", ".join(f"{group} {100 * value:.2f}" for group, value in by_group.items()) + ")"
+        settings.append(f"{name} {numbers}, {auroc}" if numbers else f"{name}: {auroc}")
+    validation_sets = " and ".join(f"{group} `{name}`" for group, name in ood["id_split"]["validation_sets"].items())
     parts += [
         "",
-        f"Detector settings, INT8 model (grids in params `ood.search`, chosen by AUROC of ID validation images vs the "
-        f"OOD validation set `{ood['id_split']['validation_set']}`; the rest are the papers' defaults): {'; '.join(settings)}.",
+        f"Detector settings, INT8 model (grids in params `ood.search`, chosen by the mean AUROC of ID validation images "
+        f"vs the OOD validation sets {validation_sets}; the rest are the papers' defaults): {'; '.join(settings)}.",
     ]
     return "\n".join(parts) + "\n"
 
