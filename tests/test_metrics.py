@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeml.ood.metrics import detection_error, fpr_at_tpr, ood_metrics
+from edgeml.ood.metrics import auroc_interval, detection_error, fpr_at_tpr, ood_metrics
 
 
 def test_perfect_separation():
@@ -65,3 +65,31 @@ def test_ap_weighs_both_classes_equally_as_odin():
     once, twice = ood_metrics(ids, oods), ood_metrics(ids, np.r_[oods, oods])
     assert twice["aupr_in_ap"] == pytest.approx(once["aupr_in_ap"])
     assert twice["aupr_in_trapz"] != pytest.approx(once["aupr_in_trapz"])
+
+
+def test_auroc_interval_holds_the_sample_auroc_and_narrows_with_more_images():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    true_auroc = norm.cdf(1 / np.sqrt(2))  # ID ~ N(1, 1) vs OOD ~ N(0, 1)
+
+    def interval(n: int) -> tuple[float, float, float]:
+        ids, oods = rng.normal(1, 1, n), rng.normal(0, 1, n)
+        lo, hi = auroc_interval(ids, oods, resamples=400)
+        return lo, ood_metrics(ids, oods)["auroc"], hi
+
+    lo, sample, hi = interval(250)
+    assert lo < sample < hi and lo < true_auroc < hi
+    big_lo, _, big_hi = interval(4000)
+    # the standard error shrinks as 1 / sqrt(n): 16x the images, about a quarter of the width
+    assert 0.15 < (big_hi - big_lo) / (hi - lo) < 0.4
+    assert auroc_interval(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == [1.0, 1.0]  # separated in every resample
+
+
+def test_set_metrics_adds_the_interval_only_when_asked():
+    from edgeml.ood.protocol import set_metrics
+
+    scores = {"id": np.arange(10.0), "a": np.arange(10.0) - 3}
+    assert "auroc_ci95" not in set_metrics(scores, ["a"], {})["a"]
+    lo, hi = set_metrics(scores, ["a"], {}, interval=True)["a"]["auroc_ci95"]
+    assert lo < ood_metrics(scores["id"], scores["a"])["auroc"] < hi

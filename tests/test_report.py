@@ -32,6 +32,15 @@ def test_extended_table_shows_both_int8_views():
     assert "| msp | 90.00 → 89.50 (-0.50) [-0.70] |" in text
 
 
+def test_sampled_detectors_show_their_auroc_interval():
+    ood = metrics(0.90, 0.895, 0.893)
+    assert tables.sampled_intervals(ood, ["tin_crop", "mnist"]) == []  # no sampled detector: nothing to say
+    ood["int8"]["energy"]["tin_crop"]["auroc_ci95"] = [0.871, 0.917]
+    lines = tables.sampled_intervals(ood, ["tin_crop", "mnist"])
+    assert lines[-1].startswith("energy AUROC (%) of the INT8 model, scored on a sample") and lines[-1].endswith(
+        ": tin_crop 89.5 [87.1, 91.7].")
+
+
 def test_headline_metrics_are_few_flat_and_numeric():
     ood = metrics(0.90, 0.895, 0.893)
     bench = {

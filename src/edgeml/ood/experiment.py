@@ -57,14 +57,15 @@ def run_experiment(
             detector, record = protocol.choose(name, ood.search.get(name, {}), context, fit, fit_labels, validation)
             choices.setdefault(model_name, {})[name] = record
             scores = protocol.score_sets(detector, name, test, ood.perturbation_images, ood.seed)
+            interval = detector.perturbs_inputs and ood.perturbation_images is not None  # scored on a sample
             write_npz(out / f"{model_name}_{name}.npz", **scores)
-            metrics.setdefault(model_name, {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
+            metrics.setdefault(model_name, {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups, interval)
             if len(views) > 1:  # the same model with the reference model's validation choice
                 reference = choices[REFERENCE][name]["chosen"]
                 if reference != record["chosen"]:
                     same = protocol.fitted(name, reference, context, fit, fit_labels)
                     scores = protocol.score_sets(same, name, test, ood.perturbation_images, ood.seed)
-                metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups)
+                metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups, interval)
     split = {"name": ood.id_split, "test_images": len(test_images["id"]),
              "validation_images": len(validation_id), "validation_sets": dict(ood.validation_sets.items())}
     return choices, {"id_split": split, "perturbation_images": ood.perturbation_images, **metrics}

@@ -22,7 +22,7 @@ from edgeml.ood.detectors import (
     detector_class,
     make_detector,
 )
-from edgeml.ood.metrics import group_means, ood_metrics
+from edgeml.ood.metrics import auroc_interval, group_means, ood_metrics
 from edgeml.params import OODParams, ParamsError
 from edgeml.runtime.images import DataError
 
@@ -86,9 +86,13 @@ def score_sets(
     return scores
 
 
-def set_metrics(scores: dict[str, np.ndarray], sets: list[str], groups: dict[str, list[str]]) -> dict[str, Any]:
-    """ODIN's metrics of ID (``scores["id"]``) vs each OOD set, plus each group's mean."""
+def set_metrics(scores: dict[str, np.ndarray], sets: list[str], groups: dict[str, list[str]], interval: bool = False) -> dict[str, Any]:
+    """ODIN's metrics of ID (``scores["id"]``) vs each OOD set, plus each group's mean; with ``interval``
+    (detectors scored on a sample), each set's AUROC also gets its 95% bootstrap interval, ``auroc_ci95``."""
     per_set = {name: ood_metrics(scores["id"], scores[name]) for name in sets}
+    if interval:
+        for name in sets:
+            per_set[name]["auroc_ci95"] = auroc_interval(scores["id"], scores[name])
     return per_set | group_means(per_set, groups)
 
 

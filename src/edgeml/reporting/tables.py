@@ -228,6 +228,7 @@ def render_markdown(
         f"the Mahalanobis distance without input preprocessing; ASH prunes the pooled features as published, "
         f"ash_map the layer4 map. Sample counts per set in `metrics/ood.json`.",
     ]
+    parts += sampled_intervals(ood, sets)
     if "detector_cost_us" in bench:
         costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
         parts += ["", f"Added cost per sample on top of the INT8 model (CPU, batch 1, median): {costs}."]
@@ -249,6 +250,17 @@ def render_markdown(
         f"vs the OOD validation sets {validation_sets}; the rest are the papers' defaults): {'; '.join(settings)}.",
     ]
     return "\n".join(parts) + "\n"
+
+
+def sampled_intervals(ood: dict, sets: list[str]) -> list[str]:
+    """Lines giving each sampled detector's (ODIN's) INT8 AUROC per set with its 95% bootstrap interval."""
+    lines = []
+    for name, per_set in ood["int8"].items():
+        intervals = {s: per_set[s]["auroc_ci95"] for s in sets if "auroc_ci95" in per_set.get(s, {})}
+        if intervals:
+            cells = ", ".join(f"{s} {100 * per_set[s]['auroc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for s, (lo, hi) in intervals.items())
+            lines += ["", f"{name} AUROC (%) of the INT8 model, scored on a sample of each set, with its 95% bootstrap interval: {cells}."]
+    return lines
 
 
 def predict_load_markdown(bench: dict) -> str:
