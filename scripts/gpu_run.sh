@@ -6,7 +6,7 @@
 #
 #   mkdir -p .gpu_data && cp ../shared/datasets/cifar10-jpeg.tar.gz .gpu_data/ && grep cifar10-jpeg \
 #     ../shared/datasets/SHA256SUMS > .gpu_data/SHA256SUMS
-#   OUT=/tmp/out EPOCHS=100 scripts/gpu_run.sh
+#   OUT=/tmp/out EPOCHS=100 OOD_VAL=".gpu_data/tin_val.npz .gpu_data/shapes_val.npz" scripts/gpu_run.sh
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the results}"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,10 +14,11 @@ RESULTS=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-$REPO/.gpu_run}  # git-ignored
 PYTHONPATH=$REPO/src timeout "${TRAIN_SECONDS:-440}" python3 "$REPO/scripts/gpu_train.py" --out "$RESULTS" \
-  --work "$WORK" ${EPOCHS:+--epochs "$EPOCHS"} > "$RESULTS/train_run.log" 2>&1
+  --work "$WORK" ${EPOCHS:+--epochs "$EPOCHS"} --ood-val ${OOD_VAL:?set OOD_VAL to the OOD validation .npz files} \
+  > "$RESULTS/train_run.log" 2>&1
 echo "gpu_train.py exit status $?" >> "$RESULTS/train_run.log"
-# the checkpoint to keep: best validation accuracy (test top-1 is recorded, never compared)
-BEST=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['recipes']; print(max(r, key=lambda k: r[k]['val_acc']))" \
+# the checkpoint to keep: the recipe gpu_train.py chose on validation (test top-1 is recorded, never compared)
+BEST=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['choice']['recipe'] or 'ce')" \
   "$RESULTS/summary.json" 2>> "$RESULTS/train_run.log" || echo ce)
 echo "validation-best recipe: $BEST" >> "$RESULTS/train_run.log"
 PYTHONPATH=$REPO/src timeout 150 python3 "$REPO/scripts/gpu_bench.py" "$WORK/$BEST/fp32.pt" \

@@ -142,6 +142,12 @@ class TrainParams:
     weights: Optional[Weights] = None  # set: install these weights as models/fp32.pt instead of training
     loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.model.train.logitnorm_loss
     logitnorm_tau: float = 0.04
+    # OOD training without outlier data (combinable with each other and with loss: logitnorm):
+    rotpred: bool = False  # Hendrycks et al. 2019 rotation head, see edgeml.model.rotpred
+    rotpred_weight: float = 1.0  # loss = class loss + rotpred_weight * CE(rotation); OpenOOD uses 1
+    pixmix: bool = False  # Hendrycks et al. 2022 with generated mixing pictures, see edgeml.model.pixmix
+    pixmix_k: int = 4  # at most this many mixing rounds per image (official default)
+    pixmix_beta: float = 3.0  # mixing severity (official default)
 
     def __post_init__(self) -> None:
         if self.logitnorm_tau <= 0:
@@ -417,6 +423,9 @@ RANGES: dict[str, Range] = {
     "TrainParams.seed": SEED,
     "TrainParams.threads": THREADS,
     "TrainParams.logitnorm_tau": POSITIVE,
+    "TrainParams.rotpred_weight": POSITIVE,
+    "TrainParams.pixmix_k": Range(0, 16),
+    "TrainParams.pixmix_beta": POSITIVE,
     "QuantizeParams.calibration_size": POSITIVE,
     "QuantizeParams.qat_epochs": NON_NEGATIVE,
     "QuantizeParams.qat_images": POSITIVE,

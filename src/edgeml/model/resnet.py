@@ -32,10 +32,13 @@ def build_resnet18(stem: str, num_classes: int = 10) -> nn.Module:
     return model
 
 
-def save_checkpoint(model: nn.Module, stem: str, num_classes: int, path: str | Path) -> None:
-    """Weights plus what is needed to rebuild the architecture."""
+def save_checkpoint(
+    model: nn.Module, stem: str, num_classes: int, path: str | Path, extra: dict[str, dict[str, torch.Tensor]] | None = None
+) -> None:
+    """Weights plus what is needed to rebuild the architecture; ``extra``: more state dicts under their
+    own keys (e.g. RotPred's rotation head), which :func:`load_checkpoint` ignores."""
     with atomic_path(path) as tmp:
-        torch.save({"stem": stem, "num_classes": num_classes, "state_dict": model.state_dict()}, tmp)
+        torch.save({"stem": stem, "num_classes": num_classes, "state_dict": model.state_dict(), **(extra or {})}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:

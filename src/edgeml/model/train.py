@@ -1,4 +1,5 @@
-"""The training loop: one-cycle SGD, cross-entropy or LogitNorm, bf16 on CUDA, DDP, resumable checkpoints."""
+"""The training loop: one-cycle SGD, cross-entropy or LogitNorm, optionally RotPred and PixMix (OOD
+training without outlier data), bf16 on CUDA, DDP, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from edgeml.io import atomic_dir, atomic_path, write_json, write_text
 from edgeml.model import augment as augment_module
-from edgeml.model import inference, resnet
+from edgeml.model import inference, pixmix, resnet, rotpred
 from edgeml.model.augment import augment
 from edgeml.model.inference import normalize, predict_logits
 from edgeml.params import ParamsError, TrainParams
@@ -36,7 +37,7 @@ CHECKPOINT_SECONDS = 60.0
 
 
 # The code a checkpoint was written by: a resumed run must not mix two versions of it.
-CODE = (Path(__file__), *(Path(module.__file__) for module in (resnet, augment_module, inference, images)))
+CODE = (Path(__file__), *(Path(module.__file__) for module in (resnet, augment_module, inference, images, pixmix, rotpred)))
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +141,7 @@ def config_fingerprint(params: TrainParams, extra: dict[str, Any]) -> str:
 
 
 def train_epoch(
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
@@ -152,10 +153,13 @@ def train_epoch(
     local: slice = slice(None),
     desc: str = "train",
     bar: bool = True,
+    mix: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One epoch of SGD steps on ``steps`` batches of a fresh permutation of the uint8 ``images``
     (augmented, normalised; ``local``: this process's slice of each batch), the scheduler stepped per
-    batch, bf16 autocast on CUDA; ``forward`` maps a batch to logits. Returns the loss sum, the
+    batch, bf16 autocast on CUDA; ``forward`` maps a batch to logits, or to (logits, an auxiliary
+    loss added to ``loss_fn``'s); ``mix`` (PixMix) turns each cropped, flipped uint8 batch into the
+    float 0..255 batch trained on. Returns the loss sum, the
     number right and the number seen as one float64 tensor on the images' device, so the caller
     syncs once (or all-reduces across processes)."""
     device = images.device
@@ -166,11 +170,17 @@ def train_epoch(
     # no bar where output is not a terminal (disable=None), nor where the caller asks for none
     for step in tqdm(range(steps), desc=desc, leave=False, disable=None if bar else True):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        x = normalize(augment(images[idx], generator)[local])
+        batch = augment(images[idx], generator)
+        if mix is not None:
+            batch = mix(batch, generator)
+        x = normalize(batch[local])
         y = labels[idx][local]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = forward(x)
+            output = forward(x)
+            logits, auxiliary = output if isinstance(output, tuple) else (output, None)
             loss = loss_fn(logits, y)
+            if auxiliary is not None:
+                loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -191,8 +201,10 @@ def train(
     checkpoint_path: Path,
     live_dir: Path,
     fingerprint: str,
+    rotation_head: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place; return final validation metrics and throughput.
+    """Train ``model`` (and ``rotation_head``, which ``train.rotpred`` needs: see
+    :mod:`edgeml.model.rotpred`) in place; return final validation metrics and throughput.
 
     Under DistributedDataParallel every rank draws the same permutation and augmentation of
     each global batch of ``batch_size`` images and trains on its own slice of it, so the
@@ -206,13 +218,19 @@ def train(
     if steps_per_epoch == 0:
         raise ParamsError(f"train.batch_size: {params.batch_size} exceeds the {len(train_x)} training images")
     local = slice(rank * params.batch_size // world, (rank + 1) * params.batch_size // world)
+    if params.rotpred != (rotation_head is not None):
+        raise ValueError(f"train.rotpred is {params.rotpred}: pass a rotation head exactly when it is set")
     torch.set_num_threads(params.threads)
     torch.backends.cudnn.benchmark = cuda
     seed_everything(params.seed)
     model = model.to(device, memory_format=torch.channels_last)
-    net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    trainee = model if rotation_head is None else rotpred.RotPredNet(model, rotation_head.to(device))
+    net = DistributedDataParallel(trainee, device_ids=[device.index] if cuda else None) if world > 1 else trainee
+    forward = (lambda x: rotpred.rotpred_loss(net, x, params.rotpred_weight)) if params.rotpred else net
+    mixer = pixmix.PixMix(pixmix.mixing_pictures(pixmix.PICTURES, params.seed).to(device), params.pixmix_k,
+                          params.pixmix_beta) if params.pixmix else None
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        trainee.parameters(),
         lr=params.lr,
         momentum=params.momentum,
         nesterov=True,
@@ -229,7 +247,7 @@ def train(
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
+            trainee.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
@@ -242,13 +260,13 @@ def train(
         net.train()
         t0 = time.perf_counter()
         totals = train_epoch(
-            net, train_x, train_y, params.batch_size, steps_per_epoch, optimizer, scheduler, generator,
+            forward, train_x, train_y, params.batch_size, steps_per_epoch, optimizer, scheduler, generator,
             lambda logits, y: classification_loss(logits, y, params, params.label_smoothing),
-            local=local, desc=f"epoch {epoch + 1}/{params.epochs}", bar=rank == 0,
+            local=local, desc=f"epoch {epoch + 1}/{params.epochs}", bar=rank == 0, mix=mixer,
         )
         if world > 1:
             dist.all_reduce(totals)
-            for buffer in model.buffers():  # batch-norm statistics: every rank keeps rank 0's
+            for buffer in trainee.buffers():  # batch-norm statistics: every rank keeps rank 0's
                 dist.broadcast(buffer, 0)
         total, right, count = totals.tolist()  # the epoch's one host sync
         seconds = time.perf_counter() - t0
@@ -262,13 +280,13 @@ def train(
         log(f"epoch {epoch + 1}/{params.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items()))
         if rank == 0 and (epoch + 1 == params.epochs or time.perf_counter() - saved >= CHECKPOINT_SECONDS):
             state = {"fingerprint": fingerprint, "history": history, "generator": generator.get_state()}
-            state |= {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            state |= {"model": trainee.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             with atomic_path(checkpoint_path) as tmp:
                 torch.save(state, tmp)
             saved = time.perf_counter()
     if rank == 0:
         write_curves(history, live_dir)
-    model.to("cpu", memory_format=torch.contiguous_format)
+    trainee.to("cpu", memory_format=torch.contiguous_format)
     seconds = [entry["seconds"] for entry in history]
     return {
         **{k: v for k, v in history[-1].items() if k != "seconds"},

@@ -22,6 +22,7 @@ from torch import nn
 from edgeml.data.sources import fetch
 from edgeml.data.splits import load_arrays
 from edgeml.model.inference import to_tensor
+from edgeml.model import rotpred
 from edgeml.model.resnet import build_resnet18, save_checkpoint
 from edgeml.model.train import (
     config_fingerprint,
@@ -86,15 +87,18 @@ def fp32_model(params: Params, data: Path, dest: Path, checkpoint_path: Path, li
         with data.open("rb") as f:
             data_digest = hashlib.file_digest(f, "sha256").hexdigest()
         model = build_resnet18(params.model.stem, params.model.num_classes)
+        head = rotpred.rotation_head(params.train.seed) if params.train.rotpred else None
         results = train(
             model, to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"]), val_x, val_y, params.train,
             checkpoint_path=checkpoint_path,
             live_dir=live_dir,
             fingerprint=config_fingerprint(params.train, {"model": vars(params.model), "data": data_digest}),
+            rotation_head=head,
         )
         if not is_main_process():
             return None
-        save_checkpoint(model, params.model.stem, params.model.num_classes, dest)
+        extra = {rotpred.CHECKPOINT_KEY: head.state_dict()} if head is not None else None
+        save_checkpoint(model, params.model.stem, params.model.num_classes, dest, extra)
         return {"origin": "trained", **results}
 
 
