@@ -14,10 +14,12 @@ from edgeml.ood.detectors import (
     GradientSigns,
     ModelContext,
     Outputs,
+    check_params,
     make_detector,
     predict_outputs,
 )
 from edgeml.ood.metrics import ood_metrics
+from edgeml.params import ParamsError
 from edgeml.ood.protocol import choose, choose_packaged
 from edgeml.runtime.images import CIFAR10_STD
 
@@ -416,3 +418,22 @@ def test_detectors_that_need_more_than_logits_and_features_cannot_travel():
         assert not DETECTORS[name].carriable
         with pytest.raises(NotImplementedError, match="cannot travel in the artifact"):
             make_detector(name, ModelContext(nn.Linear(4, 2))).scorer()
+
+
+def test_edge_knn_is_knn_on_a_bank_that_fits_an_edge_file():
+    torch.manual_seed(1)
+    head = nn.Linear(16, 4)
+    labels = torch.randint(0, 4, (300,))
+    fit = outputs_of(torch.relu(torch.randn(300, 16) + labels[:, None].float()), head)
+    queries = evidence_of(outputs_of(torch.cat([torch.relu(torch.randn(20, 16) + 1), 5 * torch.rand(10, 16)]), head))
+    full = make_detector("knn", ModelContext(head), k=3).fit(fit, labels)
+    whole_bank = make_detector("knn_edge", ModelContext(head), k=3, bank=300).fit(fit, labels)
+    torch.testing.assert_close(whole_bank.score(queries).float(), full.score(queries).float(), rtol=1e-5, atol=1e-6)
+    sampled = make_detector("knn_edge", ModelContext(head), k=3, bank=40).fit(fit, labels)
+    assert sampled.features.shape == (40, 16) and sampled.hyperparameters() == {"k": 3, "bank": 40}
+    # a sample is farther from every query than the whole set is: its k-th distances are never smaller
+    assert (-sampled.score(queries) >= -full.score(queries) - 1e-6).all()
+    # the largest bank allowed is 2 MB of float32 at ResNet18's 512 dimensions
+    assert DETECTORS["knn_edge"].MAX_BANK * 512 * 4 <= 2 * 2**20
+    with pytest.raises(ParamsError, match=r"ood.search.knn_edge.bank: 2048 must be >= 1 and < 1025"):
+        check_params(["knn_edge"], {"knn_edge": {"bank": [2048]}})
