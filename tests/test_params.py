@@ -37,7 +37,7 @@ def test_committed_params_are_valid():
 @pytest.mark.parametrize(
     "path, value, message",
     [
-        ("quantize.backend", "tensorrt", r"quantize.backend: 'tensorrt' is not one of \['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime', 'openvino'\]"),
+        ("quantize.backend", "tensorrt", r"quantize.backend: 'tensorrt' is not one of \['fbgemm', 'qnnpack', 'pt2e_x86', 'onnxruntime', 'openvino', 'executorch'\]"),
         ("quantize.observr", "minmax", r"quantize: unknown key\(s\) \['observr'\]"),
         ("train.epochs", 0, r"train.epochs: must be > 0"),
         ("train.epochs", "ten", r"train.epochs: expected int"),

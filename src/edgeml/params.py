@@ -159,7 +159,7 @@ class QuantizeParams:
     """One quantization recipe. Which observers, activation types and QAT each backend offers
     is checked by :mod:`edgeml.quantization`; the defaults are the recipe a sweep entry starts from."""
 
-    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino"] = "fbgemm"
+    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino", "executorch"] = "fbgemm"
     per_channel: bool = True
     observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
     reduce_range: bool = True  # torch backends: 7-bit activations (u8*s8 pairs cannot overflow int16 without VNNI); onnxruntime: 7-bit weights
@@ -184,12 +184,6 @@ class SweepParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class OODParams:
-    detectors: list[str]  # names in edgeml.ood.detectors.DETECTORS
-    sets: list[str]
-    groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
-    fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
-@dataclasses.dataclass(frozen=True)
 class ValidationSets:
     """The OOD validation sets every choice is made on, one near and one far from the ID data: a choice
     made on near-OOD alone can favour a detector that accepts noise (GEN once did, 84% of gaussian)."""
@@ -202,6 +196,12 @@ class ValidationSets:
         return [("near", self.near), ("far", self.far)]
 
 
+@dataclasses.dataclass(frozen=True)
+class OODParams:
+    detectors: list[str]  # names in edgeml.ood.detectors.DETECTORS
+    sets: list[str]
+    groups: dict[str, list[str]]  # e.g. near / far OOD: each group's mean is reported
+    fit_images: int  # training images the fitted detectors learn from (class means, neighbours, thresholds)
     batch_size: int
     threads: int
     # Hyperparameters are chosen on validation only: by the mean AUROC of ID validation images vs the

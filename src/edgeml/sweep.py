@@ -24,6 +24,8 @@ SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
 MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the best never ties with it
+# Backends built for ARM CPUs: their rows are timed on the x86 machine the sweep runs on, and say so.
+ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 
 def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         m = r["meets"]
         recipe_rows.append([
             f"**{name}**" if name == summary["best"] else name,
-            r["backend"],
+            f"{r['backend']} †" if r["backend"] in ARM_ORIENTED else r["backend"],
             f"{r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])})",
             f"{r['latency_ms']:.3f}",
             f"{r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')})",
@@ -144,6 +146,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         "",
         table(header, recipe_rows),
         "",
+        *(f"† {note}.\n" for backend, note in ARM_ORIENTED.items() if any(r["backend"] == backend for r in rows.values())),
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
@@ -164,6 +167,6 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f"CPU: {env['cpu']['model']} ({isa}), {env['threads']} threads. Compute floor = "
         f"{compute['macs_per_sample'] / 1e6:.1f} M MACs per image / GEMM peak (FP32 {peaks['fp32']['best']:.0f}, "
         f"INT8 {peaks['int8']['best']:.0f} GMAC/s measured here). Size is the deployable file on disk (TorchScript "
-        f".pt, torch.export .pt2 or ONNX); FP32 size is the TorchScript file.",
+        f".pt, torch.export .pt2, ONNX, OpenVINO IR or ExecuTorch .pte); FP32 size is the TorchScript file.",
     ]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ BACKENDS = {  # quantize.backend -> "module:class"
     "pt2e_x86": "edgeml.quantization.pt2e:PT2EX86Quantizer",
     "onnxruntime": "edgeml.quantization.onnxrt:OnnxRuntimeQuantizer",
     "openvino": "edgeml.quantization.openvino:OpenVinoQuantizer",
+    "executorch": "edgeml.quantization.executorch:ExecuTorchQuantizer",
 }
 
 

@@ -49,9 +49,9 @@ class _UnsharedReluBlock(BasicBlock):
         return self.relu_out(self.bn2(self.conv2(out)) + identity)
 
 
-def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` with a dynamic batch dimension (the example needs a batch of at least 2)."""
-    batch = torch.export.Dim("batch", max=65536)
+def export_program(model: nn.Module, example: torch.Tensor, max_batch: int = 65536) -> torch.export.ExportedProgram:
+    """``torch.export`` with a dynamic batch dimension up to ``max_batch`` (the example needs a batch of at least 2)."""
+    batch = torch.export.Dim("batch", max=max_batch)
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
@@ -107,15 +107,19 @@ class PT2EX86Quantizer(Quantizer):
 
     @classmethod
     def head(cls, path: Path) -> nn.Linear:
-        """The ``aten.linear`` that computes the logits output, its weight evaluated through its dequantize op."""
-        module = torch.export.load(str(path)).module()
-        output = next(node for node in module.graph.nodes if node.op == "output")
-        node = output.args[0][0]
-        while node.target in (DEQUANTIZE, QUANTIZE):
-            node = node.args[0]
-        if node.target is not torch.ops.aten.linear.default:
-            raise ValueError(f"{path}: the logits come from {node.target}, not a linear layer; quantize with the pt2e_x86 backend")
-        return linear_head(_constant(module, node.args[1]), _constant(module, node.args[2]))
+        return graph_head(torch.export.load(str(path)).module(), str(path))
+
+
+def graph_head(module: torch.fx.GraphModule, source: str) -> nn.Linear:
+    """The ``aten.linear`` that computes the logits output of a PT2E graph (``source`` names it in errors),
+    its weight evaluated through its dequantize op."""
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    node = output.args[0][0]
+    while node.target in (DEQUANTIZE, QUANTIZE):
+        node = node.args[0]
+    if node.target is not torch.ops.aten.linear.default:
+        raise ValueError(f"{source}: the logits come from {node.target}, not a linear layer; quantize with a PT2E backend")
+    return linear_head(_constant(module, node.args[1]), _constant(module, node.args[2]))
 
 
 def _output_dequantized(module: torch.fx.GraphModule) -> None:
