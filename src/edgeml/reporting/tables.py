@@ -308,6 +308,53 @@ def predict_load_markdown(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ort_profile_markdown(bench: dict) -> str:
+    """Where ONNX Runtime's batch-1 time goes for each ONNX file the bench timed (``bench["ort_profile"]``):
+    kernel time per op type of the graph ORT runs, the time outside kernels, and the compute floor
+    (README's benchmark section shows it)."""
+    env, floor = bench["environment"], bench["compute"]["floor_ms"]
+    profiles = dict(sorted(bench["ort_profile"].items(), key=lambda item: item[0] != "int8"))  # INT8 first
+    labels = {name: "INT8" if name == "int8" else "FP32" for name in profiles}
+    ops = sorted(  # by INT8 time, then FP32's
+        {op for p in profiles.values() for op in p["kernel_ms"]}, key=lambda op: tuple(-p["kernel_ms"].get(op, 0) for p in profiles.values())
+    )
+
+    def cells(p: dict, ms: float | None, nodes: str = "") -> list[str]:
+        return ["", nodes] if ms is None else [f"{ms:.3f} ({100 * ms / p['wall_ms']:.1f}%)", nodes]
+
+    rows = [
+        [f"`{op}`"] + [c for p in profiles.values() for c in cells(p, p["kernel_ms"].get(op), str(p["nodes"]["optimized"].get(op, "")))]
+        for op in ops
+    ]
+    rows += [[label] + [c for p in profiles.values() for c in cells(p, p[key])] for label, key in (
+        ("**kernels, total**", "kernels_ms"), ("between kernels (executor, per node)", "between_kernels_ms"),
+        ("outside the executor (run set-up, inputs, outputs)", "outside_executor_ms"), ("**run, profiled**", "wall_ms"),
+    )]
+    rows.append(["run, not profiled (median)"] + [c for p in profiles.values() for c in [f"{p['unprofiled_ms']:.3f}", ""]])
+    rows.append(["compute floor"] + [c for name in profiles for c in [f"{floor['int8' if name == 'int8' else 'fp32']:.3f}", ""]])
+    header = [""] + [c for name in profiles for c in (f"{labels[name]} ms (share of run)", f"{labels[name]} nodes")]
+    first = next(iter(profiles.values()))
+    graphs = "; ".join(
+        f"{labels[name]} file: {_counts(p['nodes']['file'])}; run as: {_counts(p['nodes']['optimized'])}"
+        for name, p in profiles.items()
+    )
+    return "\n".join([
+        f"#### Where ONNX Runtime's batch-1 time goes ({env['cpu']['model']}, {first['threads']} threads, ORT's profiler)",
+        "",
+        table(header, rows),
+        "",
+        f"Mean per run over the middle half (by wall time) of {first['runs']} profiled runs, so the parts add up to the run; "
+        "the plain session's median, timed in turns with it, shows what profiling itself adds (it records every node, "
+        "so the time between kernels is an upper bound). Nodes: the graph ORT runs after its optimizations "
+        f"(QuantizeLinear/DequantizeLinear left unfused show here). {graphs}.",
+    ]) + "\n"
+
+
+def _counts(nodes: dict[str, int]) -> str:
+    """Node counts per op type as a phrase: "20 Conv, 8 Add"."""
+    return ", ".join(f"{count} {op}" for op, count in nodes.items())
+
+
 def _workers_label(workers: int) -> str:
     """How the soak decoded, as the command's option reads."""
     return "in turn (`--workers 0`)" if workers == 0 else f"{workers} threads (`--workers {workers}`)"

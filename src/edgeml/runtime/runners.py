@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -42,12 +42,13 @@ class Runner(Protocol):
 
 def ort_session(
     model: str | Path | bytes, threads: Optional[int] = None, spinning: bool = True, optimize: bool = True,
-    providers: Optional[list] = None,
+    providers: Optional[list] = None, configure: Optional[Callable[["onnxruntime.SessionOptions"], None]] = None,
 ) -> "onnxruntime.InferenceSession":
     """The one way this project opens an ONNX Runtime session: errors-only logging, one inter-op thread,
     the CPU provider unless ``providers`` says otherwise. ``threads`` None: ONNX Runtime's default (the
     physical cores). ``spinning`` False: idle workers sleep instead of spinning, leaving the cores to the
-    threads that decode the next batch. ``optimize`` False: ONNX's own arithmetic, unfused."""
+    threads that decode the next batch. ``optimize`` False: ONNX's own arithmetic, unfused. ``configure``
+    adds to these options (the profiler turns on tracing), so a profiled session is the deployed one."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -58,6 +59,8 @@ def ort_session(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if configure:
+        configure(options)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
 

@@ -1,0 +1,118 @@
+"""ONNX Runtime's profile of a batch-1 run (edgeml.bench.profile): a real profiling run of a tiny conv net,
+float and QDQ-quantized, parsed and summed per op type; no timing assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edgeml.bench.profile import profile_onnx, run_breakdowns, summarize
+from edgeml.reporting import tables
+
+
+def tiny_convnet(path: Path) -> Path:
+    """Conv-ReLU-Conv with a skip Add, global average pool and a linear head: the ResNet pattern, small."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "wl", "bl"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 8, 3, 3), init("b2", 8), init("wl", 10, 8), init("bl", 10)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+class _Random(CalibrationDataReader):
+    def __init__(self) -> None:
+        self.batches = iter(np.random.default_rng(1).standard_normal((4, 1, 3, 16, 16), dtype=np.float32))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"input": batch}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("profile")
+    fp32 = tiny_convnet(folder / "fp32.onnx")
+    quantize_static(str(fp32), str(folder / "int8.onnx"), _Random(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return {"fp32": fp32, "int8": folder / "int8.onnx"}
+
+
+@pytest.fixture(scope="module")
+def profiles(models: dict[str, Path]) -> dict[str, dict]:
+    return {name: profile_onnx(path, threads=1, runs=12, warmup=2, block=6, settle=2) for name, path in models.items()}
+
+
+def test_kernel_times_per_op_type_add_up_to_the_run(profiles):
+    for profile in profiles.values():
+        assert profile["runs"] == 12 and 0 < profile["runs_summarized"] <= 12
+        assert all(ms >= 0 for ms in profile["kernel_ms"].values())
+        assert profile["kernels_ms"] == pytest.approx(sum(profile["kernel_ms"].values()))
+        assert min(profile["between_kernels_ms"], profile["outside_executor_ms"], profile["unprofiled_ms"]) >= 0
+        assert 0 < profile["kernels_ms"] <= profile["wall_ms"]
+        parts = profile["kernels_ms"] + profile["between_kernels_ms"] + profile["outside_executor_ms"]
+        assert parts == pytest.approx(profile["wall_ms"]) == profile["kernels_ms"] + profile["outside_kernels_ms"]
+        assert set(profile["kernel_ms"]) <= set(profile["nodes"]["optimized"])  # every kernel is a node ORT ran
+    assert "GlobalAveragePool" in profiles["fp32"]["kernel_ms"] and "Gemm" in profiles["fp32"]["kernel_ms"]
+    assert {"Conv", "FusedConv"} & set(profiles["fp32"]["kernel_ms"])
+
+
+def test_node_counts_show_what_ort_fused(profiles):
+    fp32, int8 = profiles["fp32"]["nodes"], profiles["int8"]["nodes"]
+    assert fp32["file"] == {"Conv": 2, "Relu": 2, "Add": 1, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1}
+    assert int8["file"]["Conv"] == 2 and int8["file"]["DequantizeLinear"] > int8["file"]["QuantizeLinear"] > 0
+    assert int8["optimized"]["QLinearConv"] == 2 and "Conv" not in int8["optimized"]  # the QDQ pairs fused into the conv
+    assert "QLinearConv" in profiles["int8"]["kernel_ms"]
+
+
+def test_each_kernel_is_charged_to_the_run_it_started_in():
+    def event(cat: str, name: str, ts: int, dur: int, op: str = "") -> dict:
+        return {"cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"op_name": op} if op else {}}
+
+    events = [
+        event("Session", "model_run", 0, 100), event("Session", "SequentialExecutor::Execute", 5, 90),
+        event("Node", "conv_kernel_time", 10, 40, "Conv"), event("Node", "add_kernel_time", 60, 10, "Add"),
+        event("Node", "conv_fence_before", 9, 1, "Conv"),  # not a kernel
+        event("Session", "model_run", 200, 50), event("Session", "SequentialExecutor::Execute", 202, 45),
+        event("Node", "conv_kernel_time", 210, 30, "Conv"),
+    ]
+    runs = run_breakdowns(events)
+    assert runs == [{"wall_us": 100, "execute_us": 90, "kernel_us": {"Conv": 40, "Add": 10}},
+                    {"wall_us": 50, "execute_us": 45, "kernel_us": {"Conv": 30}}]
+    summary = summarize(runs)
+    assert summary["kernel_ms"] == pytest.approx({"Conv": 0.035, "Add": 0.005})
+    assert summary["between_kernels_ms"] == pytest.approx(0.0675 - 0.04)
+    assert summary["outside_executor_ms"] == pytest.approx(0.075 - 0.0675)
+
+
+def test_the_markdown_table_shows_every_op_type_and_the_floor(profiles):
+    bench = {"ort_profile": {"int8": profiles["int8"], "fp32_onnxruntime": profiles["fp32"]},
+             "environment": {"cpu": {"model": "AMD EPYC"}}, "compute": {"floor_ms": {"int8": 0.5, "fp32": 2.0}}}
+    text = tables.ort_profile_markdown(bench)
+    assert "(AMD EPYC, 1 threads, ORT's profiler)" in text
+    assert "| `QLinearConv` |" in text and "| compute floor | 0.500 |  | 2.000 |  |" in text
+    assert "run as: 2 Transpose, 2 QLinearConv" in text.split("INT8 file: ")[1]
