@@ -19,7 +19,8 @@ def row(speedup: float, auroc_drop: float, size_ratio: float = 4.0, top1_drop: f
         "size_ratio": size_ratio >= 3.9, "top1_drop_points": top1_drop <= 0.3,
         "auroc_drop_points": auroc_drop <= 0.5, "speedup": speedup >= 3.0,
     }
-    return {"speedup": speedup, "speedup_spread": spread, "max_auroc_drop_points": auroc_drop, "meets": meets}
+    return {"speedup": speedup, "speedup_spread": spread, "max_auroc_drop_points": auroc_drop, "meets": meets,
+            "packaged": True}
 
 
 def test_fastest_recipe_meeting_the_quality_goals_wins():
@@ -49,6 +50,12 @@ def test_equal_losses_are_broken_by_name_not_by_order():
     assert sweep.best_recipe(rows)[0] == sweep.best_recipe(dict(reversed(rows.items())))[0] == "a"
 
 
+def test_only_recipes_the_artifact_can_be_built_from_compete_and_the_fastest_other_stays_in_sight():
+    rows = {"ort": row(3.2, 0.1), "pte": {**row(3.6, 0.0), "packaged": False}}
+    assert sweep.best_recipe(rows)[0] == "ort"
+    assert sweep.best_recipe(rows, packaged_only=False)[0] == "pte"
+
+
 def test_without_a_recipe_meeting_the_quality_goals_the_smallest_auroc_loss_wins():
     rows = {"a": row(3.4, 0.9, size_ratio=3.0), "b": row(1.0, 0.6)}
     best, rule = sweep.best_recipe(rows)
@@ -63,10 +70,10 @@ def test_sweep_row_takes_speed_from_the_shared_timing_and_quality_from_validatio
     timing = {"fastest_fp32_path": "fp32_onnxruntime", "fp32": {"fp32_onnxruntime": {"latency_ms": 6.0}},
               "recipes": {"r": {"latency_ms": 2.0, "throughput_images_per_s": 400.0, "speedup": 3.0, "speedup_spread": 0.04}}}
     reference = {"top1": 0.91, "auroc": {"msp": 0.86, "energy": 0.881}}
-    r = sweep.sweep_row(result, timing, reference, floor_ms=1.0)
+    r = sweep.sweep_row(result, timing, reference, floor_ms=1.0, packaged=False)
     assert r["size_ratio"] == 4.0 and r["top1_drop_points"] == pytest.approx(0.5)
     assert r["max_auroc_drop_points"] == pytest.approx(1.0) and r["worst_detector"] == "msp"
-    assert r["latency_over_floor"] == 2.0 and r["speedup_spread"] == 0.04
+    assert r["latency_over_floor"] == 2.0 and r["speedup_spread"] == 0.04 and r["packaged"] is False
     assert r["meets"] == {"size_ratio": True, "top1_drop_points": False, "auroc_drop_points": False, "speedup": True}
 
 
@@ -104,17 +111,19 @@ def test_render_sweep_marks_the_best_recipe_and_missed_goals():
                 "top1_drop_points": 0.1, "worst_detector": "energy",
                 "val_auroc": {"msp": {"fp32": 90.0, "int8": 89.9}, "energy": {"fp32": 91.0, "int8": 90.5}}}
 
-    summary = {"goals": sweep.SWEEP_GOALS, "best": "fast", "best_rule": "fastest", "timing_rounds": 6,
-               "recipes": {"fast": recipe(3.3, 0.5), "slow": recipe(2.0, 0.5)},
+    summary = {"goals": sweep.SWEEP_GOALS, "best": "fast", "best_rule": "fastest", "best_measured": "slow",
+               "timing_rounds": 6, "recipes": {"fast": recipe(3.3, 0.5), "slow": {**recipe(2.0, 0.5), "packaged": False}},
                "environment": {"threads": 2, "cpu": {"model": "EPYC", "isa": {"avx2": True}}},
                "compute": {"macs_per_sample": 5.6e8, "gemm_peak_gmacs": {"fp32": {"best": 90.0}, "int8": {"best": 300.0}}}}
     lines = sweep.render_sweep(summary).splitlines()
     assert "| **fast** | fbgemm | 11.30 (4.00x) | 1.500 | 5.000 (torchscript) | 3.30x (±5%) | 1.8 | 700 " \
            "| 91.70 → 91.60 (-0.10) | 0.50 (energy) |" in lines
-    assert "| slow | fbgemm | 11.30 (4.00x) | 1.500 | 5.000 (torchscript) | 2.00x ✗ (±5%) | 1.8 | 700 " \
+    assert "| slow ‡ | fbgemm | 11.30 (4.00x) | 1.500 | 5.000 (torchscript) | 2.00x ✗ (±5%) | 1.8 | 700 " \
            "| 91.70 → 91.60 (-0.10) | 0.50 (energy) |" in lines
     assert lines[lines.index("| recipe | msp | energy |") + 1:][:3] == ["|---|---|---|", "| fast | 89.90 (-0.10) | 90.50 (-0.50) |",
                                                                       "| slow | 89.90 (-0.10) | 90.50 (-0.50) |"]
+    note = next(line for line in lines if line.startswith("Goals"))
+    assert "‡ The package stage cannot build the artifact" in note and "‡ included, the best is slow" in note
 
 def test_disagreement_is_loud_when_params_quantize_is_not_the_best():
     chosen, other = QuantizeParams(backend="onnxruntime", observer="minmax"), QuantizeParams(backend="fbgemm")

@@ -36,6 +36,7 @@ from edgeml.runtime.artifact import (
     ARTIFACT_DIR,
     FORMAT,
     METADATA,
+    PACKAGED_SUFFIXES,
     EdgeModel,
     input_metadata,
     sha256_file,
@@ -242,10 +243,10 @@ class _Normalize(nn.Module):
 def write_artifact(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     """Write the artifact of the INT8 file ``int8_path`` to ``out``, in its format, with the JSON ``meta``."""
     writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
-    if int8_path.suffix not in writers:
+    if int8_path.suffix not in PACKAGED_SUFFIXES:
         raise ParamsError(
             f"quantize.backend: {backend!r} files ({int8_path.suffix}) cannot be packaged yet; the artifact is built "
-            f"from {sorted(writers)} files: package another backend's recipe"
+            f"from {list(PACKAGED_SUFFIXES)} files: package another backend's recipe"
         )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript/ONNX exporter deprecation and constant-capture notices

@@ -28,9 +28,10 @@ MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the be
 ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 
-def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> dict[str, Any]:
+def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float, packaged: bool) -> dict[str, Any]:
     """One recipe's row: size and validation quality from its sweep stage (``result``) against the FP32
-    ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.bench.cpu.time_recipes`)."""
+    ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.bench.cpu.time_recipes`);
+    ``packaged``: whether the package stage can build the artifact from the recipe's file."""
     fastest = timing["fastest_fp32_path"]
     own = timing["recipes"][result["name"]]
     int8, fp32 = result["validation"], reference
@@ -54,6 +55,7 @@ def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float) -> d
         "max_auroc_drop_points": drops[worst],
         "worst_detector": worst,
         "quantize_seconds": result["quantize_seconds"],
+        "packaged": packaged,
     }
     row["meets"] = {
         "size_ratio": row["size_ratio"] >= SWEEP_GOALS["size_ratio"],
@@ -70,11 +72,14 @@ def tie_band(rows: dict[str, dict]) -> float:
     return min(MAX_TIE_BAND, max([MIN_TIE_BAND, *(row["speedup_spread"] for row in rows.values())]))
 
 
-def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
+def best_recipe(rows: dict[str, dict], packaged_only: bool = True) -> tuple[str, str]:
     """The selection rule, on validation numbers and timings only: among recipes meeting the size, top-1 and
     AUROC goals, speed-ups within :func:`tie_band` of the best are ties, broken by the smallest AUROC loss
     (then the name, so equal losses cannot flip); if no recipe meets them, the smallest AUROC loss.
-    Returns (recipe, rule)."""
+    ``packaged_only``: only recipes the artifact can be built from compete, since params ``quantize`` (the
+    best) is what the package stage ships. Returns (recipe, rule)."""
+    if packaged_only:
+        rows = {n: row for n, row in rows.items() if row["packaged"]}
     by_loss = lambda n: (rows[n]["max_auroc_drop_points"], n)  # noqa: E731
     quality = {n: row for n, row in rows.items() if all(row["meets"][k] for k in QUALITY_GOALS)}
     if not quality:
@@ -88,13 +93,18 @@ def best_recipe(rows: dict[str, dict]) -> tuple[str, str]:
     )
 
 
-def sweep_summary(results: dict[str, dict], timing: dict, reference: dict) -> dict[str, Any]:
-    """Every recipe's row and the best recipe, chosen by :func:`best_recipe` (no test data involved)."""
+def sweep_summary(results: dict[str, dict], timing: dict, reference: dict, packaged: set[str]) -> dict[str, Any]:
+    """Every recipe's row and the best recipe, chosen by :func:`best_recipe` (no test data involved), among
+    the recipes named in ``packaged`` (those whose file the package stage can build an artifact from); and
+    the best of all recipes measured, packaged or not, so that a faster runtime the artifact cannot carry yet
+    stays in sight."""
     floor_ms = timing["floor_ms"]["int8"]
-    rows = {name: sweep_row({**result, "name": name}, timing, reference, floor_ms) for name, result in results.items()}
+    rows = {name: sweep_row({**result, "name": name}, timing, reference, floor_ms, name in packaged)
+            for name, result in results.items()}
     best, rule = best_recipe(rows)
     quality = {n: r for n, r in rows.items() if all(r["meets"][k] for k in QUALITY_GOALS)}
-    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule, "tie_band": tie_band(quality or rows),
+    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule,
+            "best_measured": best_recipe(rows, packaged_only=False)[0], "tie_band": tie_band(quality or rows),
             "recipes": rows, "compute": {k: timing[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
             "timing_rounds": timing["rounds"], "environment": timing["environment"]}
 
@@ -126,7 +136,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
     for name, r in rows.items():
         m = r["meets"]
         recipe_rows.append([
-            f"**{name}**" if name == summary["best"] else name,
+            (f"**{name}**" if name == summary["best"] else name) + ("" if r["packaged"] else " ‡"),
             f"{r['backend']} †" if r["backend"] in ARM_ORIENTED else r["backend"],
             f"{r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])})",
             f"{r['latency_ms']:.3f}",
@@ -141,6 +151,11 @@ def render_sweep(summary: dict[str, Any]) -> str:
     detectors = list(next(iter(rows.values()))["val_auroc"])
     auroc = [[name, *(f"{a['int8']:.2f} ({a['int8'] - a['fp32']:+.2f})" for a in map(r["val_auroc"].get, detectors))]
              for name, r in rows.items()]
+    unpackaged = ""
+    if any(not r["packaged"] for r in rows.values()):
+        unpackaged = "‡ The package stage cannot build the artifact from this recipe's file format yet. "
+        if summary["best_measured"] != summary["best"]:
+            unpackaged += f"By the same rule over every recipe, ‡ included, the best is {summary['best_measured']}. "
     lines = [
         "#### Quantization recipes (chosen on validation data; committed FP32 model)",
         "",
@@ -151,7 +166,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
         f"one process, taking turns over {summary['timing_rounds']} rounds; spread: ± half the interquartile "
-        f"range of a recipe's per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}). Every quality number here is on "
+        f"range of a recipe's per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}; among the "
+        f"recipes the artifact can be built from). {unpackaged}Every quality number here is on "
         f"validation data (top-1: the held-out training split; AUROC: its first images vs the near and far OOD validation sets, their mean); "
         f"test data is reported only by the main stages, for the recipe in params `quantize`.",
         "",

@@ -44,6 +44,9 @@ METADATA = "edgeml.json"
 
 
 ARTIFACT_DIR = Path("models/artifact")
+# The INT8 file formats an artifact is built from and runs as: ONNX (onnxruntime alone), TorchScript and
+# torch.export (torch). OpenVINO IR and ExecuTorch .pte are measured by the sweep but not packaged yet.
+PACKAGED_SUFFIXES = (".onnx", ".pt", ".pt2")
 
 
 DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads that decode files while the model runs
