@@ -35,8 +35,8 @@ def tiny_params(mirror: Path) -> dict:
     params["fetch"]["openood_tin_val_list"]["source"] = str(mirror / "openood-imglist/val_tin.txt")
     params["fetch"]["openood_cifar10_test_list"]["source"] = str(mirror / "openood-imglist/test_cifar10.txt")
     params["fetch"]["openood_cifar10_val_list"]["source"] = str(mirror / "openood-imglist/val_cifar10.txt")
-    for noise in ("gaussian", "uniform"):
-        params["prepare"]["ood_sets"][noise]["count"] = 12
+    for generated in ("gaussian", "uniform", "shapes_val"):
+        params["prepare"]["ood_sets"][generated]["count"] = 12
     params["prepare"]["val_size"] = 20
     params["model"]["stem"] = "torchvision"  # trains in seconds on tiny data; the published weights are CIFAR-stem
     # lr for batch 16 (0.4 is for 512): a diverged model's logits reach 1e6 and every score ties
@@ -77,7 +77,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert sources["cifar10"]["checked_against"].startswith("sha256:")
     assert json.loads((project / "metrics/prepare.json").read_text())["samples"] == {
         "train": 100, "val": 20, "test": 40, "tin_crop": 30, "tin_resize": 30, "tin_openood": 6,
-        "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12, "tin_val": 8,
+        "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12, "tin_val": 8, "shapes_val": 12,
         "openood_test": 30, "openood_val": 10,
     }
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
@@ -112,7 +112,7 @@ def test_dvc_repro_end_to_end(project: Path):
     assert (ood["int8"]["odin"]["tin_crop"]["id_samples"], ood["int8"]["odin"]["tin_crop"]["ood_samples"]) == (20, 20)
     # the pure-quantization view: INT8 with the FP32 model's choices, for every detector
     assert set(ood["int8_fp32_settings"]) == set(params["ood"]["detectors"])
-    carriable = {"msp", "maxlogit", "energy", "gen", "mds", "vim", "react", "fdbd"}  # logits and pooled features
+    carriable = {"msp", "maxlogit", "energy", "gen", "mds", "vim", "react", "fdbd", "knn_edge"}  # logits and pooled features
     assert package["detector"] in carriable and set(package["selection"]["validation_auroc"]) == carriable
     assert package["calibration_images"]["split"] == "train" and package["threshold_images"] == {"split": "val", "count": 20}
     summary = json.loads((project / "metrics/summary.json").read_text())
