@@ -213,6 +213,7 @@ def test_a_sweep_recipe_is_judged_on_validation_data_only(float_model_and_images
     assert record["recipe"]["calibration_size"] == 32
     assert record["size_mb"]["int8"] < record["size_mb"]["fp32"]
     assert record["quantize_seconds"] > 0
+    assert (tmp_path / record["file"]) == int8_path(BACKEND, tmp_path)  # sweep_report reads its format from here
     assert set(record["validation"]["auroc"]) == {"msp", "energy"}  # the detectors the artifact can carry
     model = load_deployable(int8_path(BACKEND, tmp_path), BACKEND)
     logits = predict_logits(model, torch.from_numpy(arrays["val_x"]).permute(0, 3, 1, 2))

@@ -37,8 +37,8 @@ def test_speed_ties_within_the_minimum_band_go_to_the_smaller_auroc_loss():
 def test_a_measured_spread_wider_than_the_minimum_widens_the_tie_band():
     rows = {"a": row(3.40, 0.40, spread=0.15), "b": row(3.30, 0.05), "c": row(3.00, 0.00)}
     # 15% spread: c (3.00 >= 0.85 * 3.40 = 2.89) ties too, and loses least
-    best, rule = sweep.best_recipe(rows)
-    assert best == "c" and "15.0%" in rule
+    best, rule, band = sweep.best_recipe(rows)
+    assert best == "c" and "15.0%" in rule and band == pytest.approx(0.15)
     assert sweep.tie_band({"noisy": row(3.0, 0.1, spread=3.0)}) == sweep.MAX_TIE_BAND  # 4x slower never ties
     lossy = {**rows, "d": row(3.0, 0.9, spread=0.5)}  # misses the AUROC goal: its spread does not count
     assert sweep.tie_band({n: r for n, r in lossy.items() if r["meets"]["auroc_drop_points"]}) == pytest.approx(0.15)
@@ -56,10 +56,16 @@ def test_only_recipes_the_artifact_can_be_built_from_compete_and_the_fastest_oth
     assert sweep.best_recipe(rows, packaged_only=False)[0] == "pte"
 
 
+def test_a_sweep_without_a_packageable_recipe_says_which_param_to_change():
+    rows = {"pte": {**row(3.6, 0.0), "packaged": False}}
+    with pytest.raises(sweep.SweepError, match="sweep.recipes"):
+        sweep.best_recipe(rows)
+
+
 def test_without_a_recipe_meeting_the_quality_goals_the_smallest_auroc_loss_wins():
     rows = {"a": row(3.4, 0.9, size_ratio=3.0), "b": row(1.0, 0.6)}
-    best, rule = sweep.best_recipe(rows)
-    assert best == "b" and "no recipe meets" in rule
+    best, rule, band = sweep.best_recipe(rows)
+    assert best == "b" and "no recipe meets" in rule and band is None
 
 
 def test_sweep_row_takes_speed_from_the_shared_timing_and_quality_from_validation():
@@ -75,6 +81,20 @@ def test_sweep_row_takes_speed_from_the_shared_timing_and_quality_from_validatio
     assert r["max_auroc_drop_points"] == pytest.approx(1.0) and r["worst_detector"] == "msp"
     assert r["latency_over_floor"] == 2.0 and r["speedup_spread"] == 0.04 and r["packaged"] is False
     assert r["meets"] == {"size_ratio": True, "top1_drop_points": False, "auroc_drop_points": False, "speedup": True}
+
+
+def test_the_summary_states_the_tie_band_its_choice_used_not_one_widened_by_unpackaged_recipes():
+    def result(name: str) -> dict:
+        return {"recipe": {"backend": name}, "size_mb": {"fp32": 44.0, "int8": 11.0}, "quantize_seconds": 1.0,
+                "validation": {"top1": 0.91, "auroc": {"msp": 0.86}}}
+    spreads = {"ort": 0.06, "pte": 0.40}  # the unpackaged recipe's noisy rounds must not widen the packaged band
+    timing = {"fastest_fp32_path": "fp32", "fp32": {"fp32": {"latency_ms": 6.0}}, "floor_ms": {"int8": 1.0},
+              "recipes": {n: {"latency_ms": 2.0, "throughput_images_per_s": 500.0, "speedup": 3.0, "speedup_spread": s}
+                          for n, s in spreads.items()},
+              "macs_per_sample": 1, "gemm_peak_gmacs": 1, "rounds": 6, "environment": {}}
+    summary = sweep.sweep_summary({n: result(n) for n in spreads}, timing, {"top1": 0.91, "auroc": {"msp": 0.86}}, {"ort"})
+    assert summary["best"] == "ort" and summary["tie_band"] == pytest.approx(0.06)
+    assert "6.0%" in summary["best_rule"]
 
 
 def convnet(width: int) -> nn.Module:

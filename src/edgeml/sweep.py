@@ -10,8 +10,9 @@ how close two speed-ups must be to count as a tie.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from edgeml.errors import EdgeMLError
 from edgeml.reporting.markdown import table
 
 if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, which the runtime install lacks
@@ -72,25 +73,43 @@ def tie_band(rows: dict[str, dict]) -> float:
     return min(MAX_TIE_BAND, max([MIN_TIE_BAND, *(row["speedup_spread"] for row in rows.values())]))
 
 
-def best_recipe(rows: dict[str, dict], packaged_only: bool = True) -> tuple[str, str]:
+class SweepError(EdgeMLError, ValueError):
+    """The sweep's recipes cannot produce a decision (e.g. none can be packaged)."""
+
+
+class Choice(NamedTuple):
+    """What :func:`best_recipe` chose, by which rule, and the tie band that rule used (None when no
+    recipe met the quality goals and speed did not count)."""
+
+    name: str
+    rule: str
+    tie_band: float | None
+
+
+def best_recipe(rows: dict[str, dict], packaged_only: bool = True) -> Choice:
     """The selection rule, on validation numbers and timings only: among recipes meeting the size, top-1 and
     AUROC goals, speed-ups within :func:`tie_band` of the best are ties, broken by the smallest AUROC loss
     (then the name, so equal losses cannot flip); if no recipe meets them, the smallest AUROC loss.
     ``packaged_only``: only recipes the artifact can be built from compete, since params ``quantize`` (the
-    best) is what the package stage ships. Returns (recipe, rule)."""
+    best) is what the package stage ships."""
     if packaged_only:
         rows = {n: row for n, row in rows.items() if row["packaged"]}
+        if not rows:
+            raise SweepError(
+                "sweep.recipes: no recipe writes a file the package stage can build the artifact from; "
+                "add one whose backend writes ONNX, TorchScript or torch.export (e.g. onnxruntime_percentile)"
+            )
     by_loss = lambda n: (rows[n]["max_auroc_drop_points"], n)  # noqa: E731
     quality = {n: row for n, row in rows.items() if all(row["meets"][k] for k in QUALITY_GOALS)}
     if not quality:
-        return min(rows, key=by_loss), "no recipe meets the quality goals: smallest AUROC loss"
+        return Choice(min(rows, key=by_loss), "no recipe meets the quality goals: smallest AUROC loss", None)
     band = tie_band(quality)
     top = max(row["speedup"] for row in quality.values())
     tied = [n for n, row in quality.items() if row["speedup"] >= (1 - band) * top]
-    return min(tied, key=by_loss), (
+    return Choice(min(tied, key=by_loss), (
         f"meets the size, top-1 and AUROC goals; among those within {band:.1%} of the best speed-up (the largest "
         f"round-to-round spread measured, within {MIN_TIE_BAND:.0%}-{MAX_TIE_BAND:.0%}), the smallest AUROC loss"
-    )
+    ), band)
 
 
 def sweep_summary(results: dict[str, dict], timing: dict, reference: dict, packaged: set[str]) -> dict[str, Any]:
@@ -101,10 +120,9 @@ def sweep_summary(results: dict[str, dict], timing: dict, reference: dict, packa
     floor_ms = timing["floor_ms"]["int8"]
     rows = {name: sweep_row({**result, "name": name}, timing, reference, floor_ms, name in packaged)
             for name, result in results.items()}
-    best, rule = best_recipe(rows)
-    quality = {n: r for n, r in rows.items() if all(r["meets"][k] for k in QUALITY_GOALS)}
-    return {"goals": SWEEP_GOALS, "best": best, "best_rule": rule,
-            "best_measured": best_recipe(rows, packaged_only=False)[0], "tie_band": tie_band(quality or rows),
+    choice = best_recipe(rows)
+    return {"goals": SWEEP_GOALS, "best": choice.name, "best_rule": choice.rule,
+            "best_measured": best_recipe(rows, packaged_only=False).name, "tie_band": choice.tie_band,
             "recipes": rows, "compute": {k: timing[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
             "timing_rounds": timing["rounds"], "environment": timing["environment"]}
 

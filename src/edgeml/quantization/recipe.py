@@ -42,7 +42,8 @@ def sweep_recipe(
     out: Path,
 ) -> dict[str, Any]:
     """Quantize ``fp32`` by ``quantizer``'s recipe into ``out``; its validation quality (``ood_images``:
-    the OOD validation sets by group), both models' sizes on disk and how long quantizing took."""
+    the OOD validation sets by group), the deployable file's name, both models' sizes on disk and how long
+    quantizing took."""
     recipe = quantizer.params
     with tempfile.TemporaryDirectory() as tmp:
         path = int8_path(recipe.backend, out)
@@ -52,4 +53,4 @@ def sweep_recipe(
         model, context = load_deployable(path, recipe.backend, features=True), ModelContext(load_head(path, recipe.backend))
         quality = validation_quality(model, context, arrays, ood_images, ood)
         size_mb = {"fp32": file_size_mb(export_fp32(fp32, tmp)["fp32_torchscript"]), "int8": file_size_mb(path)}
-    return {"recipe": dataclasses.asdict(recipe), "size_mb": size_mb, "validation": quality, "quantize_seconds": quantize_seconds}
+    return {"recipe": dataclasses.asdict(recipe), "file": path.name, "size_mb": size_mb, "validation": quality, "quantize_seconds": quantize_seconds}
