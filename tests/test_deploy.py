@@ -27,7 +27,7 @@ from edgeml.runtime.artifact import (
     sha256_file,
 )
 
-BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86"]  # the three artifact formats: .pt, .onnx, .pt2
+BACKENDS = ["fbgemm", "onnxruntime", "pt2e_x86", "openvino"]  # the four artifact formats: .pt, .onnx, .pt2, .xml
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -139,6 +139,37 @@ def test_tampered_or_missing_artifact_is_refused(artifact, tmp_path, capsys):
         EdgeModel.load(tampered)
 
 
+@pytest.fixture(scope="module")
+def openvino_artifact(float_model_and_images, tmp_path_factory) -> Path:
+    return make_artifact("openvino", *float_model_and_images, tmp_path_factory.mktemp("artifact-ir"))[0]
+
+
+def test_an_ir_artifacts_weights_are_verified_before_openvino_reads_them(openvino_artifact, tmp_path, monkeypatch):
+    """An OpenVINO IR artifact is two files; its graph (the .xml, which the .sha256 covers) records the
+    .bin's digest, so a changed or missing .bin is refused, naming it, before OpenVINO reads either."""
+    import openvino
+
+    copy = tmp_path / openvino_artifact.name
+    for source in (openvino_artifact, openvino_artifact.with_suffix(".bin"), Path(f"{openvino_artifact}.sha256")):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    assert EdgeModel.load(copy).metadata["backend"] == "openvino"  # the copy is whole
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("OpenVINO read the model before its weights were verified")
+
+    monkeypatch.setattr(openvino.Core, "read_model", forbidden)
+    monkeypatch.setattr(openvino.Core, "compile_model", forbidden)
+    weights = copy.with_suffix(".bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{weights.name}: sha256 is [0-9a-f]{{64}}, expected [0-9a-f]{{64}} \(recorded in {copy.name}\); the file is corrupt or was modified"):
+        EdgeModel.load(copy)
+    weights.unlink()
+    with pytest.raises(ArtifactError, match=rf"{weights.name}: not found; an OpenVINO IR artifact is {copy.name} with {weights.name} beside it"):
+        EdgeModel.load(tmp_path)  # the folder: the .bin is not mistaken for a second artifact either
+
+
 def test_a_plain_model_file_is_not_an_artifact(artifact):
     _, int8_path, _ = artifact
     with pytest.raises(ArtifactError, match="not an EdgeML artifact"):
@@ -169,10 +200,10 @@ def test_a_torch_artifact_whose_metadata_names_no_backend_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["mds", "fdbd"])
 def test_a_feature_detector_travels_in_the_artifact(artifact, float_model_and_images, tmp_path, name):
-    """The artifact computes a feature detector's score in its own graph (ONNX, TorchScript or torch.export):
+    """The artifact computes a feature detector's score in its own graph (ONNX, OpenVINO IR, TorchScript or torch.export):
     what EdgeModel returns is the detector's score of the INT8 file's own features."""
     _, int8, _ = artifact
-    backend = {".pt": "fbgemm", ".onnx": "onnxruntime", ".pt2": "pt2e_x86"}[int8.suffix]
+    backend = {".pt": "fbgemm", ".onnx": "onnxruntime", ".pt2": "pt2e_x86", ".xml": "openvino"}[int8.suffix]
     images = float_model_and_images[1]
     model = load_deployable(int8, backend, features=True)
     fit = predict_outputs(model, images[:48])

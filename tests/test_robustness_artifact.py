@@ -293,7 +293,7 @@ def test_artifact_documents_its_preprocessing(model):
     assert "EXIF" in PREPROCESSING and "first frame" in PREPROCESSING and "central square" in PREPROCESSING
 
 
-# Everything the full install has that a device with the runtime extra (numpy, Pillow, onnxruntime) lacks.
+# Everything the full install has that a device with a runtime extra (numpy, Pillow, onnxruntime or openvino) lacks.
 NOT_IN_RUNTIME = ["torch", "torchvision", "torchao", "onnx", "pytorch_ood", "sklearn", "scipy", "pandas", "matplotlib", "dvc", "dvclive", "tqdm", "yaml"]
 WITHOUT_TORCH = """
 import importlib.abc, json, sys
@@ -311,12 +311,21 @@ print(json.dumps({{"code": code, "api": records}}))
 """
 
 
-def test_onnx_artifact_runs_without_torch(onnx_artifact, tmp_path):
-    """`edgeml predict` and EdgeModel with an ONNX artifact, where torch (and all else outside the runtime extra) cannot be imported."""
+@pytest.fixture(scope="module")
+def ir_artifact(float_model_and_images, tmp_path_factory) -> Path:
+    return make_artifact("openvino", *float_model_and_images, tmp_path_factory.mktemp("artifact-ir"))[0]
+
+
+@pytest.mark.parametrize("kind, runtime", [("onnx", "onnxruntime"), ("ir", "openvino")])
+def test_artifact_runs_without_torch(request, kind, runtime, tmp_path):
+    """`edgeml predict` and EdgeModel with an ONNX or an OpenVINO IR artifact, where torch (and all else outside
+    its runtime extra) cannot be imported, nor the other format's runtime."""
+    artifact = request.getfixturevalue(f"{kind}_artifact")
+    other = {"onnxruntime": "openvino", "openvino": "onnxruntime"}[runtime]
     (tmp_path / "a.png").write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
     (tmp_path / "b.txt").write_text("no image")
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH.format(blocked=NOT_IN_RUNTIME), "predict", str(tmp_path), "--artifact", str(onnx_artifact)],
+        [sys.executable, "-c", WITHOUT_TORCH.format(blocked=[*NOT_IN_RUNTIME, other]), "predict", str(tmp_path), "--artifact", str(artifact)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.stderr == ""

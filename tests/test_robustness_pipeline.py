@@ -401,7 +401,7 @@ def test_relative_sources_resolve_in_a_temp_experiment(tmp_path: Path, mirror: P
 
 # --- 5. A tampered artifact is refused before deserialisation ------------------------------------
 
-@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".onnx"])
+@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".onnx", ".xml"])
 def test_tampered_artifact_is_refused_before_it_is_deserialised(tmp_path: Path, monkeypatch, suffix: str):
     artifact = tmp_path / f"edgeml_int8{suffix}"
     original = b"PK\x03\x04 an artifact " * 100
@@ -413,14 +413,17 @@ def test_tampered_artifact_is_refused_before_it_is_deserialised(tmp_path: Path, 
         pytest.fail("the artifact was deserialised before its sha256 was checked")
 
     import pickle
+    import xml.etree.ElementTree as ElementTree
     import zipfile
 
     import onnx
     import onnxruntime
+    import openvino
 
     for owner, name in [(torch, "load"), (torch.jit, "load"), (torch.export, "load"), (onnx, "load"),
                         (onnx, "load_model"), (onnxruntime, "InferenceSession"), (zipfile, "ZipFile"),
-                        (pickle, "load"), (pickle, "loads"), (np, "load")]:
+                        (pickle, "load"), (pickle, "loads"), (np, "load"), (ElementTree, "parse"),
+                        (openvino.Core, "read_model"), (openvino.Core, "compile_model")]:
         monkeypatch.setattr(owner, name, forbidden)
     with pytest.raises(ArtifactError, match=r"sha256 is [0-9a-f]{64}, expected [0-9a-f]{64}; the file is corrupt or was modified"):
         EdgeModel.load(tmp_path)

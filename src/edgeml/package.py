@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from edgeml.quantization import load_deployable, load_head
 from edgeml.runtime.artifact import (
     ARTIFACT_DIR,
     FORMAT,
+    IR_WEIGHTS_SHA256,
     METADATA,
     PACKAGED_SUFFIXES,
     EdgeModel,
@@ -42,6 +44,9 @@ from edgeml.runtime.artifact import (
     sha256_file,
 )
 from edgeml.runtime.images import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    import openvino
 
 
 def artifact_path(backend: str, folder: str | Path = ARTIFACT_DIR) -> Path:
@@ -74,8 +79,7 @@ def build_artifact(
     metadata; write its .sha256; return the digest."""
     out_path = Path(out_path)
     meta = json.dumps({"format": FORMAT, "backend": backend, **metadata})
-    with atomic_path(out_path) as tmp:
-        write_artifact(Path(int8_path), backend, scorer, meta, tmp)
+    write_artifact(Path(int8_path), backend, scorer, meta, out_path)
     digest = sha256_file(out_path)
     write_text(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
     return digest
@@ -241,11 +245,12 @@ class _Normalize(nn.Module):
 
 
 def write_artifact(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
-    """Write the artifact of the INT8 file ``int8_path`` to ``out``, in its format, with the JSON ``meta``."""
-    writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx}
+    """Write the artifact of the INT8 file ``int8_path`` to ``out``, in its format, with the JSON ``meta``.
+    Each file is renamed into place whole (an OpenVINO IR's .bin before the .xml that reads it)."""
+    writers = {".pt": _write_torchscript, ".pt2": _write_exported, ".onnx": _write_onnx, ".xml": _write_openvino}
     if int8_path.suffix not in PACKAGED_SUFFIXES:
         raise ParamsError(
-            f"quantize.backend: {backend!r} files ({int8_path.suffix}) cannot be packaged yet; the artifact is built "
+            f"quantize.backend: {backend!r} files ({int8_path.suffix}) cannot be packaged; the artifact is built "
             f"from {list(PACKAGED_SUFFIXES)} files: package another backend's recipe"
         )
     with torch.no_grad(), warnings.catch_warnings():
@@ -260,14 +265,30 @@ def _example_images(batch: int = 2) -> torch.Tensor:
 def _write_torchscript(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     pipeline = _Pipeline(load_deployable(int8_path, backend, features=True), scorer).eval()
     traced = torch.jit.freeze(torch.jit.trace(pipeline, _example_images()))
-    torch.jit.save(traced, str(out), _extra_files={METADATA: meta})
+    with atomic_path(out) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={METADATA: meta})
 
 
 def _write_exported(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
     from edgeml.quantization.pt2e import export_program
 
     pipeline = _Pipeline(torch.export.load(str(int8_path)).module(), scorer)
-    torch.export.save(export_program(pipeline, _example_images()), str(out), extra_files={METADATA: meta})
+    with atomic_path(out) as tmp:
+        torch.export.save(export_program(pipeline, _example_images()), str(tmp), extra_files={METADATA: meta})
+
+
+def _export_ends(int8_path: Path, backend: str, scorer: Scorer, opset: int, folder: Path) -> tuple[Path, Path]:
+    """The artifact's ends as ONNX files in ``folder``: the head (uint8 images -> ``normalized``) and the
+    detector tail (``logits``, ``features`` -> ``probabilities``, ``ood_score``; a logit detector's tail
+    takes no features, so ONNX drops that input)."""
+    from edgeml.quantization.onnxrt import export_onnx
+
+    head, tail = folder / "head.onnx", folder / "tail.onnx"
+    export_onnx(_Normalize(), head, _example_images(), ["images"], ["normalized"], opset)
+    features = load_head(int8_path, backend).in_features
+    export_onnx(_Scores(scorer), tail, (torch.zeros(2, 10), torch.zeros(2, features)), ["logits", "features"],
+                ["probabilities", "ood_score"], opset)
+    return head, tail
 
 
 def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
@@ -275,26 +296,16 @@ def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: P
     import onnx
     import onnx.compose
 
-    from edgeml.quantization.onnxrt import export_onnx
-
     model = onnx.load(str(int8_path))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    head_path, tail_path = out.with_suffix(".head.onnx"), out.with_suffix(".tail.onnx")
-    try:
-        export_onnx(_Normalize(), head_path, _example_images(), ["images"], ["normalized"], opset)
-        features = load_head(int8_path, backend).in_features
-        export_onnx(_Scores(scorer), tail_path, (torch.zeros(2, 10), torch.zeros(2, features)), ["logits", "features"],
-                    ["probabilities", "ood_score"], opset)
-        head, tail = onnx.load(str(head_path)), onnx.load(str(tail_path))
-    finally:
-        head_path.unlink(missing_ok=True)
-        tail_path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:
+        head, tail = (onnx.load(str(end)) for end in _export_ends(int8_path, backend, scorer, opset, Path(folder)))
     head.ir_version = tail.ir_version = model.ir_version
     (model_input,) = model.graph.input
     merged = onnx.compose.merge_models(
         head, model, io_map=[("normalized", model_input.name)], prefix2="model/", outputs=["model/logits", "model/features"]
     )
-    used = [i.name for i in tail.graph.input]  # a logit detector's tail takes no features: ONNX drops the input
+    used = [i.name for i in tail.graph.input]
     merged = onnx.compose.merge_models(
         merged, tail, io_map=[(f"model/{name}", name) for name in used], prefix2="detector/",
         outputs=["detector/probabilities", "detector/ood_score"],
@@ -304,4 +315,38 @@ def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: P
         output.name = output.name.removeprefix("detector/")
     onnx.helper.set_model_props(merged, {METADATA: meta})
     onnx.checker.check_model(merged)
-    onnx.save(merged, str(out))
+    with atomic_path(out) as tmp:
+        onnx.save(merged, str(tmp))
+
+
+def _write_openvino(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
+    """The INT8 IR graph, unchanged, between the normalisation head and the detector tail, both converted from
+    the ONNX ends the ONNX artifact has; the metadata and the weights' sha256 in the graph's rt_info."""
+    import openvino as ov
+
+    from edgeml.quantization.openvino import save_ir
+
+    model = ov.Core().read_model(str(int8_path))
+    with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:
+        head, tail = (ov.convert_model(str(end)) for end in _export_ends(int8_path, backend, scorer, 17, Path(folder)))
+    outputs = {name: result.input_value(0) for result in model.get_results() for name in result.input_value(0).get_names()}
+    _feed(model.get_parameters()[0], head.get_results()[0].input_value(0))
+    for parameter in tail.get_parameters():
+        (name,) = parameter.output(0).get_names()
+        _feed(parameter, outputs[name])
+    pipeline = ov.Model(tail.get_results(), head.get_parameters(), "edgeml")
+    pipeline.set_rt_info(meta, METADATA)
+    with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:  # the weights' digest, for the graph to record
+        draft = Path(folder) / "draft.xml"
+        ov.save_model(pipeline, draft, compress_to_fp16=False)
+        weights_sha256 = sha256_file(draft.with_suffix(".bin"))
+    pipeline.set_rt_info(weights_sha256, IR_WEIGHTS_SHA256)
+    save_ir(pipeline, out)
+    if sha256_file(out.with_suffix(".bin")) != weights_sha256:
+        raise RuntimeError(f"{out}: OpenVINO wrote other weights for the same graph; the recorded sha256 would not match")
+
+
+def _feed(parameter: "openvino.op.Parameter", value: "openvino.Output") -> None:
+    """Every op that reads the graph input ``parameter`` reads ``value`` instead."""
+    for target in parameter.output(0).get_target_inputs():
+        target.replace_source_output(value)

@@ -96,8 +96,8 @@ def best_recipe(rows: dict[str, dict], packaged_only: bool = True) -> Choice:
         rows = {n: row for n, row in rows.items() if row["packaged"]}
         if not rows:
             raise SweepError(
-                "sweep.recipes: no recipe writes a file the package stage can build the artifact from; "
-                "add one whose backend writes ONNX, TorchScript or torch.export (e.g. onnxruntime_percentile)"
+                "sweep.recipes: no recipe writes a file the package stage can build the artifact from (the formats "
+                "in edgeml.runtime.artifact.PACKAGED_SUFFIXES); add one, e.g. onnxruntime_percentile"
             )
     by_loss = lambda n: (rows[n]["max_auroc_drop_points"], n)  # noqa: E731
     quality = {n: row for n, row in rows.items() if all(row["meets"][k] for k in QUALITY_GOALS)}
@@ -171,7 +171,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
              for name, r in rows.items()]
     unpackaged = ""
     if any(not r["packaged"] for r in rows.values()):
-        unpackaged = "‡ The package stage cannot build the artifact from this recipe's file format yet. "
+        unpackaged = "‡ The package stage cannot build the artifact from this recipe's file format. "
         if summary["best_measured"] != summary["best"]:
             unpackaged += f"By the same rule over every recipe, ‡ included, the best is {summary['best_measured']}. "
     lines = [

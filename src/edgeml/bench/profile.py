@@ -1,10 +1,12 @@
-"""Where an ONNX Runtime session's batch-1 time goes: kernel time per op type from ORT's own profiler,
+"""Where a runtime's batch-1 time goes. ONNX Runtime: kernel time per op type from ORT's own profiler,
 the time outside kernels (executor work between nodes, run set-up), and the optimized graph's nodes
 per op type, so QuantizeLinear/DequantizeLinear pairs ORT did not fuse and layout transposes show.
+OpenVINO: each executed node's time from its CPU plugin's performance counters, per op type, with the
+kernel implementation it ran (which shows whether convolutions ran as INT8 kernels, and on which ISA).
 
-The session is opened by the project's ``ort_session`` with the bench's settings plus tracing, so what
-is profiled is what the bench times. Profiling itself costs time per node; the plain session's median is
-reported beside the profiled runs for that reason.
+Each model is opened by the project's own ``ort_session`` / ``openvino_compiled`` with the bench's
+settings plus profiling, so what is profiled is what the bench times. Profiling itself costs time per
+node; the plain model's median is reported beside the profiled runs for that reason.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import json
 import statistics
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from edgeml.runtime.runners import ort_session
+from edgeml.runtime.runners import openvino_compiled, ort_session
 
 KERNEL_SUFFIX = "_kernel_time"  # ORT names a node's kernel event "<node name>_kernel_time"
 
@@ -76,6 +78,67 @@ def summarize(breakdowns: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _in_turns(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, warmup: int, block: int, settle: int) -> tuple[list[Any], list[float]]:
+    """Run ``profiled`` and ``plain`` in turns, blocks of ``block`` counted runs each after ``settle`` uncounted
+    ones (the other model's threads linger for a few runs, as in :func:`edgeml.bench.cpu.latency_rounds_s`):
+    what ``profiled`` returned on its counted runs, and ``plain``'s counted seconds."""
+    for run in (profiled, plain):
+        for _ in range(warmup):
+            run()
+    counted, seconds = [], []
+    for _ in range(-(-runs // block)):
+        for _ in range(settle):
+            profiled()
+        counted += [profiled() for _ in range(block)]
+        for _ in range(settle):
+            plain()
+        for _ in range(block):
+            start = time.perf_counter()
+            plain()
+            seconds.append(time.perf_counter() - start)
+    return counted, seconds
+
+
+def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: int = 20, block: int = 50, settle: int = 10) -> dict[str, Any]:
+    """Profile about ``runs`` batch-1 runs of the OpenVINO IR ``path`` (random input) at ``threads`` threads
+    from the CPU plugin's performance counters (:func:`summarize`: kernels are the executed nodes, and the rest
+    of the run, wall minus kernels, is outside them), time the same number without counters
+    (``unprofiled_ms``: median), in turns, and count the file's ops and the nodes the plugin ran, with each
+    op type's kernel implementations."""
+    import openvino as ov
+
+    compiled = openvino_compiled(path, threads, profiling=True)
+    profiled, plain = compiled.create_infer_request(), openvino_compiled(path, threads).create_infer_request()
+    shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
+    feed = {0: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+
+    def profiled_run() -> dict[str, Any]:
+        start = time.perf_counter()
+        profiled.infer(feed)
+        wall_us = 1e6 * (time.perf_counter() - start)
+        by_op: Counter[str] = Counter()
+        for node in profiled.profiling_info:
+            if node.status == ov.ProfilingInfo.Status.EXECUTED:
+                by_op[node.node_type] += node.real_time.total_seconds() * 1e6
+        return {"wall_us": wall_us, "execute_us": wall_us, "kernel_us": dict(by_op)}
+
+    counted, seconds = _in_turns(profiled_run, lambda: plain.infer(feed), runs, warmup, block, settle)
+    ran: Counter[str] = Counter()
+    kernels: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for node in profiled.profiling_info:
+        if node.status == ov.ProfilingInfo.Status.EXECUTED:
+            ran[node.node_type] += 1
+            kernels[node.node_type][node.exec_type] += 1
+    ops = Counter(op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result"))
+    executor_parts = ("between_kernels_ms", "outside_executor_ms")  # ORT's; the plugin reports nodes only
+    return {k: v for k, v in summarize(counted).items() if k not in executor_parts} | {
+        "unprofiled_ms": 1e3 * statistics.median(seconds),
+        "threads": threads,
+        "nodes": {"file": dict(ops.most_common()), "optimized": dict(ran.most_common())},
+        "kernels": {op: dict(kinds.most_common()) for op, kinds in kernels.items()},
+    }
+
+
 def profile_onnx(
     path: str | Path, threads: int, runs: int = 200, warmup: int = 20, block: int = 50, settle: int = 10
 ) -> dict[str, Any]:
@@ -97,19 +160,7 @@ def profile_onnx(
             i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32)
             for i in plain.get_inputs()
         }
-        for session in (profiled, plain):
-            for _ in range(warmup):
-                session.run(None, feeds)
-        seconds = []
-        for _ in range(-(-runs // block)):
-            for session in (profiled, plain):
-                for _ in range(settle):
-                    session.run(None, feeds)
-                for _ in range(block):
-                    start = time.perf_counter()
-                    session.run(None, feeds)
-                    if session is plain:
-                        seconds.append(time.perf_counter() - start)
+        _, seconds = _in_turns(lambda: profiled.run(None, feeds), lambda: plain.run(None, feeds), runs, warmup, block, settle)
         events = json.loads(Path(profiled.end_profiling()).read_text())
         counted = [b for i, b in enumerate(run_breakdowns(events)[warmup:]) if i % (settle + block) >= settle]
         return summarize(counted) | {

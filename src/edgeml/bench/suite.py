@@ -1,5 +1,5 @@
 """The bench stages' measurements: CPU and GPU speed of every FP32 path and INT8 (and of every sweep recipe), the
-compute floor, ONNX Runtime's profile of its files, what each detector adds, the `edgeml predict` path and its
+compute floor, ONNX Runtime's and OpenVINO's profiles of their files, what each detector adds, the `edgeml predict` path and its
 soak, and Table 1's rows."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from edgeml.bench import cpu as cpu_timing
 from edgeml.bench import environment as host
 from edgeml.bench import gpu as gpu_timing
 from edgeml.bench import loadtest, roofline
-from edgeml.bench.profile import profile_onnx
+from edgeml.bench.profile import profile_onnx, profile_openvino
 from edgeml.data.splits import load_arrays
 from edgeml.io import read_json
 from edgeml.model.resnet import load_checkpoint, parameter_count
@@ -71,9 +71,12 @@ def run_bench(
     compute = roofline.compare_to_floor(
         cpu, list(fp32_files), roofline.count_macs(float_model, example), roofline.gemm_peak_gmacs(bench.threads)
     )
-    # where ONNX Runtime's batch-1 time goes, for every ONNX file timed above
+    # where ONNX Runtime's and OpenVINO's batch-1 time goes, for every ONNX and OpenVINO IR file timed above
     ort_profile = {
         name: profile_onnx(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".onnx"
+    }
+    openvino_profile = {
+        name: profile_openvino(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".xml"
     }
     int8_onnx = int8 if int8.suffix == ".onnx" else None
     gpu = gpu_timing.bench_gpu(float_model, int8_onnx, bench.warmup, bench.runs, bench.throughput_batch_size)
@@ -103,7 +106,7 @@ def run_bench(
     return (
         table1_rows(table_models, backend, parameter_count(float_model), files, cpu, gpu_cells)
         | {"cpu_paths": cpu, "gpu_paths": gpu, "compute": compute, "artifact": artifact, "detector_cost_us": detector_cost}
-        | {"ort_profile": ort_profile}
+        | {"ort_profile": ort_profile, "openvino_profile": openvino_profile}
         | {"environment": host.environment(bench.threads), "settings": dataclasses.asdict(bench)}
     )
 

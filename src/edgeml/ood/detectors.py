@@ -115,7 +115,7 @@ class ModelContext:
 
 class Scorer(nn.Module):
     """A detector's score of a model's (logits, features), with what ``fit`` learned held as float32 buffers:
-    the tail the deployable artifact computes inside its own graph (ONNX, TorchScript or torch.export), so
+    the tail the deployable artifact computes inside its own graph (ONNX, OpenVINO IR, TorchScript or torch.export), so
     the edge runtime runs no detector code of its own."""
 
     def __init__(self, score: Callable[..., torch.Tensor], **constants: torch.Tensor):
@@ -461,7 +461,7 @@ class ODIN(Detector):
         return {"temperature": self.temperature, "eps": self.eps}
 
 
-# The carriable detectors' scores in float32 torch ops that export to ONNX, TorchScript and torch.export
+# The carriable detectors' scores in float32 torch ops that export to ONNX (which OpenVINO converts), TorchScript and torch.export
 # (:meth:`Detector.scorer`); each equals its detector's ``score`` to within float32 rounding (tested).
 def _mds_score(logits: torch.Tensor, features: torch.Tensor, whiten: torch.Tensor, whitened_means: torch.Tensor) -> torch.Tensor:
     return -((features @ whiten)[:, None, :] - whitened_means[None]).square().sum(dim=2).amin(dim=1)

@@ -41,9 +41,7 @@ from typing import Optional
 import nncf
 import numpy as np
 import openvino as ov
-import openvino.properties as props
 import openvino.properties.hint as hints
-import openvino.properties.streams as streams
 import torch
 from nncf.quantization.advanced_parameters import OverflowFix, QuantizationParameters
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -56,6 +54,7 @@ from edgeml.quantization.base import (
     linear_head,
     normalized_batches,
 )
+from edgeml.runtime.runners import openvino_compiled
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 RANGES = {"minmax": RangeEstimatorParametersSet.MINMAX, "histogram": RangeEstimatorParametersSet.HISTOGRAM}
@@ -109,13 +108,7 @@ class OpenVinoQuantizer(Quantizer):
         return prepared.quantized
 
     def export(self, converted: ov.Model, path: Path) -> None:
-        """The .bin first, then the .xml that reads it: a reader never finds a new graph with old weights."""
-        with tempfile.TemporaryDirectory(prefix="edgeml-openvino-") as folder:
-            saved = Path(folder) / "int8.xml"
-            ov.save_model(converted, saved, compress_to_fp16=False)
-            for source, target in ((saved.with_suffix(".bin"), path.with_suffix(".bin")), (saved, path)):
-                with atomic_path(target) as tmp:
-                    shutil.copyfile(source, tmp)
+        save_ir(converted, path)
 
     @classmethod
     def load(cls, path: Path) -> nn.Module:
@@ -134,6 +127,17 @@ class OpenVinoQuantizer(Quantizer):
         weight, bias = _constant(matmul.input_value(1)), _constant(bias_source)
         weight = weight if matmul.get_attributes()["transpose_b"] else weight.T
         return linear_head(torch.from_numpy(weight), torch.from_numpy(bias.reshape(-1)))
+
+
+def save_ir(model: ov.Model, path: Path) -> None:
+    """``model`` as OpenVINO IR: ``path`` (.xml) and its weights beside it (.bin), full precision. The .bin is
+    renamed into place first, then the .xml that reads it: a reader never finds a new graph with old weights."""
+    with tempfile.TemporaryDirectory(prefix="edgeml-openvino-") as folder:
+        saved = Path(folder) / "model.xml"
+        ov.save_model(model, saved, compress_to_fp16=False)
+        for source, target in ((saved.with_suffix(".bin"), path.with_suffix(".bin")), (saved, path)):
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
 
 
 def _output_quantized(model: ov.Model) -> None:
@@ -162,22 +166,15 @@ def _constant(value: ov.Output) -> np.ndarray:
 
 
 class OpenVinoModule(nn.Module):
-    """An OpenVINO CPU model behind the ``nn.Module`` call the pipeline uses (tensor in, tensors out).
-
-    Compiled for latency (one stream) in f32 for everything not INT8 (OpenVINO would pick bf16 on
-    CPUs that have it); threads default to torch's current setting, so one ``torch.set_num_threads``
-    governs every backend. One infer request: call it from one thread at a time."""
+    """An OpenVINO CPU model behind the ``nn.Module`` call the pipeline uses (tensor in, tensors out), compiled
+    as the runtime compiles an artifact (:func:`edgeml.runtime.runners.openvino_compiled`); threads default to
+    torch's current setting, so one ``torch.set_num_threads`` governs every backend. One infer request: call
+    it from one thread at a time."""
 
     def __init__(self, path: str | Path, threads: Optional[int] = None):
         super().__init__()
         self.path = Path(path)
-        config = {
-            props.inference_num_threads: threads or torch.get_num_threads(),
-            streams.num: 1,
-            hints.performance_mode: hints.PerformanceMode.LATENCY,
-            hints.inference_precision: ov.Type.f32,
-        }
-        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.compiled = openvino_compiled(self.path, threads or torch.get_num_threads())
         self.request = self.compiled.create_infer_request()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:

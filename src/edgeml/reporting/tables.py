@@ -362,6 +362,42 @@ def ort_profile_markdown(bench: dict) -> str:
     ]) + "\n"
 
 
+def openvino_profile_markdown(bench: dict) -> str:
+    """Where OpenVINO's batch-1 time goes for each OpenVINO IR file the bench timed (``bench["openvino_profile"]``):
+    time per op type of the nodes the CPU plugin ran, with their kernel implementations, the time outside
+    them, and the compute floor (README's benchmark section shows it)."""
+    env, floor, profiles = bench["environment"], bench["compute"]["floor_ms"], bench.get("openvino_profile", {})
+    title = "#### Where OpenVINO's batch-1 time goes"
+    if not profiles:
+        return f"{title}\n\nNot measured: no file the bench timed is OpenVINO IR (params `quantize.backend` is not openvino).\n"
+    lines = [f"{title} ({env['cpu']['model']}, {next(iter(profiles.values()))['threads']} threads, the CPU plugin's performance counters)"]
+    for name, p in profiles.items():
+        label, wall = ("INT8" if name == "int8" else "FP32"), p["wall_ms"]
+        rows = [
+            [f"`{op}`", _share(ms, wall), str(p["nodes"]["optimized"][op]), ", ".join(f"{kind} ×{n}" for kind, n in p["kernels"][op].items())]
+            for op, ms in p["kernel_ms"].items()
+        ]
+        rows += [[part, _share(p[key], wall), "", ""] for part, key in (
+            ("**nodes, total**", "kernels_ms"), ("outside the nodes (scheduling, inputs, outputs, the call)", "outside_kernels_ms"),
+            ("**run, profiled**", "wall_ms"),
+        )]
+        rows += [["run, not profiled (median)", f"{p['unprofiled_ms']:.3f}", "", ""],
+                 ["compute floor", f"{floor['int8' if name == 'int8' else 'fp32']:.3f}", "", ""]]
+        lines += [
+            "", table(["", f"{label} ms (share of run)", "nodes run", "kernel implementations"], rows), "",
+            f"{label}: mean per run over the middle half (by wall time) of {p['runs']} profiled runs, so the parts add up to "
+            "the run; the plain model's median, timed in turns with it, shows what the counters add. "
+            f"File: {_counts(p['nodes']['file'])}; run as: {_counts(p['nodes']['optimized'])} (the plugin folds "
+            "FakeQuantize, scales and ReLU into the INT8 kernels).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _share(ms: float, wall_ms: float) -> str:
+    """``1.425 (90.7%)``: milliseconds and their share of the run."""
+    return f"{ms:.3f} ({100 * ms / wall_ms:.1f}%)"
+
+
 def _counts(nodes: dict[str, int]) -> str:
     """Node counts per op type as a phrase: "20 Conv, 8 Add"."""
     return ", ".join(f"{count} {op}" for op, count in nodes.items())

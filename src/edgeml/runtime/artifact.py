@@ -1,6 +1,6 @@
 """The deployable artifact as the edge runtime sees it: read and verify its metadata, load its model, classify or refuse image files.
 
-Torch-free for ONNX artifacts; nothing here builds an artifact (see edgeml.package).
+Torch-free for ONNX and OpenVINO IR artifacts; nothing here builds an artifact (see edgeml.package).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import xml.etree.ElementTree as ElementTree
 import zipfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,7 @@ from edgeml.runtime.images import (
     DataError,
     read_image,
 )
-from edgeml.runtime.runners import OnnxRunner, Runner, TorchRunner
+from edgeml.runtime.runners import OnnxRunner, OpenVinoRunner, Runner, TorchRunner
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +44,17 @@ FORMAT = "edgeml-artifact/1"
 METADATA = "edgeml.json"
 
 
+# An OpenVINO IR artifact's graph (.xml) records the sha256 of its weights file (.bin) under this rt_info key,
+# so the artifact's one digest, the .xml's, covers both files.
+IR_WEIGHTS_SHA256 = "edgeml_weights_sha256"
+
+
 ARTIFACT_DIR = Path("models/artifact")
-# The INT8 file formats an artifact is built from and runs as: ONNX (onnxruntime alone), TorchScript and
-# torch.export (torch). OpenVINO IR and ExecuTorch .pte are measured by the sweep but not packaged yet.
-PACKAGED_SUFFIXES = (".onnx", ".pt", ".pt2")
+# The INT8 file formats an artifact is built from and runs as: ONNX (onnxruntime alone), OpenVINO IR
+# (openvino alone; the .xml with its .bin beside it), TorchScript and torch.export (torch). ExecuTorch .pte
+# is measured by the sweep but not packaged: its Python runtime comes only in the executorch wheel, which
+# requires torch, so no torch-free device could run it.
+PACKAGED_SUFFIXES = (".onnx", ".xml", ".pt", ".pt2")
 
 
 DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads that decode files while the model runs
@@ -67,11 +75,13 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a TorchScript or torch.export artifact, read without loading the model (the
-    quantization engine must be set first). An ONNX artifact's comes with its session (:meth:`EdgeModel.load`).
+    """The metadata of a TorchScript, torch.export or OpenVINO IR artifact, read without loading the model
+    (the quantization engine must be set first; an IR's weights are verified first). An ONNX artifact's
+    comes with its session (:meth:`EdgeModel.load`).
 
     Args:
-        path: a ``.pt`` or ``.pt2`` artifact (a zip archive holding ``extra/edgeml.json``).
+        path: a ``.pt`` or ``.pt2`` artifact (a zip archive holding ``extra/edgeml.json``), or an ``.xml``
+            (OpenVINO IR, the metadata in its ``rt_info``).
 
     Returns:
         The parsed ``edgeml.json``: format, classes, threshold, backend, input spec and the rest.
@@ -81,6 +91,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             metadata is not a JSON object of format ``edgeml-artifact/1``.
     """
     path = Path(path)
+    if path.suffix == ".xml":
+        return _parse_metadata(path, _ir_info(path).get(METADATA))
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
@@ -100,6 +112,27 @@ def _parse_metadata(path: Path, text: Optional[str | bytes]) -> dict[str, Any]:
     if metadata.get("format") != FORMAT:
         raise ArtifactError(f"{path}: unsupported artifact format {metadata.get('format')!r}; expected {FORMAT}")
     return metadata
+
+
+def _ir_info(path: Path) -> dict[str, Optional[str]]:
+    """The top-level ``rt_info`` entries of an OpenVINO IR graph, read as plain XML (no model is built)."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as exc:
+        raise ArtifactError(f"{path}: not an EdgeML artifact (not an OpenVINO IR graph: {exc})") from exc
+    return {entry.tag: entry.get("value") for entry in root.findall("rt_info/*")}
+
+
+def _check_ir_weights(path: Path, expected: Optional[str]) -> None:
+    """The IR's weights file, beside ``path``, must have the sha256 its graph records (``expected``)."""
+    weights = path.with_suffix(".bin")
+    if expected is None:
+        raise ArtifactError(f"{path}: its graph records no sha256 of {weights.name}; package it again")
+    if not weights.is_file():
+        raise ArtifactError(f"{weights}: not found; an OpenVINO IR artifact is {path.name} with {weights.name} beside it")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise ArtifactError(f"{weights}: sha256 is {actual}, expected {expected} (recorded in {path.name}); the file is corrupt or was modified")
 
 
 def input_metadata() -> dict[str, Any]:
@@ -154,9 +187,10 @@ class EdgeModel:
             The verified, loaded model.
 
         Raises:
-            ArtifactError: the artifact or its ``.sha256`` file is missing, the checksum does not match,
-                the metadata is unreadable or of another format, the package the format needs
-                (torch, torchao) is not installed, or the runtime cannot load the model.
+            ArtifactError: the artifact or its ``.sha256`` file is missing, the checksum does not match (for
+                OpenVINO IR: the .xml's, or the .bin's that the .xml records), the metadata is unreadable or
+                of another format, the package the format needs (onnxruntime, openvino, torch, torchao) is
+                not installed, or the runtime cannot load the model.
             OSError: the artifact or its ``.sha256`` file exists but cannot be read.
         """
         path = find_artifact(path)
@@ -176,6 +210,10 @@ class EdgeModel:
             if path.suffix == ".onnx":  # its metadata comes with the session, read by onnxruntime alone
                 session = OnnxRunner(path, threads)
                 metadata, runner = _parse_metadata(path, session.metadata(METADATA)), session
+            elif path.suffix == ".xml":  # the weights are verified before OpenVINO reads anything
+                metadata = read_metadata(path)
+                _check_ir_weights(path, _ir_info(path).get(IR_WEIGHTS_SHA256))
+                runner = OpenVinoRunner(path, threads)
             else:
                 metadata = read_metadata(path)
                 if "backend" not in metadata:
@@ -350,7 +388,8 @@ def find_artifact(path: str | Path) -> Path:
     """``path`` itself, or the one artifact in the folder ``path`` (as the package stage writes it).
 
     Args:
-        path: an artifact file, or a folder holding one ``edgeml_int8.*`` file (besides its ``.sha256``).
+        path: an artifact file, or a folder holding one ``edgeml_int8.*`` artifact (besides its ``.sha256``
+            and, for OpenVINO IR, its ``.bin``).
 
     Returns:
         The artifact file.
@@ -360,7 +399,7 @@ def find_artifact(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        found = sorted(p for p in path.glob("edgeml_int8.*") if p.suffix != ".sha256")
+        found = sorted(p for p in path.glob("edgeml_int8.*") if p.suffix in PACKAGED_SUFFIXES)
         if len(found) != 1:
             raise ArtifactError(f"{path}: expected one edgeml_int8.* artifact, found {[p.name for p in found]}")
         path = found[0]

@@ -1,7 +1,8 @@
 """Running a loaded artifact: uint8 NHWC images in, (class probabilities, OOD scores) out, as numpy.
 
-ONNX artifacts run on onnxruntime alone, so a device needs only numpy, Pillow and onnxruntime;
-TorchScript (``.pt``) and torch.export (``.pt2``) artifacts import torch when they are loaded.
+ONNX artifacts run on onnxruntime alone and OpenVINO IR artifacts on openvino alone, so a device needs
+only numpy, Pillow and that runtime; TorchScript (``.pt``) and torch.export (``.pt2``) artifacts import
+torch when they are loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import onnxruntime
+    import openvino
     import torch
 
 
@@ -87,6 +89,49 @@ class OnnxRunner:
         from edgeml.runtime.torch_files import OnnxModule
 
         return OnnxModule(self.path, self.threads)
+
+
+def openvino_compiled(
+    model: "str | Path | openvino.Model", threads: Optional[int] = None, profiling: bool = False
+) -> "openvino.CompiledModel":
+    """The one way this project compiles an OpenVINO model for the CPU: for latency (one stream), in f32
+    for everything not INT8 (OpenVINO would pick bf16 on CPUs that have it, changing the numbers).
+    ``threads`` None: OpenVINO's default (the physical cores). ``profiling``: each infer request records
+    every node's time (:func:`edgeml.bench.profile.profile_openvino`), so a profiled model is the deployed one."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+    import openvino.properties.streams as streams
+
+    config = {streams.num: 1, hints.performance_mode: hints.PerformanceMode.LATENCY, hints.inference_precision: ov.Type.f32}
+    if threads:
+        config[props.inference_num_threads] = threads
+    if profiling:
+        config[props.enable_profiling] = True
+    return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", config)
+
+
+class OpenVinoRunner:
+    """An OpenVINO IR artifact on the CPU (its weights verified before it is read, see
+    :func:`edgeml.runtime.artifact.EdgeModel.load`). One infer request: call it from one thread at a time."""
+
+    def __init__(self, path: Path, threads: Optional[int] = None):
+        self.path, self.threads = path, threads
+        try:
+            self.compiled = openvino_compiled(path, threads)
+        except RuntimeError as exc:  # OpenVINO's read and compile errors
+            raise ValueError(f"openvino cannot load it ({exc})") from exc
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        results = self.request.infer({0: np.ascontiguousarray(images.transpose(0, 3, 1, 2))}, share_outputs=False)
+        probabilities, scores = (results[output] for output in self.compiled.outputs)
+        return probabilities, scores
+
+    def torch_module(self) -> "torch.nn.Module":
+        from edgeml.runtime.torch_files import RunnerModule
+
+        return RunnerModule(self)
 
 
 class TorchRunner:

@@ -1,5 +1,5 @@
-"""Model files that need torch to run: TorchScript (``.pt``), torch.export (``.pt2``), and ONNX Runtime behind
-an ``nn.Module`` call. The pipeline's backends and the runtime's torch artifacts load them the same way.
+"""Model files that need torch to run: TorchScript (``.pt``), torch.export (``.pt2``), and ONNX Runtime or an
+artifact's runner behind an ``nn.Module`` call. The pipeline's backends and the runtime's torch artifacts load them the same way.
 
 Imported only where torch is installed: the ONNX path of the edge runtime never imports this module.
 """
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from edgeml.runtime.runners import ort_session
+
+if TYPE_CHECKING:
+    from edgeml.runtime.runners import Runner
 
 
 class WithEngine(nn.Module):
@@ -94,6 +97,19 @@ class OnnxModule(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         outputs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: images.detach().contiguous().numpy()})]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class RunnerModule(nn.Module):
+    """A runtime runner (uint8 NHWC arrays in, numpy out) behind the ``nn.Module`` call the pipeline's checks
+    use: uint8 NCHW tensor in, (class probabilities, OOD scores) tensors out."""
+
+    def __init__(self, runner: "Runner"):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities, scores = self.runner(images.detach().permute(0, 2, 3, 1).numpy())
+        return torch.from_numpy(probabilities), torch.from_numpy(scores)
 
 
 def load_torch_file(path: str | Path, engine: str = "fbgemm") -> nn.Module:

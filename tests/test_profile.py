@@ -1,5 +1,6 @@
-"""ONNX Runtime's profile of a batch-1 run (edgeml.bench.profile): a real profiling run of a tiny conv net,
-float and QDQ-quantized, parsed and summed per op type; no timing assertions."""
+"""ONNX Runtime's and OpenVINO's profiles of a batch-1 run (edgeml.bench.profile): real profiling runs of a
+tiny conv net, float and quantized (QDQ for ORT, NNCF for OpenVINO), parsed and summed per op type; no
+timing assertions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from edgeml.bench.profile import profile_onnx, run_breakdowns, summarize
+from edgeml.bench.profile import profile_onnx, profile_openvino, run_breakdowns, summarize
 from edgeml.reporting import tables
 
 
@@ -116,3 +117,42 @@ def test_the_markdown_table_shows_every_op_type_and_the_floor(profiles):
     assert "(AMD EPYC, 1 threads, ORT's profiler)" in text
     assert "| `QLinearConv` |" in text and "| compute floor | 0.500 |  | 2.000 |  |" in text
     assert "run as: 2 Transpose, 2 QLinearConv" in text.split("INT8 file: ")[1]
+
+
+@pytest.fixture(scope="module")
+def openvino_profile(models: dict[str, Path]) -> dict:
+    """The tiny net converted to OpenVINO, quantized by NNCF on random images, saved as IR and profiled."""
+    import nncf
+    import openvino as ov
+
+    from edgeml.quantization.openvino import save_ir
+
+    model = ov.convert_model(str(models["fp32"]))
+    model.reshape([-1, 3, 16, 16])
+    images = list(np.random.default_rng(1).standard_normal((4, 1, 3, 16, 16), dtype=np.float32))
+    path = models["fp32"].with_name("int8.xml")
+    save_ir(nncf.quantize(model, nncf.Dataset(images), subset_size=4), path)
+    return profile_openvino(path, threads=1, runs=12, warmup=2, block=6, settle=2)
+
+
+def test_openvino_node_times_add_up_and_show_the_int8_kernels(openvino_profile):
+    profile = openvino_profile
+    assert profile["runs"] == 12 and 0 < profile["runs_summarized"] <= 12
+    assert profile["kernels_ms"] == pytest.approx(sum(profile["kernel_ms"].values())) and profile["kernels_ms"] > 0
+    assert profile["kernels_ms"] + profile["outside_kernels_ms"] == pytest.approx(profile["wall_ms"])
+    assert "between_kernels_ms" not in profile  # ORT's executor split has no counterpart in the plugin's counters
+    assert set(profile["kernel_ms"]) <= set(profile["nodes"]["optimized"]) == set(profile["kernels"])
+    assert profile["nodes"]["file"]["Convolution"] == 2 and profile["nodes"]["file"]["FakeQuantize"] > 0
+    assert profile["nodes"]["optimized"]["Convolution"] == 2  # FakeQuantize folded into the convolutions
+    assert all(kind.endswith("I8") for kind in profile["kernels"]["Convolution"])  # they ran as INT8 kernels
+
+
+def test_the_openvino_table_shows_each_op_type_its_kernels_and_the_floor(openvino_profile):
+    bench = {"openvino_profile": {"int8": openvino_profile}, "environment": {"cpu": {"model": "AMD EPYC"}},
+             "compute": {"floor_ms": {"int8": 0.5, "fp32": 2.0}}}
+    text = tables.openvino_profile_markdown(bench)
+    assert "(AMD EPYC, 1 threads, the CPU plugin's performance counters)" in text
+    (kernel,) = openvino_profile["kernels"]["Convolution"]
+    assert f"| `Convolution` | {openvino_profile['kernel_ms']['Convolution']:.3f} (" in text and f"{kernel} ×2" in text
+    assert "| compute floor | 0.500 |  |  |" in text
+    assert "Not measured" in tables.openvino_profile_markdown({**bench, "openvino_profile": {}})
