@@ -1,5 +1,5 @@
-"""Installed size of the runtime set (numpy, Pillow, onnxruntime: what `edgeml predict` needs for an
-ONNX artifact) next to the full install's, from the installed distributions' file lists.
+"""Installed size of each runtime set (numpy, Pillow and onnxruntime or openvino: what `edgeml predict` needs
+for an ONNX or an OpenVINO IR artifact) next to the full install's, from the installed distributions' file lists.
 
     python scripts/install_sizes.py
 
@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-RUNTIME = ["numpy", "pillow", "onnxruntime"]
+RUNTIMES = {"onnx": ["numpy", "pillow", "onnxruntime"], "openvino_ir": ["numpy", "pillow", "openvino"]}  # by artifact format
 
 
 def closure(roots: list[str]) -> set[str]:
@@ -50,10 +50,10 @@ def size_mb(names: set[str]) -> float:
 
 def main() -> None:
     full = closure(["edgeml"])
-    runtime = closure(RUNTIME)
+    runtimes = {fmt: closure(roots) for fmt, roots in RUNTIMES.items()}
     print(json.dumps({
-        "runtime_packages": sorted(runtime),
-        "runtime_mb": round(size_mb(runtime), 1),
+        "runtime_packages": {fmt: sorted(names) for fmt, names in runtimes.items()},
+        "runtime_mb": {fmt: round(size_mb(names), 1) for fmt, names in runtimes.items()},
         "full_packages": len(full),
         "full_mb": round(size_mb(full), 1),
         "largest_full_mb": dict(sorted(((n, round(size_mb({n}), 1)) for n in full), key=lambda kv: -kv[1])[:8]),

@@ -14,7 +14,7 @@ from PIL import Image
 from edgeml.cli import main
 from edgeml.data.readers import CIFAR10_CLASSES
 from edgeml.model.inference import predict_logits
-from edgeml.ood.detectors import ModelContext, Scorer, make_detector, predict_outputs
+from edgeml.ood.detectors import DETECTORS, ModelContext, Scorer, detector_class, make_detector, predict_outputs
 from edgeml.package import artifact_path, build_artifact, threshold_at_tpr
 from edgeml.params import QuantizeParams
 from edgeml.quantization import int8_path, load_deployable, load_head, make_quantizer
@@ -140,8 +140,8 @@ def test_tampered_or_missing_artifact_is_refused(artifact, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def openvino_artifact(float_model_and_images, tmp_path_factory) -> Path:
-    return make_artifact("openvino", *float_model_and_images, tmp_path_factory.mktemp("artifact-ir"))[0]
+def openvino_artifact(float_model_and_images, tmp_path_factory) -> tuple[Path, Path, float]:
+    return make_artifact("openvino", *float_model_and_images, tmp_path_factory.mktemp("artifact-ir"))
 
 
 def test_an_ir_artifacts_weights_are_verified_before_openvino_reads_them(openvino_artifact, tmp_path, monkeypatch):
@@ -149,8 +149,9 @@ def test_an_ir_artifacts_weights_are_verified_before_openvino_reads_them(openvin
     .bin's digest, so a changed or missing .bin is refused, naming it, before OpenVINO reads either."""
     import openvino
 
-    copy = tmp_path / openvino_artifact.name
-    for source in (openvino_artifact, openvino_artifact.with_suffix(".bin"), Path(f"{openvino_artifact}.sha256")):
+    artifact, _, _ = openvino_artifact
+    copy = tmp_path / artifact.name
+    for source in (artifact, artifact.with_suffix(".bin"), Path(f"{artifact}.sha256")):
         (tmp_path / source.name).write_bytes(source.read_bytes())
     assert EdgeModel.load(copy).metadata["backend"] == "openvino"  # the copy is whole
 
@@ -217,3 +218,22 @@ def test_a_feature_detector_travels_in_the_artifact(artifact, float_model_and_im
     with torch.no_grad():
         _, scores = EdgeModel.load(path).module(images[48:])
     np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS if detector_class(n).carriable])
+def test_every_carriable_detector_scores_the_same_in_an_openvino_artifact(openvino_artifact, float_model_and_images, tmp_path, name):
+    """OpenVINO converts the artifact's ends itself, so each carriable detector's score is checked there (its
+    ONNX frontend once reduced Energy's logsumexp over the batch too)."""
+    _, int8, _ = openvino_artifact
+    images = float_model_and_images[1]
+    model = load_deployable(int8, "openvino", features=True)
+    settings = {"vim": {"dim": 16}}.get(name, {})  # ViM's subspace must be smaller than the 48 fit images
+    detector = make_detector(name, ModelContext(load_head(int8, "openvino")), **settings).fit(predict_outputs(model, images[:48]), torch.arange(48) % 10)
+    with torch.no_grad():
+        held_out = predict_outputs(model, images[48:])
+        expected = detector.scorer()(held_out.logits, held_out.features).numpy()
+    path = artifact_path("openvino", tmp_path)
+    build_artifact(int8, "openvino", detector.scorer(), {"classes": list(CIFAR10_CLASSES), "input": input_metadata(), "detector": name, "threshold": 0.0}, path)
+    with torch.no_grad():
+        _, scores = EdgeModel.load(path).module(images[48:])
+    np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-4, atol=1e-5)

@@ -320,21 +320,28 @@ def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: P
 
 
 def _write_openvino(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
-    """The INT8 IR graph, unchanged, between the normalisation head and the detector tail, both converted from
-    the ONNX ends the ONNX artifact has; the metadata and the weights' sha256 in the graph's rt_info."""
+    """The INT8 IR graph, unchanged, between the normalisation head and the detector tail, each captured by
+    ``torch.export`` (dynamic batch) and converted by OpenVINO; the metadata and the weights' sha256 in the
+    graph's rt_info. Not converted from the ONNX ends: OpenVINO 2026.4's ONNX frontend reduces opset-17
+    ReduceLogSumExp over every axis, ignoring its ``axes`` (Energy, ViM and ReAct scores came out wrong)."""
     import openvino as ov
 
     from edgeml.quantization.openvino import save_ir
 
+    batch = torch.export.Dim("batch", max=65536)
+    features = load_head(int8_path, backend).in_features
+    head = ov.convert_model(torch.export.export(_Normalize(), (_example_images(),), dynamic_shapes=({0: batch},)))
+    tail = ov.convert_model(torch.export.export(
+        _Scores(scorer).eval(), (torch.zeros(2, 10), torch.zeros(2, features)), dynamic_shapes=({0: batch}, {0: batch})
+    ))
     model = ov.Core().read_model(str(int8_path))
-    with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:
-        head, tail = (ov.convert_model(str(end)) for end in _export_ends(int8_path, backend, scorer, 17, Path(folder)))
     outputs = {name: result.input_value(0) for result in model.get_results() for name in result.input_value(0).get_names()}
     _feed(model.get_parameters()[0], head.get_results()[0].input_value(0))
-    for parameter in tail.get_parameters():
-        (name,) = parameter.output(0).get_names()
+    for parameter, name in zip(tail.get_parameters(), ("logits", "features")):  # _Scores.forward's arguments, in order
         _feed(parameter, outputs[name])
     pipeline = ov.Model(tail.get_results(), head.get_parameters(), "edgeml")
+    pipeline.outputs[0].get_tensor().set_names({"probabilities"})
+    pipeline.outputs[1].get_tensor().set_names({"ood_score"})
     pipeline.set_rt_info(meta, METADATA)
     with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:  # the weights' digest, for the graph to record
         draft = Path(folder) / "draft.xml"
