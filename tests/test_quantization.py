@@ -354,10 +354,10 @@ def test_executorch_recipes_in_their_own_process():
 
 
 def test_package_refuses_an_executorch_file(tmp_path):
-    # No artifact writer reads .pte yet: the package stage must say so, naming the param, not fail deep inside.
+    # No artifact is built from .pte (its runtime needs torch): the package stage must say so, naming the param, not fail deep inside.
     from edgeml.package import write_artifact
 
-    with pytest.raises(ParamsError, match=r"quantize.backend: 'executorch' files \(.pte\) cannot be packaged yet"):
+    with pytest.raises(ParamsError, match=r"quantize.backend: 'executorch' files \(.pte\) cannot be packaged; the artifact is built from"):
         write_artifact(tmp_path / "int8.pte", "executorch", None, "{}", tmp_path / "artifact.pte")
 
 
