@@ -332,7 +332,7 @@ def ort_profile_markdown(bench: dict) -> str:
     )
 
     def cells(p: dict, ms: float | None, nodes: str = "") -> list[str]:
-        return ["", nodes] if ms is None else [f"{ms:.3f} ({100 * ms / p['wall_ms']:.1f}%)", nodes]
+        return ["", nodes] if ms is None else [_share(ms, p["wall_ms"]), nodes]
 
     rows = [
         [f"`{op}`"] + [c for p in profiles.values() for c in cells(p, p["kernel_ms"].get(op), str(p["nodes"]["optimized"].get(op, "")))]
