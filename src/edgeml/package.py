@@ -277,29 +277,24 @@ def _write_exported(int8_path: Path, backend: str, scorer: Scorer, meta: str, ou
         torch.export.save(export_program(pipeline, _example_images()), str(tmp), extra_files={METADATA: meta})
 
 
-def _export_ends(int8_path: Path, backend: str, scorer: Scorer, opset: int, folder: Path) -> tuple[Path, Path]:
-    """The artifact's ends as ONNX files in ``folder``: the head (uint8 images -> ``normalized``) and the
-    detector tail (``logits``, ``features`` -> ``probabilities``, ``ood_score``; a logit detector's tail
-    takes no features, so ONNX drops that input)."""
-    from edgeml.quantization.onnxrt import export_onnx
-
-    head, tail = folder / "head.onnx", folder / "tail.onnx"
-    export_onnx(_Normalize(), head, _example_images(), ["images"], ["normalized"], opset)
-    features = load_head(int8_path, backend).in_features
-    export_onnx(_Scores(scorer), tail, (torch.zeros(2, 10), torch.zeros(2, features)), ["logits", "features"],
-                ["probabilities", "ood_score"], opset)
-    return head, tail
-
-
 def _write_onnx(int8_path: Path, backend: str, scorer: Scorer, meta: str, out: Path) -> None:
-    """The INT8 graph, unchanged, between a normalisation head and a detector tail (onnx.compose)."""
+    """The INT8 graph, unchanged, between a normalisation head (uint8 images -> ``normalized``) and a detector
+    tail (``logits``, ``features`` -> ``probabilities``, ``ood_score``; a logit detector's tail takes no
+    features, so ONNX drops that input), joined by onnx.compose."""
     import onnx
     import onnx.compose
 
+    from edgeml.quantization.onnxrt import export_onnx
+
     model = onnx.load(str(int8_path))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    features = load_head(int8_path, backend).in_features
     with tempfile.TemporaryDirectory(prefix="edgeml-package-") as folder:
-        head, tail = (onnx.load(str(end)) for end in _export_ends(int8_path, backend, scorer, opset, Path(folder)))
+        head_path, tail_path = Path(folder) / "head.onnx", Path(folder) / "tail.onnx"
+        export_onnx(_Normalize(), head_path, _example_images(), ["images"], ["normalized"], opset)
+        export_onnx(_Scores(scorer), tail_path, (torch.zeros(2, 10), torch.zeros(2, features)), ["logits", "features"],
+                    ["probabilities", "ood_score"], opset)
+        head, tail = onnx.load(str(head_path)), onnx.load(str(tail_path))
     head.ir_version = tail.ir_version = model.ir_version
     (model_input,) = model.graph.input
     merged = onnx.compose.merge_models(

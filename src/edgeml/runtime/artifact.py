@@ -211,8 +211,9 @@ class EdgeModel:
                 session = OnnxRunner(path, threads)
                 metadata, runner = _parse_metadata(path, session.metadata(METADATA)), session
             elif path.suffix == ".xml":  # the weights are verified before OpenVINO reads anything
-                metadata = read_metadata(path)
-                _check_ir_weights(path, _ir_info(path).get(IR_WEIGHTS_SHA256))
+                info = _ir_info(path)
+                metadata = _parse_metadata(path, info.get(METADATA))
+                _check_ir_weights(path, info.get(IR_WEIGHTS_SHA256))
                 runner = OpenVinoRunner(path, threads)
             else:
                 metadata = read_metadata(path)

@@ -10,15 +10,11 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgeml.errors import EdgeMLError
-
-if TYPE_CHECKING:
-    pass
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
