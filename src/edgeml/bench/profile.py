@@ -99,12 +99,14 @@ def _in_turns(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, 
     return counted, seconds
 
 
-def _ran_a_kernel(node: Any) -> bool:
-    """Whether the CPU plugin ran a kernel for a node of its performance counters: a node fused into
-    another reports exec type ``undef``, and one that moves no data (Parameter, Result, Reshape)
-    ``unknown_<precision>``. The counters' status is no guide: it says NOT_RUN whenever the node's time,
-    kept in whole microseconds, rounds to 0, so a node's status flips between runs."""
-    return node.exec_type != "undef" and not node.exec_type.startswith("unknown")
+def _kernel_nodes(counters: Sequence[Any], executed: set[str]) -> list[Any]:
+    """The performance counters of the nodes the CPU plugin ran a kernel for: those named in its execution
+    graph (``executed``: ``compiled.get_runtime_model()``'s ops) but Parameter, Result and Reshape, which move
+    no data (exec type ``unknown_<precision>``). Neither the counters' exec type nor their status tells this
+    alone: a node fused into another (a residual Add folded into its convolution) may keep a kernel's exec
+    type, and the status says NOT_RUN whenever a node's time, kept in whole microseconds, is 0, so it flips
+    between runs."""
+    return [node for node in counters if node.node_name in executed and not node.exec_type.startswith(("unknown", "undef"))]
 
 
 def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: int = 20, block: int = 50, settle: int = 10) -> dict[str, Any]:
@@ -117,6 +119,7 @@ def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: in
 
     compiled = openvino_compiled(path, threads, profiling=True)
     profiled, plain = compiled.create_infer_request(), openvino_compiled(path, threads).create_infer_request()
+    executed = {op.get_friendly_name() for op in compiled.get_runtime_model().get_ops()}
     shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
     feed = {0: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
@@ -125,18 +128,16 @@ def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: in
         profiled.infer(feed)
         wall_us = 1e6 * (time.perf_counter() - start)
         by_op: Counter[str] = Counter()
-        for node in profiled.profiling_info:
-            if _ran_a_kernel(node):
-                by_op[node.node_type] += node.real_time.total_seconds() * 1e6
+        for node in _kernel_nodes(profiled.profiling_info, executed):
+            by_op[node.node_type] += node.real_time.total_seconds() * 1e6
         return {"wall_us": wall_us, "execute_us": wall_us, "kernel_us": dict(by_op)}
 
     counted, seconds = _in_turns(profiled_run, lambda: plain.infer(feed), runs, warmup, block, settle)
     ran: Counter[str] = Counter()
     kernels: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    for node in profiled.profiling_info:
-        if _ran_a_kernel(node):
-            ran[node.node_type] += 1
-            kernels[node.node_type][node.exec_type] += 1
+    for node in _kernel_nodes(profiled.profiling_info, executed):
+        ran[node.node_type] += 1
+        kernels[node.node_type][node.exec_type] += 1
     ops = Counter(op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result"))
     executor_parts = ("between_kernels_ms", "outside_executor_ms")  # ORT's; the plugin reports nodes only
     return {k: v for k, v in summarize(counted).items() if k not in executor_parts} | {

@@ -388,7 +388,8 @@ def openvino_profile_markdown(bench: dict) -> str:
             f"{label}: mean per run over the middle half (by wall time) of {p['runs']} profiled runs, so the parts add up to "
             "the run; the plain model's median, timed in turns with it, shows what the counters add. "
             f"File: {_counts(p['nodes']['file'])}; run as: {_counts(p['nodes']['optimized'])} (the plugin folds "
-            "FakeQuantize, scales and ReLU into the INT8 kernels).",
+            "FakeQuantize, scales, ReLU and residual Adds into the INT8 kernels). The counters keep whole "
+            "microseconds per node; what that rounding drops or adds shows in the time outside the nodes.",
         ]
     return "\n".join(lines) + "\n"
 
