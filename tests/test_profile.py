@@ -146,7 +146,6 @@ def test_openvino_node_times_add_up_and_show_the_int8_kernels(openvino_profile):
     assert profile["nodes"]["optimized"]["Convolution"] == 2  # FakeQuantize folded into the convolutions
     # they ran as INT8 kernels: the plugin names a kernel after its input's precision, `_I8` for u8
     # (the ReLU'd map) and `_i8` for s8 (the signed input image)
-    assert sum(profile["kernels"]["Convolution"].values()) == 2
     assert all(kind.lower().endswith("_i8") for kind in profile["kernels"]["Convolution"])
 
 
