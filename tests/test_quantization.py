@@ -1,5 +1,7 @@
 import dataclasses
 import os
+import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -340,6 +342,44 @@ def test_executorch_program_runs_any_batch(float_model_and_images, deployed):
             for i, single in enumerate(singles[:size]):
                 for output, expected in zip(outputs, single):
                     torch.testing.assert_close(output[i : i + 1], expected, rtol=0, atol=1e-6)
+
+
+# How each profiler shows that a convolution ran as an INT8 kernel: the op ORT fused it into, the precision
+# OpenVINO's kernel names (_I8: u8 input, _i8: s8), XNNPACK's (QC8: per-channel weight scales, QS8: per-tensor),
+# TorchScript's quantized operator.
+INT8_CONVOLUTION = {
+    "onnxruntime": lambda op, kernel: op == "QLinearConv",
+    "openvino": lambda op, kernel: kernel.lower().endswith("_i8"),
+    "executorch": lambda op, kernel: re.search(r", Q[CS]8\)", kernel) is not None,
+    "fbgemm": lambda op, kernel: op.startswith("quantized::conv2d"),
+    "qnnpack": lambda op, kernel: op.startswith("quantized::conv2d"),
+}
+
+
+def test_each_backend_profile_charges_all_twenty_convolutions_to_int8_kernels(deployed):
+    """The backend's profiler (edgeml.bench.profile.PROFILERS) on its real INT8 file: the kernels' times add up
+    with the rest of the run, and ResNet18's 20 convolutions all ran as INT8 kernels."""
+    from edgeml.bench.profile import PROFILERS
+    from edgeml.sweep import CONVOLUTION
+
+    backend = deployed.recipe.backend
+    if backend not in PROFILERS:
+        pytest.skip(f"{backend} has no profiler")
+    profile = PROFILERS[backend](deployed.path, threads=1, runs=12, warmup=2, block=6, settle=2)
+    assert profile["runs"] == 12 and 0 < profile["runs_summarized"] <= 12 and profile["unprofiled_ms"] > 0
+    assert profile["kernels_ms"] == pytest.approx(sum(profile["kernel_ms"].values())) and profile["kernels_ms"] > 0
+    assert profile["kernels_ms"] + profile["outside_kernels_ms"] == pytest.approx(profile["wall_ms"])
+    ran = profile["nodes"]["optimized"]
+    kernels = profile.get("kernels", {op: {op: n} for op, n in ran.items()})  # ORT and TorchScript: the op is the kernel
+    convolutions = {(op, kernel): n for op in ran if CONVOLUTION.fullmatch(op) for kernel, n in kernels[op].items()}
+    assert sum(convolutions.values()) == 20, ran
+    if backend == "onnxruntime" and deployed.recipe.activations == "int8" and platform.machine().lower() in ("x86_64", "amd64"):
+        # ONNX Runtime fuses QDQ around s8 activations into integer kernels on ARM only (QDQIsInt8Allowed() in
+        # onnxruntime/core/optimizer/qdq_transformer/selectors_actions/qdq_selector_action_transformer.h): on x86
+        # some convolutions stay float Conv between DequantizeLinear and QuantizeLinear (the s8s8 recipe's slowness)
+        assert any(op == "Conv" for op, _ in convolutions), convolutions
+    else:
+        assert all(INT8_CONVOLUTION[backend](op, kernel) for op, kernel in convolutions), convolutions
 
 
 @pytest.mark.skipif(bool(os.environ.get(ISOLATED)), reason="this is the isolated process")

@@ -3,6 +3,10 @@ the time outside kernels (executor work between nodes, run set-up), and the opti
 per op type, so QuantizeLinear/DequantizeLinear pairs ORT did not fuse and layout transposes show.
 OpenVINO: each executed node's time from its CPU plugin's performance counters, per op type, with the
 kernel implementation it ran (which shows whether convolutions ran as INT8 kernels, and on which ISA).
+ExecuTorch: each XNNPACK operator's time from the program's ETDump (ExecuTorch's event tracer), per
+operator type, with its kernel (layout, precision, algorithm), the delegate's and runtime's time between
+operators, and the Python call around ``Method::execute``. TorchScript (fbgemm, qnnpack): each operator the
+script calls, from ``torch.profiler``. :data:`PROFILERS` names each backend's profiler.
 
 Each model is opened by the project's own ``ort_session`` / ``openvino_compiled`` with the bench's
 settings plus profiling, so what is profiled is what the bench times. Profiling itself costs time per
@@ -11,10 +15,13 @@ node; the plain model's median is reported beside the profiled runs for that rea
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import statistics
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -99,6 +106,11 @@ def _in_turns(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, 
     return counted, seconds
 
 
+def _counted(breakdowns: Sequence[Any], warmup: int, block: int, settle: int) -> list[Any]:
+    """The breakdowns of the runs :func:`_in_turns` counted, from those of every profiled run in order."""
+    return [b for i, b in enumerate(breakdowns[warmup:]) if i % (settle + block) >= settle]
+
+
 def _kernel_nodes(counters: Sequence[Any], executed: set[str]) -> list[Any]:
     """The performance counters of the nodes the CPU plugin ran a kernel for: those named in its execution
     graph (``executed``: ``compiled.get_runtime_model()``'s ops) but Parameter, Result and Reshape, which move
@@ -171,9 +183,137 @@ def profile_onnx(
         }
         _, seconds = _in_turns(lambda: profiled.run(None, feeds), lambda: plain.run(None, feeds), runs, warmup, block, settle)
         events = json.loads(Path(profiled.end_profiling()).read_text())
-        counted = [b for i, b in enumerate(run_breakdowns(events)[warmup:]) if i % (settle + block) >= settle]
+        counted = _counted(run_breakdowns(events), warmup, block, settle)
         return summarize(counted) | {
             "unprofiled_ms": 1e3 * statistics.median(seconds),
             "threads": threads,
             "nodes": {"file": node_counts(path), "optimized": node_counts(optimized)},
         }
+
+
+# XNNPACK names an operator event "<operator> (<layout, precision>) <algorithm> #<n>", e.g.
+# "Convolution (NHWC, QS8) IGEMM #3": split into the operator and the kernel it ran.
+XNNPACK_EVENT = re.compile(r"(?P<op>[^(#]+?)\s*(?P<kernel>\(.*?)?\s*#\d+")
+EXECUTE_EVENT, DELEGATE_EVENT = "Method::execute", "DELEGATE_CALL"
+
+
+def profile_executorch(
+    path: str | Path, threads: int, runs: int = 200, warmup: int = 20, block: int = 50, settle: int = 10
+) -> dict[str, Any]:
+    """Profile about ``runs`` batch-1 runs of the ExecuTorch program ``path`` (random input) at ``threads``
+    threads from its ETDump, read by ``executorch.devtools.Inspector`` (:func:`summarize`: kernels are the
+    XNNPACK operators; between kernels, the rest of ``Method::execute``: the delegate call and the runtime;
+    outside the executor, the Python call around it), time the same number in the plain program
+    (``unprofiled_ms``: median), in turns, and count the operators run, with each type's kernels.
+    Event tracing: https://docs.pytorch.org/executorch/stable/etdump.html"""
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    from edgeml.quantization.executorch import ExecuTorchModule
+
+    torch.set_num_threads(threads)  # ExecuTorchModule sizes XNNPACK's thread pool from it
+    portable_lib._unsafe_reset_threadpool(threads)
+    traced = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
+    plain = ExecuTorchModule(path)
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    walls_us: list[float] = []
+
+    def profiled_run() -> None:
+        start = time.perf_counter()
+        traced.forward((image,))
+        walls_us.append(1e6 * (time.perf_counter() - start))
+
+    _, seconds = _in_turns(profiled_run, lambda: plain(image), runs, warmup, block, settle)
+    with tempfile.TemporaryDirectory(prefix="edgeml-profile-") as tmp:
+        etdump = Path(tmp, "trace.etdp")
+        traced.write_etdump_result_to_file(str(etdump))
+        with warnings.catch_warnings():  # no debug buffer was asked for: times only, no tensors
+            warnings.filterwarnings("ignore", message="Output Buffer not found")
+            events = [e for b in Inspector(etdump_path=str(etdump)).event_blocks if b.name == "Execute" for e in b.events]
+    ms = {e.name: e.perf_data.raw for e in events}  # per run, in order (Inspector's unit: ms)
+    if {len(times) for times in ms.values()} != {len(walls_us)} or EXECUTE_EVENT not in ms:
+        raise RuntimeError(f"{path}: the ETDump does not hold one {EXECUTE_EVENT} and one time per operator for each of the {len(walls_us)} runs")
+    operators = {name: XNNPACK_EVENT.fullmatch(name) for name in ms if name not in (EXECUTE_EVENT, DELEGATE_EVENT)}
+    kernels: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for name, match in operators.items():  # an event XNNPACK did not name is a kernel of its own (a portable op)
+        kernels[match["op"] if match else name][(match["kernel"] or "") if match else "portable"] += 1
+    breakdowns = []
+    for i, wall_us in enumerate(walls_us):
+        by_op: Counter[str] = Counter()
+        for name, match in operators.items():
+            by_op[match["op"] if match else name] += 1e3 * ms[name][i]
+        breakdowns.append({"wall_us": wall_us, "execute_us": 1e3 * ms[EXECUTE_EVENT][i], "kernel_us": dict(by_op)})
+    counted = _counted(breakdowns, warmup, block, settle)
+    return summarize(counted) | {
+        "unprofiled_ms": 1e3 * statistics.median(seconds),
+        "threads": threads,
+        "nodes": {"optimized": {op: sum(kinds.values()) for op, kinds in sorted(kernels.items(), key=lambda i: -sum(i[1].values()))}},
+        "kernels": {op: dict(kinds.most_common()) for op, kinds in kernels.items()},
+    }
+
+
+RUN_EVENT = "edgeml_run"  # the record_function span around each profiled TorchScript call
+
+
+def profile_torchscript(
+    path: str | Path, threads: int, runs: int = 200, warmup: int = 20, block: int = 50, settle: int = 10, engine: str = "fbgemm"
+) -> dict[str, Any]:
+    """Profile about ``runs`` batch-1 runs of the INT8 TorchScript file ``path`` (random input, quantization
+    ``engine``) at ``threads`` threads with ``torch.profiler`` (:func:`summarize`: kernels are the operators the
+    script calls, the outermost ``::`` events of a run, e.g. ``quantized::conv2d_relu``; between kernels, the
+    rest of the script's ``forward``, its interpreter; outside the executor, the Python call around it), time
+    the same number without the profiler (``unprofiled_ms``: median), in turns, and count the operators run."""
+    import torch
+
+    from edgeml.runtime.torch_files import WithEngine, load_torchscript
+
+    torch.set_num_threads(threads)
+    model = WithEngine(load_torchscript(path, engine), engine)
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    walls_us: list[float] = []
+
+    def profiled_run() -> None:
+        start = time.perf_counter()
+        with torch.profiler.record_function(RUN_EVENT):
+            model(image)
+        walls_us.append(1e6 * (time.perf_counter() - start))
+
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        _, seconds = _in_turns(profiled_run, lambda: model(image), runs, warmup, block, settle)
+    spans = [e for e in profiler.events() if e.name == RUN_EVENT]
+    if len(spans) != len(walls_us):
+        raise RuntimeError(f"{path}: torch.profiler recorded {len(spans)} of the {len(walls_us)} profiled runs")
+    breakdowns = []
+    for span, wall_us in zip(spans, walls_us):
+        by_op: Counter[str] = Counter()
+        for call in _outermost_operators(span):
+            by_op[call.name] += call.time_range.elapsed_us()
+        execute_us = sum(child.time_range.elapsed_us() for child in span.cpu_children)  # the script's forward
+        breakdowns.append({"wall_us": wall_us, "execute_us": execute_us, "kernel_us": dict(by_op)})
+    ran = Counter(call.name for call in _outermost_operators(spans[-1]))
+    counted = _counted(breakdowns, warmup, block, settle)
+    return summarize(counted) | {
+        "unprofiled_ms": 1e3 * statistics.median(seconds),
+        "threads": threads,
+        "nodes": {"optimized": dict(ran.most_common())},
+    }
+
+
+def _outermost_operators(event: Any) -> list[Any]:
+    """The operator events (``namespace::name``) under ``event`` that no other operator encloses."""
+    found = []
+    for child in event.cpu_children:
+        found += [child] if "::" in child.name else _outermost_operators(child)
+    return found
+
+
+# Each quantization backend's profiler. pt2e_x86 has none: its file runs as a torch.compile program, whose
+# Inductor-generated kernels torch.profiler does not record as operators.
+PROFILERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "onnxruntime": profile_onnx,
+    "openvino": profile_openvino,
+    "executorch": profile_executorch,
+    "fbgemm": functools.partial(profile_torchscript, engine="fbgemm"),
+    "qnnpack": functools.partial(profile_torchscript, engine="qnnpack"),
+}
