@@ -1,5 +1,6 @@
 """Stage sweep_report: every recipe of the sweep side by side (metrics/quant_sweep.md + .json) and the
-best one, chosen on validation numbers and the shared timing run only."""
+best one, chosen on validation numbers and the shared timing run only; where each backend's batch-1 time
+goes (metrics/backend_profiles.md)."""
 
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def main() -> None:
     summary = sweep.sweep_summary(results, timing, reference, packaged)
     write_json(paths.metrics("quant_sweep"), summary)
     write_text(paths.METRICS / "quant_sweep.md", sweep.render_sweep(summary))
+    write_text(paths.METRICS / "backend_profiles.md", sweep.render_backend_profiles(timing))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,9 @@ def test_dvc_repro_end_to_end(project: Path):
     assert set(shown["auroc"]) == {"msp", "maxlogit", "energy", "gen"}  # the detectors the artifact can carry
     assert sweep["recipes"]["onnxruntime_minmax"]["size_ratio"] > 3.5
     assert "onnxruntime_minmax" in (project / "metrics/quant_sweep.md").read_text()
+    profiles = (project / "metrics/backend_profiles.md").read_text()  # each backend's time, by its own profiler
+    assert "| fbgemm (fbgemm_histogram) |" in profiles and "| onnxruntime (onnxruntime_minmax) |" in profiles
+    assert "not profiled:" not in profiles
 
     # A second run changes nothing and runs nothing.
     second = sh("dvc", "repro", cwd=project)

@@ -1,10 +1,12 @@
 """ONNX Runtime's and OpenVINO's profiles of a batch-1 run (edgeml.bench.profile): real profiling runs of a
 tiny conv net, float and quantized (QDQ for ORT, NNCF for OpenVINO), parsed and summed per op type; no
-timing assertions."""
+timing assertions. ExecuTorch's profile is tested with its recipes (tests/test_quantization.py), in their
+own process."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -12,7 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+from edgeml import sweep
 from edgeml.bench.profile import profile_onnx, profile_openvino, run_breakdowns, summarize
+from edgeml.bench.suite import profile_backends
 from edgeml.reporting import tables
 
 
@@ -168,3 +172,28 @@ def test_the_openvino_table_shows_each_op_type_its_kernels_and_the_floor(openvin
     assert all(f"{kind} ×{n}" in row for kind, n in openvino_profile["kernels"]["Convolution"].items())
     assert "| compute floor | 0.500 |  |  |" in text
     assert "Not measured" in tables.openvino_profile_markdown({**bench, "openvino_profile": {}})
+
+
+def test_each_backend_is_profiled_on_its_fastest_recipe_and_one_without_a_profiler_says_so(models, tmp_path):
+    recipes = {"ort_a": "onnxruntime", "ort_b": "onnxruntime", "pt2e_a": "pt2e_x86"}
+    params = SimpleNamespace(sweep=SimpleNamespace(recipes={name: SimpleNamespace(backend=b) for name, b in recipes.items()}),
+                             bench=SimpleNamespace(threads=1, runs=8, warmup=2))
+    int8 = {"ort_a": models["fp32"], "ort_b": models["int8"], "pt2e_a": tmp_path / "int8.pt2"}  # no .pt2 is read
+    timed = {"ort_a": {"latency_ms": 2.0}, "ort_b": {"latency_ms": 1.0}, "pt2e_a": {"latency_ms": 3.0}}
+    profiles = profile_backends(params, int8, timed)
+    assert set(profiles) == {"onnxruntime", "pt2e_x86"}
+    ort = profiles["onnxruntime"]
+    assert (ort["recipe"], ort["file"], ort["profiler"]) == ("ort_b", "int8.onnx", "profile_onnx")
+    assert "QLinearConv" in ort["nodes"]["optimized"]  # the quantized file was profiled, not the float one
+    assert profiles["pt2e_x86"] == {"recipe": "pt2e_a", "file": "int8.pt2", "profiler": None}
+
+    timing = {"floor_ms": {"int8": 0.25}, "environment": {"cpu": {"model": "AMD EPYC"}, "threads": 1},
+              "recipes": timed, "profiles": profiles}
+    text = sweep.render_backend_profiles(timing)
+    assert "(AMD EPYC, 1 threads)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| onnxruntime (ort_b) |"))
+    conv = sum(ms for op, ms in ort["kernel_ms"].items() if "Conv" in op)
+    assert row.startswith(f"| onnxruntime (ort_b) | 1.000 (4.0x) | {ort['wall_ms']:.3f} ({ort['unprofiled_ms']:.3f}) | "
+                          f"{100 * conv / ort['wall_ms']:.0f}% | ")
+    assert row.endswith(f"| QLinearConv ×{ort['nodes']['optimized']['QLinearConv']} |")
+    assert "| pt2e_x86 (pt2e_a) | 3.000 (12.0x) | not profiled: no profiler for its pt2 file here |" in text

@@ -6,7 +6,7 @@ from pathlib import Path
 REPO = Path(__file__).parents[1]
 README = (REPO / "README.md").read_text()
 GENERATED = ("metrics/report.md", "metrics/quant_sweep.md", "metrics/gpu_recipe/report.md", "metrics/predict_load.md", "metrics/ort_profile.md",
-             "metrics/openvino_profile.md")
+             "metrics/openvino_profile.md", "metrics/backend_profiles.md")
 
 
 def test_readme_tables_are_the_committed_reports():

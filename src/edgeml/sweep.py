@@ -10,6 +10,7 @@ how close two speed-ups must be to count as a tie.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgeml.errors import EdgeMLError
@@ -26,6 +27,9 @@ QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
 MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the best never ties with it
 # Backends built for ARM CPUs: their rows are timed on the x86 machine the sweep runs on, and say so.
+# A convolution as each runtime names it: ONNX Runtime (Conv, QLinearConv, FusedConv, ConvInteger), OpenVINO
+# (Convolution, GroupConvolution), XNNPACK (Convolution), TorchScript (quantized::conv2d, quantized::conv2d_relu).
+CONVOLUTION = re.compile(r"(?i)(?:\w+::)?(?:qlinear|fused|group)?conv(?:olution|integer|2d)?(?:_relu)?")
 ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 
@@ -204,3 +208,40 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f".pt, torch.export .pt2, ONNX, OpenVINO IR or ExecuTorch .pte); FP32 size is the TorchScript file.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_backend_profiles(timing: dict[str, Any]) -> str:
+    """Where each backend's batch-1 time goes (``timing["profiles"]``, from
+    :func:`edgeml.bench.suite.profile_backends`): its fastest recipe's time against the INT8 compute floor, and
+    the profiled run's shares: convolution kernels, other kernels, the time outside them; with the convolutions' kernels."""
+    floor, env = timing["floor_ms"]["int8"], timing["environment"]
+    header = ["backend (fastest recipe)", "batch-1 ms (x floor)", "profiled run ms (not profiled)", "convolutions",
+              "other kernels", "outside the kernels", "convolution kernels"]
+    rows = []
+    for backend, p in timing["profiles"].items():
+        latency = timing["recipes"][p["recipe"]]["latency_ms"]
+        row = [f"{backend}{' †' if backend in ARM_ORIENTED else ''} ({p['recipe']})", f"{latency:.3f} ({latency / floor:.1f}x)"]
+        if not p["profiler"]:
+            rows.append(row + [f"not profiled: no profiler for its {p['file'].rsplit('.', 1)[-1]} file here", "", "", "", ""])
+            continue
+        convolutions = {op: ms for op, ms in p["kernel_ms"].items() if CONVOLUTION.fullmatch(op)}
+        conv_ms = sum(convolutions.values())
+        implementations = [
+            f"{kind} ×{n}" for op in convolutions for kind, n in p.get("kernels", {}).get(op, {op: p["nodes"]["optimized"].get(op, 0)}).items()
+        ]
+        share = lambda ms: f"{100 * ms / p['wall_ms']:.0f}%"  # noqa: E731
+        rows.append(row + [f"{p['wall_ms']:.3f} ({p['unprofiled_ms']:.3f})", share(conv_ms), share(p["kernels_ms"] - conv_ms),
+                           share(p["outside_kernels_ms"]), ", ".join(implementations)])
+    return "\n".join([
+        f"#### Where each backend's batch-1 time goes ({env['cpu']['model']}, {env['threads']} threads)",
+        "",
+        table(header, rows),
+        "",
+        *(f"† {note}.\n" for backend, note in ARM_ORIENTED.items() if backend in timing["profiles"]),
+        f"Each backend's fastest recipe in the sweep's timing run: its batch-1 latency there, and its multiple of the INT8 "
+        f"compute floor ({floor:.3f} ms). Then, after the timing, its own profiler: ONNX Runtime's profiler, OpenVINO's "
+        "performance counters, ExecuTorch's ETDump (XNNPACK's operators), torch.profiler for TorchScript. Shares are of "
+        "the profiled run (mean over the middle half of the profiled runs); the same model's median without the "
+        "profiler, timed in turns with it, shows what profiling adds. Outside the kernels: the runtime between them "
+        "(executor, delegate calls, TorchScript's interpreter) and the call itself (inputs, outputs, Python).",
+    ]) + "\n"

@@ -1,5 +1,5 @@
 """The bench stages' measurements: CPU and GPU speed of every FP32 path and INT8 (and of every sweep recipe), the
-compute floor, ONNX Runtime's and OpenVINO's profiles of their files, what each detector adds, the `edgeml predict` path and its
+compute floor, ONNX Runtime's and OpenVINO's profiles of their files (and of each sweep backend's fastest recipe), what each detector adds, the `edgeml predict` path and its
 soak, and Table 1's rows."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from edgeml.bench import cpu as cpu_timing
 from edgeml.bench import environment as host
 from edgeml.bench import gpu as gpu_timing
 from edgeml.bench import loadtest, roofline
-from edgeml.bench.profile import profile_onnx, profile_openvino
+from edgeml.bench.profile import PROFILERS, profile_onnx, profile_openvino
 from edgeml.data.splits import load_arrays
 from edgeml.io import read_json
 from edgeml.model.resnet import load_checkpoint, parameter_count
@@ -126,5 +126,23 @@ def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str
     macs, peaks = roofline.count_macs(float_model, torch.zeros(1, 3, 32, 32)), roofline.gemm_peak_gmacs(bench.threads)
     return {
         **timing, "macs_per_sample": macs, "gemm_peak_gmacs": peaks, "floor_ms": roofline.floor_ms(macs, peaks),
+        "profiles": profile_backends(params, int8, timing["recipes"]),
         "environment": host.environment(bench.threads),
     }
+
+
+def profile_backends(params: Params, int8: Mapping[str, Path], timed: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Where each backend's batch-1 time goes: its fastest recipe (by ``timed`` latency) profiled by the backend's
+    profiler (:data:`edgeml.bench.profile.PROFILERS`), after the timing, so profiling never disturbs it; a
+    backend without one says so (``profiler: null``)."""
+    by_backend: dict[str, list[str]] = {}
+    for name, recipe in params.sweep.recipes.items():
+        by_backend.setdefault(recipe.backend, []).append(name)
+    profiles: dict[str, Any] = {}
+    for backend, names in by_backend.items():
+        fastest = min(names, key=lambda name: timed[name]["latency_ms"])
+        profiler = PROFILERS.get(backend)
+        measured = profiler(int8[fastest], params.bench.threads, params.bench.runs, params.bench.warmup) if profiler else {}
+        name = getattr(profiler, "func", profiler).__name__ if profiler else None  # a functools.partial names its function
+        profiles[backend] = {"recipe": fastest, "file": int8[fastest].name, "profiler": name} | measured
+    return profiles
