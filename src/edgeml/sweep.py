@@ -26,10 +26,10 @@ SWEEP_GOALS = {"size_ratio": 3.9, "top1_drop_points": 0.3, "auroc_drop_points": 
 QUALITY_GOALS = ("size_ratio", "top1_drop_points", "auroc_drop_points")
 MIN_TIE_BAND = 0.05  # speed-ups within 5% are ties even when the rounds agree more closely than that
 MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the best never ties with it
-# Backends built for ARM CPUs: their rows are timed on the x86 machine the sweep runs on, and say so.
 # A convolution as each runtime names it: ONNX Runtime (Conv, QLinearConv, FusedConv, ConvInteger), OpenVINO
 # (Convolution, GroupConvolution), XNNPACK (Convolution), TorchScript (quantized::conv2d, quantized::conv2d_relu).
 CONVOLUTION = re.compile(r"(?i)(?:\w+::)?(?:qlinear|fused|group)?conv(?:olution|integer|2d)?(?:_relu)?")
+# Backends built for ARM CPUs: their rows are timed on the x86 machine the sweep runs on, and say so.
 ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 

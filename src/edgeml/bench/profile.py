@@ -234,15 +234,18 @@ def profile_executorch(
     ms = {e.name: e.perf_data.raw for e in events}  # per run, in order (Inspector's unit: ms)
     if {len(times) for times in ms.values()} != {len(walls_us)} or EXECUTE_EVENT not in ms:
         raise RuntimeError(f"{path}: the ETDump does not hold one {EXECUTE_EVENT} and one time per operator for each of the {len(walls_us)} runs")
-    operators = {name: XNNPACK_EVENT.fullmatch(name) for name in ms if name not in (EXECUTE_EVENT, DELEGATE_EVENT)}
+    operators = {}  # event name -> (operator, kernel); an event XNNPACK did not name is a portable op of its own
+    for name in (name for name in ms if name not in (EXECUTE_EVENT, DELEGATE_EVENT)):  # in the program's order
+        match = XNNPACK_EVENT.fullmatch(name)
+        operators[name] = (match["op"], match["kernel"] or "") if match else (name, "portable")
     kernels: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    for name, match in operators.items():  # an event XNNPACK did not name is a kernel of its own (a portable op)
-        kernels[match["op"] if match else name][(match["kernel"] or "") if match else "portable"] += 1
+    for op, kernel in operators.values():
+        kernels[op][kernel] += 1
     breakdowns = []
     for i, wall_us in enumerate(walls_us):
         by_op: Counter[str] = Counter()
-        for name, match in operators.items():
-            by_op[match["op"] if match else name] += 1e3 * ms[name][i]
+        for name, (op, _) in operators.items():
+            by_op[op] += 1e3 * ms[name][i]
         breakdowns.append({"wall_us": wall_us, "execute_us": 1e3 * ms[EXECUTE_EVENT][i], "kernel_us": dict(by_op)})
     counted = _counted(breakdowns, warmup, block, settle)
     return summarize(counted) | {
