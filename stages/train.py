@@ -1,4 +1,4 @@
-"""Stage train: the FP32 ResNet18 as models/fp32.pt, either the published weights that
+"""Stage train: the FP32 ResNet18 as models/pretrained.pt (the finetune stage's start), either the published weights that
 train.weights names (verified, installed, measured on the validation split) or trained here on
 CIFAR-10's train split (`torchrun --nproc_per_node=N stages/train.py` for several GPUs)."""
 
@@ -10,7 +10,7 @@ from edgeml.stage import run
 
 
 def main() -> None:
-    metrics = fp32_model(P.load(), paths.CIFAR10, paths.FP32, paths.CHECKPOINT, paths.PLOTS / "train")
+    metrics = fp32_model(P.load(), paths.CIFAR10, paths.PRETRAINED, paths.CHECKPOINT, paths.PLOTS / "train")
     if metrics is not None:  # only rank 0 writes
         write_json(paths.metrics("train"), metrics)
 

@@ -120,7 +120,7 @@ class Weights:
     """A published FP32 checkpoint in ``models/fp32.pt``'s format: a URL or a local file (a relative
     path is relative to the repository root), verified against ``sha256`` before it is loaded."""
 
-    source: str
+    source: Union[list[str], str]  # a list: tried in order (a local mirror, then a URL), as fetch.* sources
     sha256: str
 
     def __post_init__(self) -> None:
@@ -152,6 +152,45 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.logitnorm_tau <= 0:
             raise ParamsError(f"train.logitnorm_tau: must be > 0, got {self.logitnorm_tau!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecipe:
+    """One OOD fine-tuning recipe (see :mod:`edgeml.model.finetune`): the outlier term, its weight, the
+    ID loss and the outlier mix (generator name -> share, :data:`edgeml.model.outliers.GENERATORS`)."""
+
+    outliers: dict[str, float]
+    loss: Literal["oe", "energy"] = "oe"  # oe: uniform-target (Hendrycks et al. 2019); energy: margins (Liu et al. 2020)
+    weight: float = 0.5  # the outlier term's weight (OE's lambda)
+    id_loss: Literal["ce", "logitnorm"] = "ce"
+    logitnorm_tau: float = 0.04
+    energy_percentiles: list[float] = dataclasses.field(default_factory=lambda: [50.0, 99.0])  # m_in, m_out: of the start model's ID energies
+
+    def __post_init__(self) -> None:
+        if len(self.energy_percentiles) != 2 or not 0 <= self.energy_percentiles[0] < self.energy_percentiles[1] <= 100:
+            raise ParamsError(f"energy_percentiles: expected [m_in, m_out] with 0 <= m_in < m_out <= 100, got {self.energy_percentiles}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    """The finetune stage: published fine-tuned weights, or a recipe search on validation and a full run."""
+
+    recipes: dict[str, FinetuneRecipe]
+    weights: Optional[Weights] = None  # set: install these (made by this stage) instead of fine-tuning
+    recipe: str = "auto"  # auto: the search's choice on validation; or a name in recipes (no search)
+    search_steps: int = 300  # steps of each recipe's short run in the search
+    epochs: int = 6  # the chosen recipe's full run, in passes over the training images
+    id_batch: int = 128
+    outlier_batch: int = 128
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    freeze: Literal["none", "stem", "layer1"] = "layer1"
+    bf16: Literal["auto", "on", "off"] = "auto"  # autocast; auto: where the CPU has bf16 units
+    pictures: int = 1024  # generated pictures (fractals, gratings, 1/f) the outliers draw on
+    top1_tolerance: float = 0.005  # recipes keep validation top-1 within this of the start model's
+    seed: int = 0
+    threads: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +291,7 @@ class Params:
     prepare: PrepareParams
     model: ModelParams
     train: TrainParams
+    finetune: FinetuneParams
     quantize: QuantizeParams
     sweep: SweepParams
     ood: OODParams
@@ -329,6 +369,13 @@ class Params:
                 f"package.detector: {self.package.detector!r} must be one of ood.detectors {self.ood.detectors}, "
                 f"so its OOD metrics are measured"
             )
+        if self.finetune.recipe != "auto" and self.finetune.recipe not in self.finetune.recipes:
+            raise ParamsError(f"finetune.recipe: {self.finetune.recipe!r} is not 'auto' or one of finetune.recipes {sorted(self.finetune.recipes)}")
+        if not self.finetune.recipes:
+            raise ParamsError("finetune.recipes: must not be empty")
+        for name, recipe in self.finetune.recipes.items():
+            if not recipe.outliers or any(not (math.isfinite(w) and w >= 0) for w in recipe.outliers.values()) or not any(recipe.outliers.values()):
+                raise ParamsError(f"finetune.recipes.{name}.outliers: expected generator: share (>= 0, one > 0), got {recipe.outliers!r}")
         self._check_recipe("quantize", self.quantize)
         for name, recipe in self.sweep.recipes.items():
             self._check_recipe(f"sweep.recipes.{name}", recipe)
@@ -426,6 +473,19 @@ RANGES: dict[str, Range] = {
     "TrainParams.rotpred_weight": POSITIVE,
     "TrainParams.pixmix_k": Range(0, 16),
     "TrainParams.pixmix_beta": POSITIVE,
+    "FinetuneRecipe.weight": POSITIVE,
+    "FinetuneRecipe.logitnorm_tau": POSITIVE,
+    "FinetuneParams.search_steps": POSITIVE,
+    "FinetuneParams.epochs": POSITIVE,
+    "FinetuneParams.id_batch": POSITIVE,
+    "FinetuneParams.outlier_batch": POSITIVE,
+    "FinetuneParams.lr": POSITIVE,
+    "FinetuneParams.momentum": FRACTION,
+    "FinetuneParams.weight_decay": NON_NEGATIVE,
+    "FinetuneParams.pictures": POSITIVE,
+    "FinetuneParams.top1_tolerance": Range(0, 1),
+    "FinetuneParams.seed": SEED,
+    "FinetuneParams.threads": THREADS,
     "QuantizeParams.calibration_size": POSITIVE,
     "QuantizeParams.qat_epochs": NON_NEGATIVE,
     "QuantizeParams.qat_images": POSITIVE,

@@ -11,7 +11,9 @@ PREPARED = Path("data/prepared")
 CIFAR10 = PREPARED / "cifar10.npz"  # train / val / test arrays
 OPENOOD_CIFAR10 = PREPARED / "openood_cifar10.npz"  # OpenOOD's ID test / validation positions in the test set
 SCORES = Path("data/scores")
-FP32 = Path("models/fp32.pt")
+PRETRAINED = Path("models/pretrained.pt")  # the train stage's model: the fine-tune's starting point
+FP32 = Path("models/fp32.pt")  # the finetune stage's model: what every later stage quantizes and measures
+FINETUNE_RECORD = Path("weights/finetune.json")  # how the published fine-tuned weights were made (metrics/finetune.json of that run)
 DEPLOY = Path("models/deploy")
 SWEEP = Path("models/sweep")
 ARTIFACT = Path("models/artifact")
@@ -19,6 +21,7 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 # Not a pipeline output (git-ignored): the train stage's resume point after an interruption.
 CHECKPOINT = Path("models/checkpoints/train.pt")
+FINETUNE_WORK = Path("models/checkpoints/finetune")  # ... and the finetune stage's (search results, per-epoch checkpoints)
 
 
 def ood_set(name: str) -> Path:

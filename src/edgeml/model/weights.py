@@ -36,21 +36,21 @@ from edgeml.model.train import (
 from edgeml.params import ModelParams, Params, ParamsError, Source, Weights
 
 
-def load_matching(path: Path, source: str, model: ModelParams) -> nn.Module:
+def load_matching(path: Path, source: str, model: ModelParams, key: str = "train.weights") -> nn.Module:
     """The checkpoint at ``path`` (fetched from ``source``) as a model, if it is the ResNet18 that
     ``model`` describes; a :class:`ParamsError` naming both otherwise."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ParamsError(f"train.weights: {source!r} is not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from exc
+        raise ParamsError(f"{key}: {source!r} is not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from exc
     if not isinstance(checkpoint, dict) or not {"stem", "num_classes", "state_dict"} <= checkpoint.keys():
         raise ParamsError(
-            f"train.weights: {source!r} is not in models/fp32.pt's format (a dict with stem, num_classes, state_dict)"
+            f"{key}: {source!r} is not in models/fp32.pt's format (a dict with stem, num_classes, state_dict)"
         )
     found, wanted = (checkpoint["stem"], checkpoint["num_classes"]), (model.stem, model.num_classes)
     if found != wanted:
         raise ParamsError(
-            f"train.weights: {source!r} is a ResNet18 with stem {found[0]!r} and {found[1]} classes, but "
+            f"{key}: {source!r} is a ResNet18 with stem {found[0]!r} and {found[1]} classes, but "
             f"model.stem is {wanted[0]!r} and model.num_classes {wanted[1]}; set model.* to match, or train (train.weights: null)"
         )
     network = build_resnet18(model.stem, model.num_classes)
@@ -58,20 +58,20 @@ def load_matching(path: Path, source: str, model: ModelParams) -> nn.Module:
         network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         raise ParamsError(
-            f"train.weights: {source!r}: its tensors do not fit ResNet18 (stem {model.stem!r}): {str(exc).splitlines()[0]}"
+            f"{key}: {source!r}: its tensors do not fit ResNet18 (stem {model.stem!r}): {str(exc).splitlines()[0]}"
         ) from exc
     return network.eval()
 
 
-def install_weights(weights: Weights, model: ModelParams, dest: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Fetch and verify ``weights``, check them against ``model`` and move them onto ``dest``
-    unchanged; return the model and where it came from."""
+def install_weights(weights: Weights, model: ModelParams, dest: Path, key: str = "train.weights") -> tuple[nn.Module, dict[str, Any]]:
+    """Fetch and verify ``weights`` (the first of its sources that is there), check them against ``model``
+    and move them onto ``dest`` unchanged; return the model and where it came from."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
-        record = fetch("weights", Source(weights.source, sha256=weights.sha256), Path(tmp))
-        network = load_matching(Path(record.path), weights.source, model)
+        record = fetch(key, Source(weights.source, sha256=weights.sha256), Path(tmp))
+        network = load_matching(Path(record.path), record.source, model, key)
         os.replace(record.path, dest)
-    return network, {"source": weights.source, "sha256": record.sha256, "bytes": record.bytes}
+    return network, {"source": record.source, "sha256": record.sha256, "bytes": record.bytes}
 
 
 def fp32_model(params: Params, data: Path, dest: Path, checkpoint_path: Path, live_dir: Path) -> dict[str, Any] | None:

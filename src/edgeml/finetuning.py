@@ -1,0 +1,220 @@
+"""The finetune stage's work: install published fine-tuned weights, or search the recipes of
+``finetune.recipes`` on short runs, choose on validation data only, and fine-tune the chosen one in full.
+
+Validation here is what every choice in the project is made on (OpenOOD's protocol): top-1 on the
+held-out training split, and the mean AUROC of the ID validation images vs the near and far OOD
+validation sets for every detector the artifact can carry, each with its settings chosen by the same
+grid search as the ood stage. No test image is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeml.bench.environment import cpu_info
+from edgeml.data.splits import id_split, load_ood_validation
+from edgeml.io import atomic_path, read_json, write_json
+from edgeml.model import finetune
+from edgeml.model.inference import to_tensor
+from edgeml.model.outliers import JpegEncoding
+from edgeml.model.resnet import save_checkpoint
+from edgeml.model.weights import install_weights
+from edgeml.ood import protocol
+from edgeml.ood.detectors import Evidence, ModelContext, detector_class, fit_set
+from edgeml.params import Params, ParamsError
+from edgeml.quantization.base import WithFeatureMap
+
+
+class Autocast(nn.Module):
+    """A (logits, features, map) model run under bf16 autocast, its outputs as float32."""
+
+    def __init__(self, model: nn.Module, enabled: bool) -> None:
+        super().__init__()
+        self.model, self.enabled = model, enabled
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled):
+            return tuple(t.float() for t in self.model(x))
+
+
+def validator(params: Params, arrays: Mapping[str, np.ndarray], prepared: Path, bf16: bool) -> Callable[[nn.Module], dict[str, Any]]:
+    """``evaluate(model)``: validation top-1 and, for each carriable detector of ``ood.detectors``, its mean
+    validation AUROC with settings chosen on validation; ``auroc`` and ``detector`` name the best of them,
+    the detector the package stage's rule would carry (before its per-image cost bound)."""
+    ood = params.ood
+    val_x, val_y = to_tensor(arrays["val_x"]), torch.from_numpy(arrays["val_y"])
+    id_images = to_tensor(id_split(arrays, ood.id_split, prepared)[1][: ood.validation_images])
+    ood_images = {group: to_tensor(x) for group, x in load_ood_validation(ood.validation_sets).items()}
+    fit_images, fit_labels = fit_set(arrays, ood.fit_images, ood.seed)
+    names = [name for name in ood.detectors if detector_class(name).carriable]
+
+    def evaluate(model: nn.Module) -> dict[str, Any]:
+        net = Autocast(WithFeatureMap(model).eval(), bf16)
+        top1 = protocol.top1(Evidence("validation/all", val_x, net, ood.batch_size).outputs.logits, val_y)
+        validation = (Evidence("validation/id", id_images, net, ood.batch_size),
+                      {group: Evidence(f"validation/{group}", x, net, ood.batch_size) for group, x in ood_images.items()})
+        fit = Evidence("fit", fit_images, net, ood.batch_size).outputs
+        context = ModelContext(copy.deepcopy(model.fc).float().requires_grad_(False))
+        records = {name: protocol.choose(name, ood.search.get(name, {}), context, fit, fit_labels, validation)[1] for name in names}
+        best = max(records, key=lambda name: records[name]["validation_auroc"])
+        return {
+            "top1": top1,
+            "auroc": records[best]["validation_auroc"],
+            "detector": best,
+            "aurocs": {name: r["validation_auroc"] for name, r in records.items()},
+            "auroc_by_group": {name: r["validation_auroc_by_group"] for name, r in records.items()},
+            "settings": {name: r["chosen"] for name, r in records.items()},
+        }
+
+    return evaluate
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def steps_per_epoch(params: Params, images: int) -> int:
+    """One epoch: every training image once in the ID half of the batches (the ragged last batch dropped)."""
+    steps = images // params.finetune.id_batch
+    if steps == 0:
+        raise ParamsError(f"finetune.id_batch: {params.finetune.id_batch} exceeds the {images} training images")
+    return steps
+
+
+def search(
+    start: nn.Module, params: Params, data_for: Callable[[str], finetune.Data], evaluate: Callable[[nn.Module], dict[str, Any]],
+    start_validation: dict[str, Any], run_id: str, work: Path,
+) -> dict[str, Any]:
+    """Each recipe's short run (``finetune.search_steps``) from ``start``; results are kept in ``work``
+    as they come, so a resumed search skips the recipes it has. Returns {recipe: last epoch's record}."""
+    progress = work / "search.json"
+    done = read_json(progress) if progress.exists() else {}
+    results = done.get("results", {}) if done.get("run_id") == run_id else {}
+    for name, recipe in params.finetune.recipes.items():
+        if name in results:
+            continue
+        model = copy.deepcopy(start)
+        history = finetune.run(model, data_for(name), recipe, params.finetune, 1, params.finetune.search_steps,
+                               work / f"search-{name}.pt", f"{run_id}/search/{name}", evaluate, f"search {name}")
+        results[name] = history[-1]
+        write_json(progress, {"run_id": run_id, "results": results})
+        (work / f"search-{name}.pt").unlink(missing_ok=True)
+    return results
+
+
+def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path: Path, raw_cifar: Path, prepared: Path,
+                   dest: Path, work: Path) -> dict[str, Any]:
+    """Fine-tune the model at ``start_path`` into ``dest`` (search, choice, full run; resumable through
+    ``work``); returns the record of metrics/finetune.json."""
+    from edgeml.model.outliers import training_encoding
+    from edgeml.model.resnet import load_checkpoint
+
+    settings = params.finetune
+    torch.set_num_threads(settings.threads)
+    bf16 = finetune.use_bf16(settings.bf16)
+    encoding = training_encoding(raw_cifar)
+    start = load_checkpoint(start_path)
+    start_sha = sha256(start_path)
+    images, labels = to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
+    evaluate = validator(params, arrays, prepared, bf16)
+    work.mkdir(parents=True, exist_ok=True)
+    run_id = finetune.fingerprint(dataclasses.asdict(settings) | {"weights": None}, dataclasses.asdict(params.ood), start_sha, encoding)
+
+    def data_for(name: str) -> finetune.Data:
+        return finetune.Data(images, labels, finetune.make_maker(settings.recipes[name], settings, encoding))
+
+    begin = time.perf_counter()
+    start_file = work / "start_validation.json"
+    cached = read_json(start_file) if start_file.exists() else {}
+    start_validation = cached.get("validation") if cached.get("run_id") == run_id else None
+    if start_validation is None:
+        start_validation = evaluate(start)
+        write_json(start_file, {"run_id": run_id, "validation": start_validation})
+    record: dict[str, Any] = {"start": {"source": str(start_path), "sha256": start_sha, "validation": start_validation}}
+    if settings.recipe == "auto":
+        results = search(start, params, data_for, evaluate, start_validation, run_id, work)
+        chosen, rule = finetune.choose_recipe(results, start_validation["top1"], settings.top1_tolerance)
+        record["search"] = {"steps": settings.search_steps, "rule": rule, "results": results}
+        record["recipes_tried"] = {name: dataclasses.asdict(recipe) for name, recipe in settings.recipes.items()}
+    else:
+        chosen, rule = settings.recipe, "named by finetune.recipe (no search)"
+    search_seconds = time.perf_counter() - begin
+    model = copy.deepcopy(start)
+    full_start = time.perf_counter()
+    epochs = finetune.run(model, data_for(chosen), settings.recipes[chosen], settings, settings.epochs,
+                          steps_per_epoch(params, len(images)), work / "full.pt", f"{run_id}/full/{chosen}", evaluate, f"finetune {chosen}")
+    save_checkpoint(model, params.model.stem, params.model.num_classes, dest)
+    train_seconds = sum(e["seconds"] for e in epochs)
+    return record | {
+        "origin": "fine-tuned",
+        "recipe": {"name": chosen, "rule": rule, **dataclasses.asdict(settings.recipes[chosen])},
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "weights", "recipe")},
+        "epochs": epochs,
+        "validation": {k: epochs[-1][k] for k in ("top1", "auroc", "detector", "aurocs")},
+        "train_seconds": train_seconds,  # the full run's training steps
+        "wall_seconds": time.perf_counter() - full_start,  # the full run, validation after each epoch included
+        "search_seconds": search_seconds,
+        "outlier_encoding": encoding.record() if encoding is not None else "none (the source stores raw pixels)",
+        "bf16_autocast": bf16,
+        "threads": settings.threads,
+        "cpu": cpu_info(),
+        "sha256": sha256(dest),
+    }
+
+
+def install(params: Params, start_path: Path, dest: Path, record_path: Path) -> dict[str, Any]:
+    """The published fine-tuned weights (``finetune.weights``) onto ``dest``, with the record of the run
+    that made them (``record_path``, beside the weights). Refused when that run started from other
+    weights than ``start_path``: the provenance would be false."""
+    weights = params.finetune.weights
+    if not record_path.exists():
+        raise ParamsError(f"finetune.weights: no provenance record {record_path} beside the weights; it is written by "
+                          "the run that made them (dvc exp run -S finetune.weights=null)")
+    made = read_json(record_path)
+    start_sha = sha256(start_path)
+    if made["start"]["sha256"] != start_sha:
+        raise ParamsError(
+            f"finetune.weights: fine-tuned from weights with sha256 {made['start']['sha256'][:12]}..., but the train stage "
+            f"installed {start_sha[:12]}... ({start_path}); point train.weights at the start weights, or fine-tune these "
+            "(finetune.weights: null)"
+        )
+    _, provenance = install_weights(weights, params.model, dest, key="finetune.weights")
+    if provenance["sha256"] != made["sha256"]:
+        raise ParamsError(f"finetune.weights: {record_path} describes weights with sha256 {made['sha256'][:12]}..., not these")
+    return made | {"origin": "installed", "installed": provenance}
+
+
+def search_table(record: Mapping[str, Any]) -> str:
+    """metrics/finetune_search.md: every recipe tried, with its validation numbers, and the choice."""
+    start = record["start"]["validation"]
+    if "search" not in record:
+        return f"# Fine-tuning recipe search\n\nNo search: {record['recipe']['rule']}.\n"
+    search_record = record["search"]
+    names = list(start["aurocs"])
+    head = "| recipe | loss | weight | outliers | top-1 | " + " | ".join(names) + " | best |\n"
+    head += "|---" * (6 + len(names)) + "|\n"
+    rows = [f"| start (no fine-tune) | | | | {start['top1'] * 100:.2f} | " + " | ".join(f"{start['aurocs'][n] * 100:.2f}" for n in names)
+            + f" | {start['detector']} {start['auroc'] * 100:.2f} |"]
+    tolerance = start["top1"] - record["settings"]["top1_tolerance"]
+    for name, result in search_record["results"].items():
+        recipe = record["recipes_tried"][name]
+        mix = ", ".join(f"{k} {v:g}" for k, v in recipe["outliers"].items())
+        mark = " **chosen**" if name == record["recipe"]["name"] else ("" if result["top1"] >= tolerance else " (top-1 out)")
+        rows.append(f"| {name}{mark} | {recipe['loss']}{'+logitnorm' if recipe['id_loss'] == 'logitnorm' else ''} | {recipe['weight']:g} | {mix} | "
+                    f"{result['top1'] * 100:.2f} | " + " | ".join(f"{result['aurocs'][n] * 100:.2f}" for n in names)
+                    + f" | {result['detector']} {result['auroc'] * 100:.2f} |")
+    return (f"# Fine-tuning recipe search\n\nEach recipe: {search_record['steps']} steps from the start weights; validation only "
+            f"(top-1 on the held-out training split; mean AUROC, near and far validation sets, per carriable detector).\n"
+            f"Rule: {search_record['rule']}.\n\n" + head + "\n".join(rows) + "\n")
