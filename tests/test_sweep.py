@@ -4,10 +4,10 @@ and the warning when params `quantize` is not the sweep's choice."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 import torch
-from torch import nn
 
 from edgeml import sweep
 from edgeml.bench import cpu as cpu_timing
@@ -97,30 +97,40 @@ def test_the_summary_states_the_tie_band_its_choice_used_not_one_widened_by_unpa
     assert "6.0%" in summary["best_rule"]
 
 
-def convnet(width: int) -> nn.Module:
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
-    for _ in range(3):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-    return nn.Sequential(*layers).eval()
+class SimulatedMachine:
+    """A clock and models that cost simulated seconds: each call advances the clock by the model's cost
+    times seeded noise (per call, and a per-round load factor hitting whichever model runs then), so the
+    sweep's decision is tested on timings with known truth and no wall clock."""
+
+    def __init__(self, seed: int, noise: float = 0.3):
+        self.now, self.rng, self.noise = 0.0, random.Random(seed), noise
+
+    def clock(self) -> float:
+        return self.now
+
+    def model(self, cost_s: float):
+        def run(x: torch.Tensor) -> None:
+            self.now += cost_s * len(x) * self.rng.uniform(1 - self.noise, 1 + self.noise)
+        return run
 
 
 def test_two_sweeps_on_the_same_machine_choose_the_same_recipe():
     """Two recipes of one graph (`twin_a`, `twin_b`: the minmax/percentile case) must tie on speed, whatever the
     noise of the moment, so validation quality decides between them; a much slower recipe never ties."""
-    fp32 = {"fp32_wide": convnet(64)}
-    small = convnet(16)  # about 1/16 of the FP32 model's MACs; the slow recipe has about half
-    int8 = {"twin_a": small, "twin_b": small, "slow": convnet(48)}
     quality = {"twin_a": 0.30, "twin_b": 0.10, "slow": 0.0}  # validation AUROC loss: slow would win any tie
     choices = []
-    for _ in range(2):
-        timing = cpu_timing.time_recipes(fp32, int8, threads=1, warmup=3, rounds=8, block=10, batch_size=4, batch_runs=2)
+    for seed in range(4):  # four machines' worth of noise (±30% per call)
+        machine = SimulatedMachine(seed)
+        fp32 = {"fp32_wide": machine.model(16e-3)}
+        int8 = {"twin_a": machine.model(1e-3), "twin_b": machine.model(1e-3), "slow": machine.model(2e-3)}
+        timing = cpu_timing.time_recipes(fp32, int8, threads=1, warmup=3, rounds=8, block=10, batch_size=4, batch_runs=2,
+                                         clock=machine.clock)
         assert len(timing["recipes"]["twin_a"]["speedup_rounds"]) == 8
+        assert timing["recipes"]["slow"]["speedup"] == pytest.approx(8.0, rel=0.2)  # the simulated truth is measured
         rows = {n: {**row(t["speedup"], quality[n]), "speedup_spread": t["speedup_spread"]}
                 for n, t in timing["recipes"].items()}
         choices.append(sweep.best_recipe(rows)[0])
-    assert choices == ["twin_b", "twin_b"]
-
+    assert choices == ["twin_b"] * 4
 
 
 def test_render_sweep_marks_the_best_recipe_and_missed_goals():

@@ -20,14 +20,15 @@ if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
 @torch.no_grad()
 def latency_rounds_s(
     models: dict[str, Callable[[torch.Tensor], object]], example: torch.Tensor, warmup: int, rounds: int,
-    block: int = 50, settle: int = 10,
+    block: int = 50, settle: int = 10, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[list[float]]]:
     """Seconds per forward of each model on ``example``: ``rounds`` rounds of ``block`` timed runs each.
 
     The models take turns within every round, so drift in machine load hits all of them alike. Each
     block starts with ``settle`` untimed runs: the previous model's thread pool (ONNX Runtime's
     spinning workers, OpenMP's) lingers for a few runs and would otherwise be charged to this one
-    (measured here: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT)."""
+    (measured here: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT). ``clock``: seconds now
+    (tests pass a simulated one, so the decision logic above the timings is tested without timing)."""
     for model in models.values():
         for _ in range(warmup):
             model(example)
@@ -38,24 +39,26 @@ def latency_rounds_s(
                 model(example)
             samples = []
             for _ in range(block):
-                start = time.perf_counter()
+                start = clock()
                 model(example)
-                samples.append(time.perf_counter() - start)
+                samples.append(clock() - start)
             times[name].append(samples)
     return times
 
 
 def cpu_latency_ms(
-    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 50, settle: int = 10
+    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 50, settle: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median ms per forward of each model on ``example`` over about ``runs`` interleaved runs (:func:`latency_rounds_s`)."""
-    rounds = latency_rounds_s(models, example, warmup, -(-runs // block), block, settle)
+    rounds = latency_rounds_s(models, example, warmup, -(-runs // block), block, settle, clock)
     return {name: 1e3 * statistics.median(t for samples in r for t in samples) for name, r in rounds.items()}
 
 
 def time_recipes(
     fp32: dict[str, Callable[[torch.Tensor], object]], int8: dict[str, Callable[[torch.Tensor], object]],
     threads: int, warmup: int, rounds: int, block: int, batch_size: int, batch_runs: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Batch-1 latency and batch-``batch_size`` throughput of every FP32 path and INT8 recipe, all in this
     process, taking turns for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest
@@ -66,10 +69,10 @@ def time_recipes(
     generator = torch.Generator().manual_seed(0)
     single = torch.randn(1, 3, 32, 32, generator=generator)
     batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
-    samples = latency_rounds_s(models, single, warmup, rounds, block)
+    samples = latency_rounds_s(models, single, warmup, rounds, block, clock=clock)
     round_ms = {name: [1e3 * statistics.median(r) for r in per_round] for name, per_round in samples.items()}
     latency_ms = {name: 1e3 * statistics.median(t for r in per_round for t in r) for name, per_round in samples.items()}
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3)
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3, clock=clock)
     cpu = {name: {"latency_ms": latency_ms[name], "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)}
            for name in models}
     fastest = min(fp32, key=lambda name: latency_ms[name])
@@ -153,7 +156,7 @@ def bench_cpu(
     single = torch.randn(1, 3, 32, 32, generator=generator)
     batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
     latency = cpu_latency_ms(models, single, warmup, runs)
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3)
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3, clock=clock)
     return {
         name: {
             "latency_ms": latency[name],
