@@ -114,6 +114,16 @@ def search(
     return results
 
 
+def check_recipes(params: Params) -> None:
+    """Refuse a recipe naming an unknown outlier generator before any work (params.py cannot: it loads without torch)."""
+    from edgeml.model.outliers import GENERATORS
+
+    for name, recipe in params.finetune.recipes.items():
+        unknown = sorted(set(recipe.outliers) - set(GENERATORS))
+        if unknown:
+            raise ParamsError(f"finetune.recipes.{name}.outliers: unknown generator(s) {unknown}; known: {sorted(GENERATORS)}")
+
+
 def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path: Path, raw_cifar: Path, prepared: Path,
                    dest: Path, work: Path) -> dict[str, Any]:
     """Fine-tune the model at ``start_path`` into ``dest`` (search, choice, full run; resumable through
@@ -122,6 +132,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     from edgeml.model.resnet import load_checkpoint
 
     settings = params.finetune
+    check_recipes(params)
     torch.set_num_threads(settings.threads)
     bf16 = finetune.use_bf16(settings.bf16)
     encoding = training_encoding(raw_cifar)

@@ -1,0 +1,142 @@
+"""OOD fine-tuning (edgeml.model.finetune, edgeml.finetuning) on tiny data: resume after a kill, frozen
+layers and batch-norm statistics, the losses, the recipe rule, and the provenance check on install."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeml import finetuning
+from edgeml.model import finetune, outliers, pixmix
+from edgeml.model.resnet import build_resnet18, save_checkpoint
+from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights
+from tests.test_outliers import smooth_images
+
+RECIPE = FinetuneRecipe(outliers={"jigsaw": 1, "procedural": 1}, loss="oe", weight=0.5)
+
+
+def tiny_params(**changes) -> FinetuneParams:
+    return FinetuneParams(recipes={"r": RECIPE}, id_batch=4, outlier_batch=4, bf16="off", pictures=16, **changes)
+
+
+def tiny_data(count: int = 32) -> finetune.Data:
+    images = smooth_images(count)
+    maker = outliers.OutlierMaker(RECIPE.outliers, pixmix.mixing_pictures(16, 0), encoding=None)
+    return finetune.Data(images, torch.arange(count) % 10, maker)
+
+
+class Killed(Exception):
+    pass
+
+
+def run(model, checkpoint: Path, recipe: FinetuneRecipe = RECIPE, kill_at_epoch: int | None = None, params=None):
+    seen = []
+
+    def evaluate(m):
+        seen.append(1)
+        if kill_at_epoch is not None and len(seen) == kill_at_epoch:
+            raise Killed  # killed during epoch kill_at_epoch's validation: its checkpoint is not written
+        return {"top1": 0.5}
+
+    return finetune.run(model, tiny_data(), recipe, params or tiny_params(), 3, 2, checkpoint, "run-1", evaluate, "test")
+
+
+def test_a_killed_fine_tune_resumes_to_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    start = build_resnet18("cifar")
+    whole = build_resnet18("cifar")
+    whole.load_state_dict(start.state_dict())
+    history = run(whole, tmp_path / "whole.pt")
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    resumed = build_resnet18("cifar")
+    resumed.load_state_dict(start.state_dict())
+    with pytest.raises(Killed):
+        run(resumed, tmp_path / "resumed.pt", kill_at_epoch=3)
+    after_kill = build_resnet18("cifar")
+    after_kill.load_state_dict(start.state_dict())  # a new process starts from the start weights again
+    history_resumed = run(after_kill, tmp_path / "resumed.pt")
+    assert [e["epoch"] for e in history_resumed] == [1, 2, 3]
+    for (name, a), b in zip(whole.state_dict().items(), after_kill.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    torch.manual_seed(0)
+    model = build_resnet18("cifar")
+    run(model, tmp_path / "c.pt")
+    other = build_resnet18("cifar")
+    history = finetune.run(other, tiny_data(), RECIPE, tiny_params(), 1, 1, tmp_path / "c.pt", "run-2", lambda m: {}, "test")
+    assert len(history) == 1 and history[0]["epoch"] == 1
+
+
+def test_frozen_layers_and_batch_norm_statistics_stay_the_start_models(tmp_path):
+    torch.manual_seed(0)
+    model = build_resnet18("cifar")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run(model, tmp_path / "c.pt", params=tiny_params(freeze="layer1", lr=0.05))
+    after = model.state_dict()
+    for name in before:
+        frozen = name.startswith(("conv1.", "bn1.", "layer1.")) or "running_" in name or "num_batches" in name
+        assert torch.equal(before[name], after[name]) == frozen, name
+
+
+def test_the_outlier_losses():
+    confident = torch.tensor([[20.0, 0, 0], [0, 20.0, 0]])
+    uniform = torch.zeros(2, 3)
+    oe = dataclasses.replace(RECIPE, loss="oe")
+    assert finetune.outlier_loss(oe, confident, uniform, (0, 0)).item() == pytest.approx(torch.log(torch.tensor(3.0)).item())
+    assert finetune.outlier_loss(oe, confident, confident, (0, 0)) > 10  # confident outliers cost
+    energy = dataclasses.replace(RECIPE, loss="energy")
+    # ID energies about -20 (below m_in = -10) and outlier energies -log 3 (above m_out = -5): no loss
+    assert finetune.outlier_loss(energy, confident, uniform, (-10.0, -5.0)).item() == 0.0
+    # outliers as confident as the ID images: (m_out - E_out)^2 = (-5 + 20)^2
+    assert finetune.outlier_loss(energy, confident, confident, (-10.0, -5.0)).item() == pytest.approx(15.0**2, rel=1e-3)
+
+
+def test_energy_margins_are_the_start_models_percentiles():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    images = smooth_images(50)
+    low, high = finetune.energy_margins(model, images, [50.0, 99.0])
+    energies = finetune.energy(model(finetune.normalize(images))).detach().numpy()
+    assert low == pytest.approx(float(torch.tensor(energies).median()), abs=0.5) and low < high <= energies.max() + 1e-5
+
+
+def test_the_recipe_rule_keeps_top1_then_takes_the_best_auroc():
+    results = {"lossy": {"top1": 0.90, "auroc": 0.99}, "good": {"top1": 0.914, "auroc": 0.95}, "meh": {"top1": 0.916, "auroc": 0.93}}
+    name, rule = finetune.choose_recipe(results, start_top1=0.917, tolerance=0.005)
+    assert name == "good" and "0.5 points" in rule
+    with pytest.raises(ParamsError, match="finetune.top1_tolerance"):
+        finetune.choose_recipe({"lossy": results["lossy"]}, start_top1=0.917, tolerance=0.005)
+
+
+def test_an_unknown_generator_is_refused_before_any_work():
+    class P:
+        finetune = FinetuneParams(recipes={"bad": FinetuneRecipe(outliers={"glyphs": 1})})
+
+    with pytest.raises(ParamsError, match=r"finetune.recipes.bad.outliers: unknown generator\(s\) \['glyphs'\]"):
+        finetuning.check_recipes(P)
+
+
+def test_installing_published_weights_checks_their_start_and_their_own_digest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(build_resnet18("cifar"), "cifar", 10, tmp_path / "start.pt")
+    save_checkpoint(build_resnet18("cifar"), "cifar", 10, tmp_path / "tuned.pt")
+    tuned_sha = finetuning.sha256(tmp_path / "tuned.pt")
+
+    class P:
+        model = type("M", (), {"stem": "cifar", "num_classes": 10})()
+        finetune = FinetuneParams(recipes={"r": RECIPE}, weights=Weights(source="tuned.pt", sha256=tuned_sha))
+
+    record = tmp_path / "finetune.json"
+    record.write_text(json.dumps({"start": {"sha256": "0" * 64}, "sha256": tuned_sha}))
+    with pytest.raises(ParamsError, match="fine-tuned from weights with sha256 000000000000"):
+        finetuning.install(P, tmp_path / "start.pt", tmp_path / "fp32.pt", record)
+    assert not (tmp_path / "fp32.pt").exists()
+    record.write_text(json.dumps({"start": {"sha256": finetuning.sha256(tmp_path / "start.pt")}, "sha256": tuned_sha}))
+    installed = finetuning.install(P, tmp_path / "start.pt", tmp_path / "fp32.pt", record)
+    assert installed["origin"] == "installed" and finetuning.sha256(tmp_path / "fp32.pt") == tuned_sha
