@@ -21,8 +21,9 @@ def main() -> None:
     with atomic_dir(paths.ARTIFACT) as out:
         packaged = package_int8(params, int8, choices["int8"], paths.CIFAR10, out)
     metrics = packaged.metrics(params, load_arrays(paths.scores("int8", packaged.detector)))
+    twin_scores = load_arrays(paths.scores("fp32_int8_settings", packaged.detector))  # the FP32 model, the artifact's settings
     metrics["fp32_twin"] = fp32_acceptance(params, fp32_paths(paths.DEPLOY)["fp32_torchscript"], packaged.detector,
-                                           choices["fp32"], load_arrays(paths.CIFAR10), load_arrays(paths.scores("fp32", packaged.detector)))
+                                           choices["int8"][packaged.detector]["chosen"], load_arrays(paths.CIFAR10), twin_scores)
     write_json(paths.metrics("package"), metrics)
 
 

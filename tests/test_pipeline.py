@@ -41,6 +41,9 @@ def tiny_params(mirror: Path) -> dict:
     params["model"]["stem"] = "torchvision"  # trains in seconds on tiny data; the published weights are CIFAR-stem
     # lr for batch 16 (0.4 is for 512): a diverged model's logits reach 1e6 and every score ties
     params["train"].update(epochs=1, batch_size=16, lr=0.01, threads=1, weights=None)
+    params["finetune"].update(weights=None, search_steps=2, epochs=1, id_batch=8, outlier_batch=8, pictures=16, threads=1,
+                              top1_tolerance=1.0)  # a 1-epoch model's top-1 is noise: every recipe is kept
+    params["finetune"]["recipes"] = {name: params["finetune"]["recipes"][name] for name in ("oe_shuffles", "energy_mixed")}
     params["quantize"]["calibration_size"] = 16
     params["sweep"]["recipes"] = {  # one per deployable format
         "fbgemm_histogram": {"backend": "fbgemm", "calibration_size": 16},

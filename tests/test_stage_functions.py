@@ -22,6 +22,7 @@ from edgeml.io import write_npz
 from edgeml.model.inference import predict_logits
 from edgeml.model.resnet import save_checkpoint
 from edgeml.ood.experiment import REFERENCE, run_experiment
+from edgeml.ood.detectors import detector_class
 from edgeml.package import check_artifact, choose_detector, fp32_acceptance, package_int8
 from edgeml.params import (
     OODParams,
@@ -124,6 +125,14 @@ def test_the_experiment_scores_every_model_detector_and_set_with_validation_choi
             assert {key: len(s) for key, s in scores.items()} == {"id": 24, "noise": 20, "dark": 16}
     # the reference view of a detector without a grid is the model's own
     assert metrics[f"int8_{REFERENCE}_settings"]["msp"] == metrics["int8"]["msp"]
+    # the FP32 twin of each carriable detector, scored with the INT8 model's choice (what the artifact runs)
+    carriable = [d for d in OOD.detectors if detector_class(d).carriable]
+    for detector in carriable:
+        twin = load_arrays(tmp_path / "scores" / f"fp32_int8_settings_{detector}.npz")
+        assert {key: len(s) for key, s in twin.items()} == {"id": 24, "noise": 20, "dark": 16}
+    assert not (tmp_path / "scores" / "fp32_int8_settings_knn.npz").exists()  # knn does not travel
+    assert np.array_equal(load_arrays(tmp_path / "scores" / "fp32_int8_settings_msp.npz")["noise"],
+                          load_arrays(tmp_path / "scores" / "fp32_msp.npz")["noise"])  # no grid: the FP32 model's own
 
 
 def test_the_experiment_never_chooses_on_test_data(deployed, arrays, tmp_path):
@@ -166,9 +175,9 @@ def test_auto_packages_the_best_cheap_detector_with_a_threshold_the_artifact_kee
     assert metrics["val_tpr"] == metrics["test_tpr"] == 0.75
     assert metrics["test_fpr"] == {below: 0.0} | {s: 1.0 for s in others}
     assert metrics["threshold_images"] == {"split": "val", "count": 24}
-    # the FP32 model under the same rule: its own settings, fit and threshold, on its own test scores
-    twin = fp32_acceptance(params, deployed["fp32"], "fdbd", choices, arrays, test_scores | {s: np.full(5, -1e9) for s in others})
-    assert set(twin["test_fpr"]) == set(params.ood.sets) and twin["test_fpr"][others[0]] == 0.0
+    # the FP32 model under the same rule: the artifact's settings, its own fit and threshold, on its own test scores
+    twin = fp32_acceptance(params, deployed["fp32"], "fdbd", {}, arrays, test_scores | {s: np.full(5, -1e9) for s in others})
+    assert twin["setting"] == {} and set(twin["test_fpr"]) == set(params.ood.sets) and twin["test_fpr"][others[0]] == 0.0
     assert twin["test_tpr"] == float((packaged.val_scores >= twin["threshold"]).mean())
     # an artifact that decides differently from the pipeline's scores is refused
     images = torch.from_numpy(arrays["val_x"]).permute(0, 3, 1, 2)

@@ -138,16 +138,17 @@ def acceptance(threshold: float, test_scores: Mapping[str, np.ndarray], sets: li
 
 
 def fp32_acceptance(
-    params: Params, fp32: Path, detector: str, fp32_choices: Mapping[str, dict], arrays: Mapping[str, np.ndarray],
+    params: Params, fp32: Path, detector: str, setting: Mapping[str, float], arrays: Mapping[str, np.ndarray],
     test_scores: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
-    """The artifact's rule on the FP32 model: the same detector with the FP32 model's own settings, fit and
-    threshold (``package.id_tpr`` of the validation images), on the ood stage's FP32 test scores. Beside the
-    artifact's own rates it shows what quantization changes in what a user gets."""
+    """The artifact's rule on the FP32 model: the same detector with the artifact's ``setting``, fitted on the
+    FP32 model and thresholded at ``package.id_tpr`` of its validation scores, on the ood stage's FP32 test
+    scores with that setting. Beside the artifact's own rates it shows what quantization alone changes in
+    what a user gets."""
     model = load_deployable(fp32, features=True)
-    fitted_detector = fitted_on(params, model, load_head(fp32), {detector: fp32_choices[detector]["chosen"]}, arrays)[detector]
+    fitted_detector = fitted_on(params, model, load_head(fp32), {detector: setting}, arrays)[detector]
     _, threshold = validation_threshold(params, model, fitted_detector.scorer(), arrays)
-    return acceptance(threshold, test_scores, params.ood.sets)
+    return {"setting": dict(setting), **acceptance(threshold, test_scores, params.ood.sets)}
 
 
 def check_artifact(folder: Path, images: torch.Tensor, scores: np.ndarray, threshold: float) -> int:

@@ -14,7 +14,7 @@ from edgeml.io import write_npz
 from edgeml.model.inference import to_tensor
 from edgeml.model.resnet import load_checkpoint
 from edgeml.ood import protocol
-from edgeml.ood.detectors import Evidence, GradientSigns, ModelContext, fit_set
+from edgeml.ood.detectors import Evidence, GradientSigns, ModelContext, detector_class, fit_set
 from edgeml.params import OODParams
 from edgeml.quantization import load_deployable, load_head
 
@@ -45,6 +45,7 @@ def run_experiment(
     gradients = GradientSigns(load_checkpoint(twin))
     metrics: dict[str, dict] = {}
     choices: dict[str, dict] = {}
+    kept: dict[str, Any] = {}  # the reference model's context, fit outputs and test evidence, for its twin scores
     for model_name, path in models.items():
         model = load_deployable(path, backend, features=True)
         context = ModelContext(load_head(path, backend), gradients)
@@ -52,6 +53,8 @@ def run_experiment(
         validation = (Evidence("validation/id", validation_id, model, ood.batch_size),
                       {group: Evidence(f"validation/{group}", x, model, ood.batch_size) for group, x in validation_ood.items()})
         test = {key: Evidence(f"test/{key}", x, model, ood.batch_size) for key, x in test_images.items()}
+        if model_name == REFERENCE:
+            kept = {"context": context, "fit": fit, "test": test}
         views = [model_name] + ([f"{model_name}_{REFERENCE}_settings"] if model_name != REFERENCE else [])
         for name in ood.detectors:
             detector, record = protocol.choose(name, ood.search.get(name, {}), context, fit, fit_labels, validation)
@@ -66,6 +69,22 @@ def run_experiment(
                     same = protocol.fitted(name, reference, context, fit, fit_labels)
                     scores = protocol.score_sets(same, name, test, ood.perturbation_images, ood.seed)
                 metrics.setdefault(views[1], {})[name] = protocol.set_metrics(scores, ood.sets, ood.groups, interval)
+        if model_name != REFERENCE:
+            write_twin_scores(ood, model_name, choices, kept, fit_labels, out)
     split = {"name": ood.id_split, "test_images": len(test_images["id"]),
              "validation_images": len(validation_id), "validation_sets": dict(ood.validation_sets.items())}
     return choices, {"id_split": split, "perturbation_images": ood.perturbation_images, **metrics}
+
+
+def write_twin_scores(ood: OODParams, model_name: str, choices: Mapping[str, dict], reference: Mapping[str, Any],
+                      fit_labels: Any, out: Path) -> None:
+    """The reference (FP32) model scored with ``model_name``'s validation choices, for each detector an artifact
+    can carry: ``out/<REFERENCE>_<model_name>_settings_<detector>.npz``. The package stage compares what the
+    artifact accepts with its FP32 twin under the same settings, so a difference there is quantization's,
+    not a different setting's (e.g. ViM's dim chosen 128 on FP32 and 96 on INT8)."""
+    for name in ood.detectors:
+        if not detector_class(name).carriable:
+            continue
+        detector = protocol.fitted(name, choices[model_name][name]["chosen"], reference["context"], reference["fit"], fit_labels)
+        scores = protocol.score_sets(detector, name, reference["test"], ood.perturbation_images, ood.seed)
+        write_npz(out / f"{REFERENCE}_{model_name}_settings_{name}.npz", **scores)
