@@ -120,3 +120,38 @@ def test_table1_beside_the_paper_leaves_its_missing_cells_blank():
         "| Model size (MB) | 44.80 | 11.30 | 44.80 | 12.40 |",
         "| Top-1 accuracy (%) | 91.00 | 90.90 |  |  |",
     ]
+
+
+def test_react_and_ash_are_called_idle_only_at_their_no_change_ends_and_equal_to_energy():
+    def record(chosen: float, grid: list[float], auroc: float) -> dict:
+        return {"chosen": {"percentile": chosen}, "validation_auroc": auroc,
+                "tried": [[{"percentile": p}, auroc] for p in grid]}
+
+    choices = {"int8": {"energy": {"chosen": {}, "validation_auroc": 0.8653, "tried": [[{}, 0.8653]]},
+                        "react": record(0.9999, [0.9, 0.99, 0.9999], 0.8653),
+                        "ash": record(0.02, [0.02, 0.1, 0.9], 0.8652)}}
+    (line,) = [line for line in tables.no_gain_note(choices) if line]
+    assert line.startswith('react and ash give nothing here') and "percentile 0.9999, the grid's no-clipping end" in line
+    choices["int8"]["react"] = record(0.99, [0.9, 0.99, 0.9999], 0.87)  # clipping chosen, and it helps
+    (line,) = [line for line in tables.no_gain_note(choices) if line]
+    assert line.startswith("ash give nothing") and "react" not in line
+    choices["int8"]["ash"] = record(0.02, [0.02, 0.1, 0.9], 0.88)  # at the end but better than Energy: not idle
+    assert tables.no_gain_note(choices) == []
+
+
+def test_the_summary_names_the_best_detector_and_says_when_it_cannot_travel():
+    ood = metrics(0.90, 0.895, 0.893)
+    ood["fp32"]["odin"] = ood["fp32"]["msp"]
+    ood["int8"]["odin"] = {s: dict(v) for s, v in ood["int8"]["msp"].items()}
+    ood["int8"]["odin"]["tin_crop"].update(auroc_ci95=[0.871, 0.917], ood_samples=1000)
+    bench = {"fp32": {"size_mb": 44.8, "cpu_latency_ms": 6.0, "path": "onnxruntime"}, "int8": {"size_mb": 11.2, "cpu_latency_ms": 2.0}}
+    evaluate = {"fp32_top1": 0.91, "int8_top1": 0.9085}
+    choices = {"int8": {"msp": {"validation_auroc": 0.85}, "energy": {"validation_auroc": 0.80}, "odin": {"validation_auroc": 0.9}}}
+    package = {"detector": "energy", "selection": {"rule": "r", "validation_auroc": {"msp": 0.85, "energy": 0.8}},
+               "test_tpr": 0.95, "test_fpr": {"tin_crop": 0.4}}
+    text = "\n".join(tables.summary_lines(bench, evaluate, ood, choices, package, "tin_crop"))
+    assert "best validation AUROC is ODIN (ODIN cannot travel in the artifact" in text
+    assert "95% interval of its AUROC on a 1000-image sample: 87.10-91.70" in text
+    choices["int8"]["odin"]["validation_auroc"] = 0.1  # MSP best: it travels, nothing to add
+    text = "\n".join(tables.summary_lines(bench, evaluate, ood, choices, package, "tin_crop"))
+    assert "best validation AUROC is MSP; on `tin_crop`" in text

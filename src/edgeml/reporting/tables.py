@@ -112,6 +112,15 @@ def summary_lines(bench: dict, evaluate: dict, ood: dict, choices: dict, package
     drops = {(d, s): 100 * (ood["fp32"][d][s]["auroc"] - ood["int8"][d][s]["auroc"]) for d in ood["fp32"] for s in sets}
     worst = max(drops, key=drops.get)
     best = validation_chosen(choices)
+    best_result = ood["int8"][best][headline_set]
+    carriable = package["selection"].get("validation_auroc", {})
+    travels = ""
+    if carriable and best not in carriable:
+        travels = f" ({best.upper()} cannot travel in the artifact: it needs more than the logits and pooled features"
+        if "auroc_ci95" in best_result:
+            low, high = best_result["auroc_ci95"]
+            travels += f"; 95% interval of its AUROC on a {best_result['ood_samples']}-image sample: {100 * low:.2f}-{100 * high:.2f}"
+        travels += ")"
     paper_loss = PAPER_TABLE2["AUROC (%)"][0] - PAPER_TABLE2["AUROC (%)"][1]
     return [
         "#### Summary",
@@ -123,10 +132,10 @@ def summary_lines(bench: dict, evaluate: dict, ood: dict, choices: dict, package
         f"- MSP vs `{headline_set}`, AUROC: FP32 {msp['fp32']:.2f} → INT8 {msp['int8']:.2f} "
         f"({msp['int8'] - msp['fp32']:+.2f} points; the paper lost {paper_loss:.1f}).",
         f"- Across {len(drops) // len(sets)} detectors x {len(sets)} OOD sets, the largest AUROC loss from quantization is "
-        f"{drops[worst]:.2f} points ({worst[0]} on {worst[1]}); the INT8 detector with the best validation AUROC, "
-        f"{best}, on `{headline_set}`: AUROC {100 * ood['int8'][best][headline_set]['auroc']:.2f}, detection error "
-        f"{100 * ood['int8'][best][headline_set]['detection_error']:.2f}% (the paper's FP32 MSP: "
-        f"{PAPER_TABLE2['AUROC (%)'][0]}, {PAPER_TABLE2['Detection error (%)'][0]}%).",
+        f"{drops[worst]:.2f} points ({worst[0]} on {worst[1]}).",
+        f"- The INT8 detector with the best validation AUROC is {best.upper()}{travels}; on `{headline_set}`: AUROC "
+        f"{100 * best_result['auroc']:.2f}, detection error {100 * best_result['detection_error']:.2f}% (the paper's FP32 "
+        f"MSP: {PAPER_TABLE2['AUROC (%)'][0]}, {PAPER_TABLE2['Detection error (%)'][0]}%).",
         f"- The artifact carries {package['detector'].upper()} ({package['selection']['rule']}); at its threshold it keeps "
         f"{100 * package['test_tpr']:.1f}% of ID test images and accepts {100 * package['test_fpr'][headline_set]:.1f}% of "
         f"`{headline_set}`.",
@@ -160,9 +169,39 @@ def acceptance_section(package: dict, sets: list[str]) -> list[str]:
         table(["", "FP32, same rule", "INT8 artifact"], rows),
         "",
         f"Threshold: keeps {100 * package['val_tpr']:.0f}% of the ID validation images (the held-out training split); "
-        f"every other share is on test data, shown, never used to choose. FP32: the same detector with the FP32 "
-        f"model's own settings and threshold.",
+        f"every other share is on test data, shown, never used to choose. FP32: the same detector with the artifact's "
+        f"settings ({_setting(twin.get('setting', {}))}), fitted on the FP32 model, with its own threshold by the same rule: "
+        f"the difference between the columns is quantization's alone.",
     ]
+
+
+def _setting(setting: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in setting.items()) or "no hyperparameters"
+
+
+# Detectors that reduce to Energy at one end of their grid: (hyperparameter, the end where they change nothing, what it does)
+NO_CHANGE_ENDS = {"react": ("percentile", max, "clipping"), "ash": ("percentile", min, "pruning"), "ash_map": ("percentile", min, "pruning")}
+
+
+def no_gain_note(choices: dict, model: str = "int8", tolerance_points: float = 0.1) -> list[str]:
+    """A plain sentence for ReAct and ASH when they give nothing: the validation choice sits at the grid's
+    "no change" end and its validation AUROC equals Energy's (within ``tolerance_points``)."""
+    if "energy" not in choices[model]:
+        return []
+    energy = 100 * choices[model]["energy"]["validation_auroc"]
+    idle = []
+    for name, (key, end, action) in NO_CHANGE_ENDS.items():
+        record = choices[model].get(name)
+        if record is None or key not in record["chosen"]:
+            continue
+        grid = [setting[key] for setting, _ in record["tried"]]
+        auroc = 100 * record["validation_auroc"]
+        if record["chosen"][key] == end(grid) and abs(auroc - energy) <= tolerance_points:
+            idle.append(f"{name} ({key} {record['chosen'][key]:g}, the grid's no-{action} end: validation AUROC {auroc:.2f} vs Energy's {energy:.2f})")
+    if not idle:
+        return []
+    return ["", f"{' and '.join(n.split(' ')[0] for n in idle)} give nothing here: their validation choices sit at the "
+            f"\"no change\" end of their grids, where they equal Energy: " + "; ".join(idle) + "."]
 
 
 def render_markdown(
@@ -228,6 +267,7 @@ def render_markdown(
         f"the Mahalanobis distance without input preprocessing; ASH prunes the pooled features as published, "
         f"ash_map the layer4 map. Sample counts per set in `metrics/ood.json`.",
     ]
+    parts += no_gain_note(choices)
     parts += sampled_intervals(ood, sets)
     if "detector_cost_us" in bench:
         costs = ", ".join(f"{name} {us:.1f} µs" for name, us in bench["detector_cost_us"].items())
