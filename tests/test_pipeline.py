@@ -1,5 +1,6 @@
 """End to end: `dvc repro` in a fresh git repo on tiny synthetic data, then a no-op second run."""
 
+import hashlib
 import json
 import os
 import shlex
@@ -83,6 +84,13 @@ def test_dvc_repro_end_to_end(project: Path):
         "mnist": 25, "fashion_mnist": 25, "gaussian": 12, "uniform": 12, "tin_val": 8, "shapes_val": 12,
         "openood_test": 30, "openood_val": 10,
     }
+    finetuned = json.loads((project / "metrics/finetune.json").read_text())
+    assert finetuned["origin"] == "fine-tuned" and set(finetuned["search"]["results"]) == {"oe_shuffles", "energy_mixed"}
+    assert finetuned["recipe"]["name"] in finetuned["search"]["results"] and len(finetuned["epochs"]) == 1
+    assert finetuned["start"]["sha256"] == hashlib.sha256((project / "models/pretrained.pt").read_bytes()).hexdigest()
+    assert finetuned["sha256"] == hashlib.sha256((project / "models/fp32.pt").read_bytes()).hexdigest()
+    search_md = (project / "metrics/finetune_search.md").read_text()
+    assert "| oe_shuffles" in search_md and "| energy_mixed" in search_md and "**chosen**" in search_md
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluate["test_samples"] == 40 and abs(40 * evaluate["int8_top1"] - round(40 * evaluate["int8_top1"])) < 1e-4
     ood = json.loads((project / "metrics/ood.json").read_text())

@@ -95,21 +95,26 @@ def steps_per_epoch(params: Params, images: int) -> int:
 
 def search(
     start: nn.Module, params: Params, data_for: Callable[[str], finetune.Data], evaluate: Callable[[nn.Module], dict[str, Any]],
-    start_validation: dict[str, Any], run_id: str, work: Path,
+    run_id: Callable[[str], str], work: Path,
 ) -> dict[str, Any]:
-    """Each recipe's short run (``finetune.search_steps``) from ``start``; results are kept in ``work``
-    as they come, so a resumed search skips the recipes it has. Returns {recipe: last epoch's record}."""
+    """Each recipe's short run (``finetune.search_steps``) from ``start``. Results are kept in ``work`` as
+    they come, each under its own run id (``run_id(name)``: the recipe, the shared settings, the start
+    weights, the code), so a resumed or widened search re-runs only what is new or changed.
+    Returns {recipe: the record of its run}."""
     progress = work / "search.json"
-    done = read_json(progress) if progress.exists() else {}
-    results = done.get("results", {}) if done.get("run_id") == run_id else {}
+    kept = read_json(progress) if progress.exists() else {}
+    results = {}
     for name, recipe in params.finetune.recipes.items():
-        if name in results:
+        key = run_id(name)
+        if kept.get(name, {}).get("run_id") == key:
+            results[name] = kept[name]["result"]
             continue
         model = copy.deepcopy(start)
         history = finetune.run(model, data_for(name), recipe, params.finetune, 1, params.finetune.search_steps,
-                               work / f"search-{name}.pt", f"{run_id}/search/{name}", evaluate, f"search {name}")
+                               work / f"search-{name}.pt", key, evaluate, f"search {name}")
         results[name] = history[-1]
-        write_json(progress, {"run_id": run_id, "results": results})
+        kept[name] = {"run_id": key, "result": history[-1]}
+        write_json(progress, kept)
         (work / f"search-{name}.pt").unlink(missing_ok=True)
     return results
 
@@ -141,7 +146,12 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     images, labels = to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
     evaluate = validator(params, arrays, prepared, bf16)
     work.mkdir(parents=True, exist_ok=True)
-    run_id = finetune.fingerprint(dataclasses.asdict(settings) | {"weights": None}, dataclasses.asdict(params.ood), start_sha, encoding)
+    # what every run shares (not the recipes, nor the full run's length, nor threads, which change only the speed)
+    shared = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "recipe", "weights", "epochs", "threads")}
+    base = finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding)
+
+    def run_id(name: str, *extra: Any) -> str:
+        return finetune.fingerprint(base, name, dataclasses.asdict(settings.recipes[name]), *extra)
 
     def data_for(name: str) -> finetune.Data:
         return finetune.Data(images, labels, finetune.make_maker(settings.recipes[name], settings, encoding))
@@ -149,13 +159,13 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     begin = time.perf_counter()
     start_file = work / "start_validation.json"
     cached = read_json(start_file) if start_file.exists() else {}
-    start_validation = cached.get("validation") if cached.get("run_id") == run_id else None
+    start_validation = cached.get("validation") if cached.get("run_id") == base else None
     if start_validation is None:
         start_validation = evaluate(start)
-        write_json(start_file, {"run_id": run_id, "validation": start_validation})
+        write_json(start_file, {"run_id": base, "validation": start_validation})
     record: dict[str, Any] = {"start": {"source": str(start_path), "sha256": start_sha, "validation": start_validation}}
     if settings.recipe == "auto":
-        results = search(start, params, data_for, evaluate, start_validation, run_id, work)
+        results = search(start, params, data_for, evaluate, run_id, work)
         chosen, rule = finetune.choose_recipe(results, start_validation["top1"], settings.top1_tolerance)
         record["search"] = {"steps": settings.search_steps, "rule": rule, "results": results}
         record["recipes_tried"] = {name: dataclasses.asdict(recipe) for name, recipe in settings.recipes.items()}
@@ -165,7 +175,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     model = copy.deepcopy(start)
     full_start = time.perf_counter()
     epochs = finetune.run(model, data_for(chosen), settings.recipes[chosen], settings, settings.epochs,
-                          steps_per_epoch(params, len(images)), work / "full.pt", f"{run_id}/full/{chosen}", evaluate, f"finetune {chosen}")
+                          steps_per_epoch(params, len(images)), work / "full.pt", run_id(chosen, "full", settings.epochs), evaluate, f"finetune {chosen}")
     save_checkpoint(model, params.model.stem, params.model.num_classes, dest)
     train_seconds = sum(e["seconds"] for e in epochs)
     return record | {
