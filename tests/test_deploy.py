@@ -237,3 +237,20 @@ def test_every_carriable_detector_scores_the_same_in_an_openvino_artifact(openvi
     with torch.no_grad():
         _, scores = EdgeModel.load(path).module(images[48:])
     np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_readme_demo_runs_the_cli_on_a_seeded_sample_of_each_set(openvino_artifact, float_model_and_images, tmp_path):
+    from edgeml.reporting.demo import predict_demo
+
+    path, _, _ = openvino_artifact
+    images = float_model_and_images[1][:40].permute(0, 2, 3, 1).numpy()
+    sets = {"id": images, "dark": np.zeros((30, 32, 32, 3), np.uint8)}
+    text = predict_demo(path, sets, {"id": 0.95, "dark": 0.5}, count=8, seed=0, folder=tmp_path / "a")
+    rows = [line for line in text.splitlines() if line.startswith("| ID test") or line.startswith("| `dark`")]
+    assert rows[0].startswith("| ID test images (CIFAR-10) | 8 |") and rows[1].startswith("| `dark` | 8 |")
+    assert rows[1].split(" | ")[2] in ("0.0%", "100.0%")  # eight identical black images: one decision for all
+    assert rows[1].endswith("| 50.0% ± 35.4 |")  # two standard errors of 8 draws at 50%
+    lines = [json.loads(line) for line in text.split("```")[1].strip().splitlines()]
+    assert len(lines) == 4 and all(line["file"].startswith("demo/") and "in_distribution" in line for line in lines)
+    again = predict_demo(path, sets, {"id": 0.95, "dark": 0.5}, count=8, seed=0, folder=tmp_path / "b")
+    assert again == text  # seeded: the same sample, the same lines

@@ -141,7 +141,8 @@ def test_optional_ood_sets_in_params_parse_once_uncommented():
 CLASS_PATHS = {
     "FetchParams": "fetch", "PrepareParams": "prepare", "OODSetSpec": "prepare.ood_sets.gaussian",
     "ModelParams": "model", "TrainParams": "train", "QuantizeParams": "quantize", "OODParams": "ood",
-    "PackageParams": "package", "BenchParams": "bench", "SweepParams": "sweep",
+    "PackageParams": "package", "BenchParams": "bench", "SweepParams": "sweep", "ReportParams": "report",
+    "FinetuneParams": "finetune", "FinetuneRecipe": "finetune.recipes.oe_mixed",
 }
 
 

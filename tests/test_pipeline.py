@@ -62,6 +62,8 @@ def project(tmp_path: Path, mirror: Path) -> Path:
     root.mkdir()
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
+    (root / "weights").mkdir()
+    shutil.copy(REPO / "weights/finetune.json", root / "weights/finetune.json")
     for name in ("stages", "src"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(mirror)))

@@ -12,11 +12,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,16 +23,14 @@ from torch import nn
 
 from edgeml.bench.environment import cpu_info
 from edgeml.data.splits import id_split, load_ood_validation
-from edgeml.io import atomic_path, read_json, write_json
+from edgeml.io import read_json, write_json
 from edgeml.model import finetune
-from edgeml.model.inference import to_tensor
-from edgeml.model.outliers import JpegEncoding
+from edgeml.model.inference import WithFeatureMap, to_tensor
 from edgeml.model.resnet import save_checkpoint
-from edgeml.model.weights import install_weights
+from edgeml.model.published import install_weights
 from edgeml.ood import protocol
 from edgeml.ood.detectors import Evidence, ModelContext, detector_class, fit_set
 from edgeml.params import Params, ParamsError
-from edgeml.quantization.base import WithFeatureMap
 
 
 class Autocast(nn.Module):

@@ -283,6 +283,8 @@ class BenchParams:
 @dataclasses.dataclass(frozen=True)
 class ReportParams:
     headline_set: str = "tin_crop"  # the OOD test set of the headline metrics and README figures (in ood.sets)
+    demo_images: int = 200  # README's `edgeml predict` example: a sample this large of each test set
+    demo_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,6 +510,8 @@ RANGES: dict[str, Range] = {
     "BenchParams.artifact_images": POSITIVE,
     "BenchParams.soak_files": POSITIVE,
     "SweepParams.timing_rounds": Range(2, 1000),
+    "ReportParams.demo_images": POSITIVE,
+    "ReportParams.demo_seed": SEED,
 }
 
 

@@ -156,7 +156,7 @@ def bench_cpu(
     single = torch.randn(1, 3, 32, 32, generator=generator)
     batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
     latency = cpu_latency_ms(models, single, warmup, runs)
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3, clock=clock)
+    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3)
     return {
         name: {
             "latency_ms": latency[name],

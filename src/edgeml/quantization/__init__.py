@@ -16,7 +16,8 @@ from torch import nn
 
 from edgeml.model.inference import to_tensor
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.quantization.base import LogitsOnly, Quantizer, WithFeatureMap
+from edgeml.model.inference import WithFeatureMap
+from edgeml.quantization.base import LogitsOnly, Quantizer
 
 __all__ = [
     "BACKENDS", "LogitsOnly", "Quantizer", "WithFeatureMap", "deployed_models", "deployed_paths", "export_fp32",

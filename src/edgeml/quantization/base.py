@@ -101,23 +101,6 @@ class Quantizer(ABC):
         return self.load(path)
 
 
-class WithFeatureMap(nn.Module):
-    """A torchvision ResNet that returns (logits, penultimate pooled features, layer4 activation map):
-    every deployable file has the three outputs, so feature-based OOD detectors run on each model's
-    own features, and ASH prunes the map before global pooling as published (512x4x4 for the CIFAR stem)."""
-
-    def __init__(self, resnet: nn.Module):
-        super().__init__()
-        self.resnet = resnet
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r = self.resnet
-        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
-        feature_map = r.layer4(r.layer3(r.layer2(r.layer1(x))))
-        features = torch.flatten(r.avgpool(feature_map), 1)
-        return r.fc(features), features, feature_map
-
-
 class LogitsOnly(nn.Module):
     """The logits output of a (logits, features, feature map) model, for everything that needs only logits."""
 

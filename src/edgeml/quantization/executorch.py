@@ -33,7 +33,8 @@ from torchao.quantization.pt2e.quantizer import QuantizationConfig
 
 from edgeml.io import atomic_path
 from edgeml.params import ParamsError, QuantizeParams
-from edgeml.quantization.base import Quantizer, WithFeatureMap, linear_head, normalized_batches
+from edgeml.model.inference import WithFeatureMap
+from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.quantization.pt2e import ACTIVATION_OBSERVERS, EPS, export_program, graph_head
 
 # The program's memory is planned for this many images; larger batches (ood: 500) are run in chunks.
