@@ -155,3 +155,15 @@ def test_the_summary_names_the_best_detector_and_says_when_it_cannot_travel():
     choices["int8"]["odin"]["validation_auroc"] = 0.1  # MSP best: it travels, nothing to add
     text = "\n".join(tables.summary_lines(bench, evaluate, ood, choices, package, "tin_crop"))
     assert "best validation AUROC is MSP; on `tin_crop`" in text
+
+
+def test_the_goals_say_met_or_by_how_much_they_fall_short():
+    ood = metrics(0.96, 0.955, 0.955)
+    package = {"detector": "energy", "test_tpr": 0.95, "test_fpr": {"tin_crop": 0.30, "mnist": 0.1}}
+    evaluate = {"fp32_top1": 0.91, "int8_top1": 0.9085}
+    text = "\n".join(tables.goals_section(evaluate, ood, package, {"wall_seconds": 3000, "recipe": {"name": "oe"}}, ["tin_crop"]))
+    assert "| `tin_crop` accepted by the artifact | 30.00 | ≤ 25 | ✗ short by 5.00 |" in text
+    assert "| `mnist` accepted by the artifact | 10.00 | ≤ 20 | ✓ |" in text
+    assert "| MSP AUROC vs `tin_crop`, INT8 | 95.50 | ≥ 95.3 | ✓ |" in text
+    assert "| INT8 top-1 loss (points) | 0.15 | ≤ 0.3 | ✓ |" in text
+    assert "| Final fine-tune, minutes on this CPU | 50.00 | ≤ 60 | ✓ |" in text

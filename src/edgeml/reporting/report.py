@@ -14,7 +14,7 @@ from edgeml.io import write_json, write_text
 from edgeml.params import Params
 from edgeml.reporting import figures, tables
 
-INPUTS = ("bench", "evaluate", "ood", "detectors", "package", "quant_sweep")  # the metrics files a report reads
+INPUTS = ("bench", "evaluate", "ood", "detectors", "package", "quant_sweep", "finetune")  # the metrics files a report reads
 
 
 def write_report(
@@ -24,12 +24,14 @@ def write_report(
     ``scores(model, detector)`` is where the ood stage wrote that model's scores with that detector. A
     quantize recipe that is not the sweep's best is flagged on stderr and at the top of the report."""
     params, headline_set = all_params.ood, all_params.report.headline_set
-    bench, evaluate, ood, choices, package, recipes = (metrics[name] for name in INPUTS)
+    bench, evaluate, ood, choices, package, recipes, finetune = (metrics[name] for name in INPUTS)
     warning = sweep.disagreement(all_params.quantize, recipes)
     if warning:
         print(warning, file=sys.stderr)
     markdown = tables.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups, headline_set)
     write_text(metrics_dir / "report.md", (f"> **{warning}**\n\n" if warning else "") + markdown)
+    write_text(metrics_dir / "headline.md", tables.render_headline(bench, evaluate, ood, choices, package, finetune, params.sets,
+                                                                    params.groups, headline_set))
     write_text(metrics_dir / "predict_load.md", tables.predict_load_markdown(bench))
     write_text(metrics_dir / "ort_profile.md", tables.ort_profile_markdown(bench))
     write_text(metrics_dir / "openvino_profile.md", tables.openvino_profile_markdown(bench))

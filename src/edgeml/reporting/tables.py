@@ -204,6 +204,57 @@ def no_gain_note(choices: dict, model: str = "int8", tolerance_points: float = 0
             f"\"no change\" end of their grids, where they equal Energy: " + "; ".join(idle) + "."]
 
 
+# What the OOD fine-tune is for (the "I don't know" goals): test numbers, reported, never used to choose.
+# Each: (label, value in percent from the metrics, comparison, goal).
+def goal_rows(evaluate: dict, ood: dict, package: dict, finetune: dict, near: list[str]) -> list[tuple[str, float, str, float]]:
+    pct = lambda x: 100 * x  # noqa: E731
+    detector = package["detector"]
+    drops = [pct(ood["fp32"][detector][s]["auroc"] - ood["int8"][detector][s]["auroc"]) for s in package["test_fpr"]]
+    rows = [("ID test images kept by the artifact", pct(package["test_tpr"]), ">=", 94.0)]
+    rows += [(f"`{s}` accepted by the artifact", pct(rate), "<=", 25.0 if s in near else (5.0 if s in ("gaussian", "uniform") else 20.0))
+             for s, rate in package["test_fpr"].items()]
+    for model in MODELS:
+        msp = ood[model]["msp"]["tin_crop"]
+        rows += [(f"MSP AUROC vs `tin_crop`, {model.upper()}", pct(msp["auroc"]), ">=", PAPER_TABLE2["AUROC (%)"][0]),
+                 (f"MSP detection error vs `tin_crop`, {model.upper()}", pct(msp["detection_error"]), "<=", PAPER_TABLE2["Detection error (%)"][0])]
+    rows += [("Top-1 on the test set, FP32", pct(evaluate["fp32_top1"]), ">=", 90.5),
+             ("INT8 top-1 loss (points)", pct(evaluate["fp32_top1"] - evaluate["int8_top1"]), "<=", 0.3),
+             (f"INT8 AUROC loss of {detector.upper()}, worst set (points)", max(drops), "<=", 0.5)]
+    if "wall_seconds" in finetune:
+        rows.append(("Final fine-tune, minutes on this CPU", finetune["wall_seconds"] / 60, "<=", 60.0))
+    return rows
+
+
+def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near: list[str]) -> list[str]:
+    """The goals with the measured value, met or short by how much (the recipes tried: metrics/finetune_search.md)."""
+    rows = []
+    for label, value, op, goal in goal_rows(evaluate, ood, package, finetune, near):
+        met = value >= goal if op == ">=" else value <= goal
+        rows.append([label, f"{value:.2f}", f"{op.replace('>=', '≥').replace('<=', '≤')} {goal:g}",
+                     "✓" if met else f"✗ short by {abs(value - goal):.2f}"])
+    origin = finetune.get("recipe", {})
+    return [
+        "",
+        "#### Saying \"I don't know\": goals (test data, reported, never used to choose)",
+        "",
+        table(["", "measured", "goal", ""], rows),
+        "",
+        f"Model: the cross-entropy weights fine-tuned on this CPU with outliers made in code, recipe `{origin.get('name')}` "
+        f"({origin.get('rule', '')}); every recipe tried, with its validation numbers: `metrics/finetune_search.md`.",
+    ]
+
+
+def render_headline(bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, finetune: dict, sets: list[str],
+                    groups: dict[str, list[str]], headline_set: str) -> str:
+    """README's results: the summary, Table 1, the paper's Table 2, what the artifact accepts, and the goals."""
+    parts = summary_lines(bench, evaluate, ood, choices, package, headline_set)
+    parts += ["", "#### Table 1: model cost (FP32 vs INT8)", "", markdown_table(table1(bench, evaluate), PAPER_TABLE1)]
+    parts += table2_section(ood, "msp", "tin_crop" if "tin_crop" in sets else headline_set, paper="tin_crop" in sets)
+    parts += acceptance_section(package, sets)
+    parts += goals_section(evaluate, ood, package, finetune, groups.get("near", []))
+    return "\n".join(parts) + "\n"
+
+
 def render_markdown(
     bench: dict, evaluate: dict, ood: dict, choices: dict, package: dict, sets: list[str], groups: dict[str, list[str]],
     headline_set: str,
