@@ -140,3 +140,26 @@ def test_installing_published_weights_checks_their_start_and_their_own_digest(tm
     record.write_text(json.dumps({"start": {"sha256": finetuning.sha256(tmp_path / "start.pt")}, "sha256": tuned_sha}))
     installed = finetuning.install(P, tmp_path / "start.pt", tmp_path / "fp32.pt", record)
     assert installed["origin"] == "installed" and finetuning.sha256(tmp_path / "fp32.pt") == tuned_sha
+
+
+def test_publishing_points_params_at_the_published_weights_and_keeps_the_rest():
+    import importlib.util
+
+    import yaml
+
+    from edgeml import params as P
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("publish", root / "scripts/publish_finetuned.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    text = (root / "params.yaml").read_text()
+    once = publish.point_params_at(text, "weights/a.pt", "a" * 64)
+    twice = publish.point_params_at(once, "weights/b.pt", "b" * 64)
+    parsed = P.parse(yaml.safe_load(twice))
+    assert parsed.finetune.weights == Weights(source="weights/b.pt", sha256="b" * 64)
+    before = yaml.safe_load(text)
+    del before["finetune"]["weights"]
+    after = yaml.safe_load(twice)
+    del after["finetune"]["weights"]
+    assert after == before and len(twice.splitlines()) == len(text.splitlines()) + (2 if "weights: null" in text else 0)
