@@ -11,12 +11,17 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ROOT / "src" / "edgeml"
+SOURCES = (ROOT / "src", ROOT / "runtime" / "src")  # edgeml is a namespace package over both distributions
 
 
 def _module_file(name: str) -> Path:
-    path = ROOT / "src" / Path(*name.split("."))
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    """The file of module ``name`` in whichever distribution has it (the pipeline's path when neither does)."""
+    for source in SOURCES:
+        path = source / Path(*name.split("."))
+        file = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if file.exists():
+            return file
+    return SOURCES[0] / Path(*name.split(".")).with_suffix(".py")
 
 
 REGISTERED = re.compile(r"(edgeml(?:\.\w+)+):\w+")  # a registry entry "module:Class", imported when used
@@ -73,7 +78,7 @@ def _deps(stage: dict) -> set[str]:
 def test_stage_depends_on_exactly_the_library_modules_it_imports(name):
     stage = stages()[name]
     script = ROOT / stage["cmd"].split()[1]
-    declared = {d for d in _deps(stage) if d.startswith("src/")}
+    declared = {d for d in _deps(stage) if d.startswith(("src/", "runtime/src/"))}
     imported = closure(script)
     # a declared folder covers every module under it
     covered = {m for m in imported if any(m == d or m.startswith(d.rstrip("/") + "/") for d in declared)}

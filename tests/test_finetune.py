@@ -14,7 +14,7 @@ from edgeml import finetuning
 from edgeml.model import finetune, outliers, pixmix
 from edgeml.model.resnet import build_resnet18, save_checkpoint
 from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights
-from tests.test_outliers import smooth_images
+from test_outliers import smooth_images
 
 RECIPE = FinetuneRecipe(outliers={"jigsaw": 1, "procedural": 1}, loss="oe", weight=0.5)
 

@@ -1,12 +1,13 @@
-"""The package's shape: the edge runtime apart from the pipeline, and no import cycles."""
+"""The package's shape: the edge runtime (its own distribution, ./runtime) apart from the pipeline, and no
+import cycles."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-PACKAGE = SRC / "edgeml"
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = (ROOT / "src", ROOT / "runtime" / "src")  # edgeml: one namespace package over both distributions
 # What the edge runtime may import from edgeml besides itself: the shared error base, nothing of the pipeline.
 RUNTIME_MAY_IMPORT = ("edgeml.runtime", "edgeml.errors")
 # Third-party packages a runtime module may import at module level: what every runtime extra has (numpy,
@@ -16,34 +17,51 @@ RUNTIME_THIRD_PARTY = {"numpy", "PIL"}
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
+    source = next(s for s in SOURCES if path.is_relative_to(s))
+    parts = path.relative_to(source).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_module(name: str) -> bool:
+    return any((s / Path(*name.split("."))).with_suffix(".py").exists() or (s / Path(*name.split(".")) / "__init__.py").exists()
+               for s in SOURCES)
+
+
 def imports(path: Path, module_level_only: bool = False) -> set[str]:
-    """Modules ``path`` imports (``from a.b import c`` counts as a.b, and as a.b.c when that is a module)."""
+    """Modules ``path`` imports (``from a.b import c`` counts as a.b, and as a.b.c when that is a module);
+    relative imports (``from . import x``, ``from ..model import y``) are resolved against ``path``'s package."""
     tree = ast.parse(path.read_text())
     nodes = tree.body if module_level_only else ast.walk(tree)
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            for alias in node.names:
-                candidate = SRC / Path(*node.module.split("."), alias.name)
-                if candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists():
-                    found.add(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                package = module_name(path).split(".")
+                package = package if path.name == "__init__.py" else package[:-1]
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join([*base, *([module] if module else [])])
+            if module:
+                found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names if is_module(f"{module}.{alias.name}")}
     return found
 
 
 def modules() -> dict[str, Path]:
-    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {module_name(path): path for source in SOURCES for path in (source / "edgeml").rglob("*.py")}
+
+
+def test_the_runtime_distribution_is_the_runtime_and_the_error_base_alone():
+    shipped = {name for name, path in modules().items() if path.is_relative_to(SOURCES[1])}
+    assert shipped == {name for name in modules() if name.startswith("edgeml.runtime")} | {"edgeml.errors"}
+    assert not (SOURCES[0] / "edgeml" / "__init__.py").exists() and not (SOURCES[1] / "edgeml" / "__init__.py").exists()
 
 
 def test_the_runtime_imports_nothing_from_the_pipeline():
     runtime = {name: path for name, path in modules().items() if name.startswith("edgeml.runtime")}
-    assert {"edgeml.runtime.artifact", "edgeml.runtime.runners", "edgeml.runtime.images"} <= set(runtime)
+    assert {"edgeml.runtime.artifact", "edgeml.runtime.runners", "edgeml.runtime.images", "edgeml.runtime.cli"} <= set(runtime)
     for name, path in runtime.items():
         pipeline = {m for m in imports(path) if m.startswith("edgeml") and not m.startswith(RUNTIME_MAY_IMPORT)}
         assert not pipeline, f"{name} imports pipeline modules {sorted(pipeline)}"
@@ -64,6 +82,13 @@ def test_the_checker_sees_a_pipeline_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from edgeml.quantization import load_file\n")
     assert "edgeml.quantization" in imports(bad)
+    # ... and so is a relative one, from a runtime module up into the pipeline
+    relative = SOURCES[1] / "edgeml" / "runtime" / "relative_probe.py"
+    try:
+        relative.write_text("from ..reporting import review\nfrom . import images\n")
+        assert imports(relative) >= {"edgeml.reporting", "edgeml.reporting.review", "edgeml.runtime", "edgeml.runtime.images"}
+    finally:
+        relative.unlink()
 
 
 def test_no_import_cycles_at_module_level():

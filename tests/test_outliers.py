@@ -14,7 +14,7 @@ from PIL import Image
 
 from edgeml.data.ood_sets import noise_images, synthetic_shapes
 from edgeml.model import outliers, pixmix
-from tests.conftest import write_tar
+from conftest import write_tar
 
 # The families the rules allow (README: "Outliers made in code"); a new generator is added here only after
 # checking it against the rules: made from training images, or procedural pictures, nothing test-like.

@@ -22,10 +22,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from edgeml import (
-    cli,  # run as a command, in its own process; imported so the pipeline tracks its code
-)
 from edgeml.bench.memory import PeakRSS
+from edgeml.runtime import cli  # the edge command, run in its own process; imported so the pipeline tracks its code
 from edgeml.runtime.artifact import list_files
 
 MIX = "80% 32x32 PNG, 15% 256x256 JPEG (quality 90), 5% unusable (truncated PNG, empty, text)"

@@ -36,12 +36,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import (
-    Quantizer,
-    WithFeatureMap,
-    linear_head,
-    normalized_batches,
-)
+from edgeml.model.inference import WithFeatureMap
+from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.runtime.runners import ort_session
 from edgeml.runtime.torch_files import OnnxModule
 

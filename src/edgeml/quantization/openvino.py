@@ -48,12 +48,8 @@ from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from torch import nn
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import (
-    Quantizer,
-    WithFeatureMap,
-    linear_head,
-    normalized_batches,
-)
+from edgeml.model.inference import WithFeatureMap
+from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.runtime.runners import openvino_compiled
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")

@@ -21,12 +21,8 @@ from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 from torchvision.models.resnet import BasicBlock
 
 from edgeml.io import atomic_path
-from edgeml.quantization.base import (
-    Quantizer,
-    WithFeatureMap,
-    linear_head,
-    normalized_batches,
-)
+from edgeml.model.inference import WithFeatureMap
+from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.runtime.torch_files import load_torch_file
 
 ACTIVATION_OBSERVERS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgeml import cli
+from edgeml.runtime import cli
 
 EXAMPLE_LINES = 2  # output lines shown per set
 
