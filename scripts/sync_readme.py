@@ -1,6 +1,7 @@
-"""Paste the pipeline's generated markdown into README.md after a run, so README shows exactly what
-the run produced: every block between ``<!-- BEGIN path -->`` and ``<!-- END path -->`` is replaced
-by the file ``path`` (tests/test_readme.py checks they match).
+"""Paste the pipeline's generated markdown into README.md and the docs pages (docs/*.md) after a run, so
+they show exactly what the run produced: every block between ``<!-- BEGIN path -->`` and
+``<!-- END path -->`` is replaced by the file ``path``, relative to the repository root
+(tests/test_readme.py checks they match).
 
     python scripts/sync_readme.py
 """
@@ -16,15 +17,24 @@ BLOCK = re.compile(r"(<!-- BEGIN (?P<path>\S+) -->\n)(?:.*?\n)?(<!-- END (?P=pat
 
 
 def sync(readme: str) -> str:
+    """``readme`` with every generated block holding its file's current content."""
     return BLOCK.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text().strip() + "\n" + m.group(3), readme)
 
 
+def pages(root: Path = ROOT) -> list[Path]:
+    """The files whose generated blocks are kept in sync: README.md and every docs page."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def main() -> int:
-    path = ROOT / "README.md"
-    before = path.read_text()
-    after = sync(before)
-    path.write_text(after)
-    print(f"README.md: {len(BLOCK.findall(before))} generated blocks, {'updated' if after != before else 'unchanged'}")
+    for path in pages():
+        before = path.read_text()
+        after = sync(before)
+        if after != before:
+            path.write_text(after)
+        blocks = [m.group("path") for m in BLOCK.finditer(before)]
+        print(f"{path.relative_to(ROOT)}: {len(blocks)} generated blocks"
+              f"{' (' + ', '.join(blocks) + ')' if blocks else ''}, {'updated' if after != before else 'unchanged'}")
     return 0
 
 

@@ -16,8 +16,8 @@ from edgeml.data.ood_sets import noise_images, synthetic_shapes
 from edgeml.model import outliers, pixmix
 from conftest import write_tar
 
-# The families the rules allow (README: "Outliers made in code"); a new generator is added here only after
-# checking it against the rules: made from training images, or procedural pictures, nothing test-like.
+# The families the rules allow; a new generator is added here only after
+# checking it against the rules (docs/model.md, "Outliers made in code"): made from training images, or procedural pictures, nothing test-like.
 ALLOWED = {
     "jigsaw": "training images, patches permuted",
     "box_shuffle": "training images, pixels of a box shuffled",

@@ -1,34 +1,115 @@
-"""README shows exactly what the pipeline produced, and CI runs README's commands."""
+"""README and the docs pages show exactly what the pipeline produced, README stays short, and CI runs
+README's commands."""
 
 import importlib.util
+import json
+import re
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).parents[1]
 README = (REPO / "README.md").read_text()
-GENERATED = ("metrics/report.md", "metrics/quant_sweep.md", "metrics/gpu_recipe/report.md", "metrics/predict_load.md", "metrics/ort_profile.md",
-             "metrics/openvino_profile.md", "metrics/backend_profiles.md")
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+README_MAX_BYTES = 12_000
+# Every generated report, shown in README or on some docs page.
+GENERATED = ("metrics/headline.md", "metrics/predict_demo.md", "metrics/report.md", "metrics/quant_sweep.md",
+             "metrics/finetune_search.md", "metrics/gpu_recipe/report.md", "metrics/predict_load.md",
+             "metrics/ort_profile.md", "metrics/openvino_profile.md", "metrics/backend_profiles.md", "metrics/install_sizes.md")
 
 
-def test_readme_tables_are_the_committed_reports():
+def sync_readme():
     spec = importlib.util.spec_from_file_location("sync_readme", REPO / "scripts/sync_readme.py")
-    sync_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sync_readme)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pages_synced_are_readme_and_every_docs_page():
+    assert sync_readme().pages() == PAGES
+    assert len(PAGES) > 1, "no docs/*.md pages"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_generated_blocks_are_the_committed_reports(page):
+    text = page.read_text()
+    assert sync_readme().sync(text) == text, f"{page.name}'s tables differ from metrics/: run `python scripts/sync_readme.py`"
+
+
+def test_every_generated_report_is_shown():
+    shown = "".join(page.read_text() for page in PAGES)
     for report in GENERATED:
-        assert f"<!-- BEGIN {report} -->" in README, f"README does not show {report}"
-    assert sync_readme.sync(README) == README, "README's tables differ from metrics/: run `python scripts/sync_readme.py`"
+        assert f"<!-- BEGIN {report} -->" in shown, f"neither README nor docs/ shows {report}"
+
+
+def test_readme_keeps_the_headline_and_the_predict_example():
+    for report in ("metrics/headline.md", "metrics/predict_demo.md"):
+        assert f"<!-- BEGIN {report} -->" in README
+
+
+def test_readme_is_short():
+    size = len(README.encode())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes (> {README_MAX_BYTES}): move detail to docs/"
 
 
 def test_ci_runs_the_readme_install_and_test_commands():
     ci = (REPO / ".ci/run").read_text()
-    for command in ('python -m pip install -e ".[dev]"', "python -m pytest"):
+    for command in ('python -m pip install -e ./runtime -e ".[dev]"', "python -m pytest"):
         assert command in README and command in ci
 
 
+def test_ci_builds_the_docs_strictly():
+    ci = (REPO / ".ci/run").read_text()
+    assert "mkdocs build --strict" in ci
+    assert ci.index('python -m pip install -e ./runtime -e ".[dev]"') < ci.index("mkdocs build") < ci.index("python -m pytest")
+
+
 def test_sync_fills_empty_and_stale_blocks(tmp_path):
-    spec = importlib.util.spec_from_file_location("sync_readme", REPO / "scripts/sync_readme.py")
-    sync_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sync_readme)
+    sync = sync_readme().sync
     report = (REPO / "metrics/report.md").read_text().strip()
     for inside in ("", "stale table\n"):
         text = f"intro\n<!-- BEGIN metrics/report.md -->\n{inside}<!-- END metrics/report.md -->\nend\n"
-        assert sync_readme.sync(text) == f"intro\n<!-- BEGIN metrics/report.md -->\n{report}\n<!-- END metrics/report.md -->\nend\n"
+        assert sync(text) == f"intro\n<!-- BEGIN metrics/report.md -->\n{report}\n<!-- END metrics/report.md -->\nend\n"
+
+
+def _floats(value) -> list[float]:
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _floats(v)]
+    if isinstance(value, list):
+        return [f for v in value for f in _floats(v)]
+    return [value] if isinstance(value, float) else []
+
+
+def _prose(text: str) -> str:
+    """A page without what is generated or quoted: generated blocks, fenced code, inline code."""
+    text = re.sub(r"<!-- BEGIN (\S+) -->.*?<!-- END \1 -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`]*`", "", text)
+
+
+def hand_typed_numbers(text: str, measured: set[str]) -> list[str]:
+    """Numbers in ``text``'s prose that a metrics file holds (as the reports print them: 1-3 decimals, as is or
+    in percent), and counts of detectors, sets or recipes, which change with params."""
+    found = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", _prose(text)) if n in measured]
+    found += re.findall(r"\b\d+ (?:detectors|OOD sets|test sets|recipes|backends)\b", _prose(text))
+    return found
+
+
+def measured_numbers() -> set[str]:
+    from edgeml.reporting.tables import PAPER_TABLE1, PAPER_TABLE2
+
+    paper = {f"{v:g}" for rows in (PAPER_TABLE1, PAPER_TABLE2) for pair in rows.values() for v in pair}
+    forms = set()
+    for path in (REPO / "metrics").rglob("*.json"):
+        for value in _floats(json.loads(path.read_text())):
+            forms |= {f"{value * scale:.{digits}f}" for scale in (1, 100) for digits in (1, 2, 3)}
+    # three or more significant digits: "0.5" or "1.0" is a goal or a setting far more often than a measurement
+    return {f for f in forms if len(f.replace(".", "").lstrip("0")) >= 3 and f not in paper}
+
+
+def test_readme_and_docs_state_no_measured_number_by_hand():
+    measured = measured_numbers()
+    assert hand_typed_numbers("top-1 was 91.00% and 13 detectors ran", {"91.00"}) == ["91.00", "13 detectors"]
+    assert hand_typed_numbers("<!-- BEGIN m.md -->\n91.00\n<!-- END m.md -->\n`91.00`", {"91.00"}) == []
+    for page in PAGES:
+        assert hand_typed_numbers(page.read_text(), measured) == [], f"{page.relative_to(REPO)} types measured numbers by hand"

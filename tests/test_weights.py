@@ -105,7 +105,7 @@ def test_train_stage_installs_weights_and_measures_them(published, tmp_path, mon
     monkeypatch.delenv("DVC_ROOT", raising=False)
     runpy.run_path(str(REPO / "stages" / "train.py"), run_name="stage")["main"]()
 
-    assert (tmp_path / "models" / "fp32.pt").read_bytes() == path.read_bytes()
+    assert (tmp_path / "models" / "pretrained.pt").read_bytes() == path.read_bytes()  # the finetune stage starts from it
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert metrics["origin"] == "installed" and metrics["sha256"] == sha256 and metrics["val_images"] == 40
     with torch.no_grad():

@@ -15,7 +15,7 @@ from PIL import Image
 
 from edgeml.runtime import cli
 
-EXAMPLE_LINES = 2  # output lines shown per set
+EXAMPLE_LINES = 1  # output lines shown per set (README stays short)
 
 
 def write_sample(images: np.ndarray, name: str, count: int, seed: int, folder: Path) -> list[Path]:
