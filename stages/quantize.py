@@ -19,7 +19,7 @@ def main() -> None:
     with atomic_dir(paths.DEPLOY) as out:
         export_fp32(fp32, out)
         quantize(quantizer, fp32, arrays, int8_path(params.backend, out))
-    write_json(paths.metrics("quantize"), {"recipe": dataclasses.asdict(params)})
+    write_json(paths.metrics("quantize"), {"recipe": dataclasses.asdict(quantizer.params)})  # auto resolved
 
 
 if __name__ == "__main__":

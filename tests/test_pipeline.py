@@ -64,7 +64,7 @@ def project(tmp_path: Path, mirror: Path) -> Path:
         shutil.copy(REPO / name, root / name)
     (root / "weights").mkdir()
     shutil.copy(REPO / "weights/finetune.json", root / "weights/finetune.json")
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "runtime"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(mirror)))
     sh("git", "init", "-q", cwd=root)
@@ -161,11 +161,13 @@ def test_dvc_repro_end_to_end(project: Path):
     assert "up to date" in sh("dvc", "status", cwd=project)
 
     # Every backend runs as an experiment, re-running only what depends on the recipe.
-    for backend, observer in [("qnnpack", "histogram"), ("pt2e_x86", "histogram"), ("onnxruntime", "minmax")]:
-        variant = sh("dvc", "exp", "run", "-S", f"quantize.backend={backend}", "-S", f"quantize.observer={observer}",
-                     "-S", "quantize.activations=uint8", cwd=project)  # the default (openvino's) is int8, which qnnpack lacks
+    # One flag each: activations and reduce_range are auto, resolved to each backend's best (metrics/quantize.json).
+    for backend in ("fbgemm", "qnnpack", "pt2e_x86", "onnxruntime"):
+        variant = sh("dvc", "exp", "run", "-S", f"quantize.backend={backend}", cwd=project)
+        assert json.loads((project / "metrics/quantize.json").read_text())["recipe"]["activations"] in ("uint8", "int8")
         assert "Running stage 'quantize'" in variant and "Running stage 'package'" in variant
         assert "Running stage 'train'" not in variant and "Running stage 'sweep" not in variant
+        assert "Running stage 'finetune'" not in variant
         assert EdgeModel.load(project / "models/artifact").metadata["backend"] == backend
         assert json.loads((project / "metrics/bench.json").read_text())["int8"]["path"] == backend
 
@@ -175,9 +177,9 @@ def test_dvc_repro_end_to_end(project: Path):
                            env={**os.environ, "COLUMNS": "200"}, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert max(len(row) for row in shown.stdout.splitlines()) <= 200, shown.stdout
-    assert all(backend in shown.stdout for backend in ("qnnpack", "pt2e_x86", "onnxruntime"))
+    assert all(backend in shown.stdout for backend in ("fbgemm", "qnnpack", "pt2e_x86", "onnxruntime"))
     experiments = sh("dvc", "exp", "list", "--name-only", cwd=project).split()
-    assert "Experiment" in shown.stdout and len(experiments) == 3
+    assert "Experiment" in shown.stdout and len(experiments) == 4
     assert all(name in shown.stdout for name in experiments)  # the name column: two rows can be told apart
 
 

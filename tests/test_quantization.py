@@ -18,6 +18,7 @@ from torch import nn
 from edgeml.model.inference import normalize
 from edgeml.model.resnet import build_resnet18
 from edgeml.params import ParamsError, QuantizeParams
+from edgeml.quantization import base
 from edgeml.quantization import (
     BACKENDS,
     WithFeatureMap,
@@ -27,27 +28,31 @@ from edgeml.quantization import (
     load_head,
     make_quantizer,
     quantize,
+    quantizer_class,
 )
 from edgeml.quantization.eager import export_torchscript
 from edgeml.quantization.onnxrt import export_onnx
 from edgeml.runtime.torch_files import load_torchscript
 
 RECIPES = {
-    "fbgemm-per-channel-histogram": QuantizeParams(backend="fbgemm"),
-    "fbgemm-per-tensor-minmax": QuantizeParams(backend="fbgemm", per_channel=False, observer="minmax"),
-    "fbgemm-moving-average": QuantizeParams(backend="fbgemm", observer="moving_average_minmax"),
+    "fbgemm-per-channel-histogram": QuantizeParams(backend="fbgemm", observer="histogram", reduce_range=True),
+    "fbgemm-per-tensor-minmax": QuantizeParams(backend="fbgemm", per_channel=False, observer="minmax", reduce_range=True),
+    "fbgemm-moving-average": QuantizeParams(backend="fbgemm", observer="moving_average_minmax", reduce_range=True),
     # lr ~0: the QAT path (fuse for QAT, fake-quant, convert) must preserve the float model
     "fbgemm-qat": QuantizeParams(
-        backend="fbgemm", observer="moving_average_minmax", qat_epochs=1, qat_images=32, qat_batch_size=16, qat_lr=1e-9
+        backend="fbgemm", observer="moving_average_minmax", qat_epochs=1, qat_images=32, qat_batch_size=16, qat_lr=1e-9,
+        reduce_range=True,
     ),
-    "qnnpack": QuantizeParams(backend="qnnpack", reduce_range=False),
-    "pt2e-x86-histogram": QuantizeParams(backend="pt2e_x86", reduce_range=False),
-    "pt2e-x86-per-tensor-minmax": QuantizeParams(backend="pt2e_x86", per_channel=False, observer="minmax"),
-    "onnxruntime-u8s8-per-tensor-minmax": QuantizeParams(backend="onnxruntime", observer="minmax", per_channel=False),
-    "onnxruntime-entropy": QuantizeParams(backend="onnxruntime", observer="entropy"),
+    "qnnpack": QuantizeParams(backend="qnnpack", observer="histogram", reduce_range=False),
+    "pt2e-x86-histogram": QuantizeParams(backend="pt2e_x86", observer="histogram", reduce_range=False),
+    "pt2e-x86-per-tensor-minmax": QuantizeParams(backend="pt2e_x86", per_channel=False, observer="minmax", reduce_range=True),
+    "onnxruntime-u8s8-per-tensor-minmax": QuantizeParams(backend="onnxruntime", observer="minmax", per_channel=False,
+                                                         activations="uint8", reduce_range=True),
+    "onnxruntime-entropy": QuantizeParams(backend="onnxruntime", observer="entropy", activations="uint8", reduce_range=True),
     "onnxruntime-s8s8-percentile": QuantizeParams(backend="onnxruntime", observer="percentile", activations="int8", reduce_range=False),
     "openvino-performance-minmax": QuantizeParams(backend="openvino", observer="minmax", activations="int8", reduce_range=False),
-    "openvino-mixed-histogram-per-tensor": QuantizeParams(backend="openvino", per_channel=False, reduce_range=False),
+    "openvino-mixed-histogram-per-tensor": QuantizeParams(backend="openvino", per_channel=False, observer="histogram",
+                                                          activations="uint8", reduce_range=False),
 }
 # ExecuTorch's runtime library bundles its own XNNPACK and cpuinfo beside torch's. In a pytest process that
 # has already run the rest of the suite (the other backends, onnxruntime, OpenVINO) it crashed with SIGSEGV
@@ -55,7 +60,7 @@ RECIPES = {
 # test_executorch_recipes_in_their_own_process starts it with ISOLATED set.
 ISOLATED = "EDGEML_TEST_EXECUTORCH"
 EXECUTORCH_RECIPES = {
-    "executorch-xnnpack-histogram": QuantizeParams(backend="executorch", activations="int8", reduce_range=False),
+    "executorch-xnnpack-histogram": QuantizeParams(backend="executorch", observer="histogram", activations="int8", reduce_range=False),
     "executorch-xnnpack-per-tensor-minmax": QuantizeParams(
         backend="executorch", per_channel=False, observer="minmax", activations="int8", reduce_range=False
     ),
@@ -497,15 +502,29 @@ def test_cifar_stem_files_expose_the_4x4_map_that_features_pool(tmp_path, backen
         (dict(backend="onnxruntime", observer="minmax", qat_epochs=2), r"quantize.qat_epochs: backend 'onnxruntime' has no quantization-aware training"),
         (dict(backend="openvino", observer="moving_average_minmax"), r"quantize.observer: 'moving_average_minmax' is not offered by backend 'openvino'; allowed: \['minmax', 'histogram'\]"),
         (dict(backend="openvino", observer="minmax", qat_epochs=2), r"quantize.qat_epochs: backend 'openvino' has no quantization-aware training"),
-        (dict(backend="executorch", reduce_range=False), r"quantize.activations: 'uint8' is not offered by backend 'executorch'; allowed: \['int8'\]"),
-        (dict(backend="executorch", activations="int8"), r"quantize.reduce_range: backend 'executorch' has full-range int8 kernels only"),
+        (dict(backend="executorch", activations="uint8"), r"quantize.activations: 'uint8' is not offered by backend 'executorch'; allowed: \['int8'\]"),
+        (dict(backend="executorch", reduce_range=True), r"quantize.reduce_range: backend 'executorch' has full-range int8 kernels only"),
         (dict(backend="executorch", activations="int8", reduce_range=False, observer="entropy"), r"quantize.observer: 'entropy' is not offered by backend 'executorch'"),
-        (dict(backend="fbgemm", qat_epochs=2), r"quantize.observer: QAT .* allowed with qat_epochs > 0: \['minmax', 'moving_average_minmax'\]"),
+        (dict(backend="fbgemm", observer="histogram", qat_epochs=2), r"quantize.observer: QAT .* allowed with qat_epochs > 0: \['minmax', 'moving_average_minmax'\]"),
     ],
 )
 def test_bad_recipe_is_refused_before_work(recipe, message):
     with pytest.raises(ParamsError, match=message):
         make_quantizer(QuantizeParams(**recipe))
+
+
+@pytest.mark.parametrize("dot_product", [True, False])
+def test_auto_resolves_to_each_backends_best_on_this_cpu(monkeypatch, dot_product):
+    """`-S quantize.backend=X` alone works for every backend: auto picks its activations and reduce_range."""
+    monkeypatch.setattr(base, "has_int8_dot_product", lambda: dot_product)
+    best = {"fbgemm": "uint8", "qnnpack": "uint8", "pt2e_x86": "uint8", "onnxruntime": "uint8", "openvino": "int8", "executorch": "int8"}
+    reduced = {"fbgemm": True, "qnnpack": False, "pt2e_x86": True, "onnxruntime": True, "openvino": True, "executorch": False}
+    for backend in BACKENDS:
+        resolved = quantizer_class(backend).resolve(QuantizeParams(backend=backend))
+        assert (resolved.activations, resolved.reduce_range) == (best[backend], reduced[backend] and not dot_product), backend
+        quantizer_class(backend).check(resolved)  # and the backend accepts what auto chose
+    explicit = quantizer_class("fbgemm").resolve(QuantizeParams(backend="fbgemm", reduce_range=True, activations="uint8"))
+    assert (explicit.reduce_range, explicit.activations) == (True, "uint8")  # an explicit value is kept
 
 
 def test_every_backend_is_tested():

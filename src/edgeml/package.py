@@ -32,7 +32,7 @@ from edgeml.ood.detectors import (
 )
 from edgeml.ood.protocol import choose_packaged, fitted
 from edgeml.params import Params, ParamsError
-from edgeml.quantization import load_deployable, load_head
+from edgeml.quantization import load_deployable, load_head, quantizer_class
 from edgeml.runtime.artifact import (
     ARTIFACT_DIR,
     FORMAT,
@@ -210,7 +210,7 @@ def package_int8(params: Params, int8: Path, int8_choices: Optional[Mapping[str,
         "detector": name,
         "threshold": threshold,
         "threshold_rule": f"keeps {package.id_tpr:.0%} of {len(val_x)} ID validation images",
-        "quantize": dataclasses.asdict(params.quantize),
+        "quantize": dataclasses.asdict(quantizer_class(backend).resolve(params.quantize)),  # auto resolved
         "int8_model_sha256": sha256_file(int8),
     }
     digest = build_artifact(int8, backend, scorer, metadata, artifact_path(backend, out))

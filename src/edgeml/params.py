@@ -198,11 +198,13 @@ class QuantizeParams:
     """One quantization recipe. Which observers, activation types and QAT each backend offers
     is checked by :mod:`edgeml.quantization`; the defaults are the recipe a sweep entry starts from."""
 
-    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino", "executorch"] = "fbgemm"
+    backend: Literal["fbgemm", "qnnpack", "pt2e_x86", "onnxruntime", "openvino", "executorch"] = "openvino"
     per_channel: bool = True
-    observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "histogram"
-    reduce_range: bool = True  # torch backends: 7-bit activations (u8*s8 pairs cannot overflow int16 without VNNI); onnxruntime: 7-bit weights
-    activations: Literal["uint8", "int8"] = "uint8"
+    observer: Literal["minmax", "moving_average_minmax", "histogram", "percentile", "entropy"] = "minmax"  # every backend has it
+    # auto: the backend's best on this CPU (edgeml.quantization.base.Quantizer.resolve), recorded resolved.
+    # reduce_range: 7-bit activations (torch backends) or weights (onnxruntime, openvino), for CPUs without VNNI
+    reduce_range: Union[bool, Literal["auto"]] = "auto"
+    activations: Literal["auto", "uint8", "int8"] = "auto"
     calibration_size: int = 1000
     calibration_split: Literal["train", "val"] = "train"  # never test; val is refused: it sets the package threshold
     qat_epochs: int = 0  # > 0: quantization-aware fine-tuning from the FP32 checkpoint first

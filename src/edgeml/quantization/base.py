@@ -7,6 +7,7 @@ activation types, QAT); :meth:`Quantizer.check` turns an unsupported recipe into
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +21,47 @@ from edgeml.model.inference import normalize
 from edgeml.params import ParamsError, QuantizeParams
 
 
+INT8_DOT_PRODUCT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # CPU flags of int8 dot-product instructions
+
+
+def has_int8_dot_product() -> bool:
+    """True where the CPU multiplies int8 pairs into int32 in one instruction (VNNI, AMX, ARM dot product): there
+    u8*s8 products cannot overflow a 16-bit intermediate, so reduced-range (7-bit) quantization buys nothing."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+             for flag in line.partition(":")[2].split()}
+    return bool(flags & INT8_DOT_PRODUCT)
+
+
 class Quantizer(ABC):
     """prepare -> (QAT) -> calibrate -> convert -> export; :meth:`run` chains them."""
 
     name: ClassVar[str]
     suffix: ClassVar[str]  # of the deployable file: .pt (TorchScript), .pt2 (torch.export), .onnx
     observers: ClassVar[tuple[str, ...]]
-    activations: ClassVar[tuple[str, ...]] = ("uint8",)
+    activations: ClassVar[tuple[str, ...]] = ("uint8",)  # the first is the backend's best: what "auto" resolves to
+    # reduce_range "auto": on (7-bit) where the backend's kernels could overflow without an int8 dot product
+    # instruction; off where they cannot (VNNI, AMX, ARM dot product) or where the backend has no reduced range
+    reduce_range_without_dot_product: ClassVar[bool] = True
     supports_qat: ClassVar[bool] = False
 
     def __init__(self, params: QuantizeParams):
+        params = self.resolve(params)
         self.check(params)
         self.params = params
+
+    @classmethod
+    def resolve(cls, params: QuantizeParams) -> QuantizeParams:
+        """``params`` with each ``auto`` replaced by this backend's best choice on this CPU (what is recorded)."""
+        changes: dict[str, Any] = {}
+        if params.activations == "auto":
+            changes["activations"] = cls.activations[0]
+        if params.reduce_range == "auto":
+            changes["reduce_range"] = cls.reduce_range_without_dot_product and not has_int8_dot_product()
+        return dataclasses.replace(params, **changes)
 
     @classmethod
     def check(cls, params: QuantizeParams) -> None:

@@ -134,6 +134,7 @@ class Qnnpack(EagerQuantizer):
     """ARM edge CPUs (runs on x86 too, slower)."""
 
     name = "qnnpack"
+    reduce_range_without_dot_product = False  # QNNPACK's kernels accumulate in int32: no reduced range needed
 
 
 class _QuantizableResNetWithFeatureMap(quantizable_resnet.QuantizableResNet):

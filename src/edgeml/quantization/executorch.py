@@ -47,6 +47,7 @@ class ExecuTorchQuantizer(Quantizer):
     suffix = ".pte"
     observers = tuple(ACTIVATION_OBSERVERS)
     activations = ("int8",)
+    reduce_range_without_dot_product = False  # XNNPACK accumulates in int32: full range everywhere
 
     @classmethod
     def check(cls, params: QuantizeParams) -> None:

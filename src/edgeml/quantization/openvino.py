@@ -54,7 +54,7 @@ from edgeml.runtime.runners import openvino_compiled
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 RANGES = {"minmax": RangeEstimatorParametersSet.MINMAX, "histogram": RangeEstimatorParametersSet.HISTOGRAM}
-PRESETS = {"uint8": nncf.QuantizationPreset.MIXED, "int8": nncf.QuantizationPreset.PERFORMANCE}
+PRESETS = {"int8": nncf.QuantizationPreset.PERFORMANCE, "uint8": nncf.QuantizationPreset.MIXED}  # best first
 
 
 @dataclasses.dataclass
