@@ -1,6 +1,5 @@
 import dataclasses
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -378,13 +377,10 @@ def test_each_backend_profile_charges_all_twenty_convolutions_to_int8_kernels(de
     kernels = profile.get("kernels", {op: {op: n} for op, n in ran.items()})  # ORT and TorchScript: the op is the kernel
     convolutions = {(op, kernel): n for op in ran if CONVOLUTION.fullmatch(op) for kernel, n in kernels[op].items()}
     assert sum(convolutions.values()) == 20, ran
-    if backend == "onnxruntime" and deployed.recipe.activations == "int8" and platform.machine().lower() in ("x86_64", "amd64"):
-        # ONNX Runtime fuses QDQ around s8 activations into integer kernels on ARM only (QDQIsInt8Allowed() in
-        # onnxruntime/core/optimizer/qdq_transformer/selectors_actions/qdq_selector_action_transformer.h): on x86
-        # some convolutions stay float Conv between DequantizeLinear and QuantizeLinear (the s8s8 recipe's slowness)
-        assert any(op == "Conv" for op, _ in convolutions), convolutions
-    else:
-        assert all(INT8_CONVOLUTION[backend](op, kernel) for op, kernel in convolutions), convolutions
+    # every recipe, ONNX Runtime's s8s8 on x86 included: ORT fuses QDQ around s8 activations into integer kernels
+    # on ARM only by default (QDQIsInt8Allowed() in onnxruntime/core/optimizer/qdq_transformer/selectors_actions/
+    # qdq_selector_action_transformer.h), and the project's sessions allow it everywhere (session.qdqisint8allowed)
+    assert all(INT8_CONVOLUTION[backend](op, kernel) for op, kernel in convolutions), convolutions
 
 
 @pytest.mark.skipif(bool(os.environ.get(ISOLATED)), reason="this is the isolated process")

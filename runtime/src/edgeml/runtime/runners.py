@@ -57,6 +57,9 @@ def ort_session(
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
+    # fuse QDQ around int8 (s8) activations into integer kernels on x86 too: ORT does it by default on ARM only
+    # (QDQIsInt8Allowed), and an s8s8 file otherwise runs some convolutions as float Conv between Q and DQ
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
