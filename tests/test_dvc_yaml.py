@@ -121,3 +121,13 @@ def test_every_path_the_code_names_is_declared_in_dvc_yaml():
               paths.scores("int8", "msp").as_posix()}
     undeclared = sorted(path for path in named if not declared(path) and path not in ("metrics", "plots", paths.CHECKPOINT.as_posix(), paths.FINETUNE_WORK.as_posix()))
     assert len(named) >= 14 and not undeclared, f"edgeml.paths names {undeclared}, which dvc.yaml does not declare"
+
+
+def test_training_code_reruns_the_train_stage_alone():
+    """An edit to PixMix, RotPred or the train stage's loop leaves every later stage up to date (`dvc status`):
+    with each stage's deps its exact import closure (above), none but train may reach those modules."""
+    training = {"src/edgeml/model/pixmix.py", "src/edgeml/model/rotpred.py", "src/edgeml/model/train.py"}
+    for name, stage in stages().items():
+        reached = closure(ROOT / stage["cmd"].split()[1]) & training
+        assert name == "train" or not reached, f"{name} reaches {sorted(reached)}"
+    assert training <= closure(ROOT / "stages/train.py")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from edgeml import finetuning
-from edgeml.model import finetune, outliers, pixmix
+from edgeml.model import finetune, outliers
+from edgeml.model import pictures as generated
 from edgeml.model.resnet import build_resnet18, save_checkpoint
 from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights
 from test_outliers import smooth_images
@@ -25,7 +26,7 @@ def tiny_params(**changes) -> FinetuneParams:
 
 def tiny_data(count: int = 32) -> finetune.Data:
     images = smooth_images(count)
-    maker = outliers.OutlierMaker(RECIPE.outliers, pixmix.mixing_pictures(16, 0), encoding=None)
+    maker = outliers.OutlierMaker(RECIPE.outliers, generated.mixing_pictures(16, 0), encoding=None)
     return finetune.Data(images, torch.arange(count) % 10, maker)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeml.model import pictures as generated
 from edgeml.model import pixmix, rotpred
 from edgeml.model.inference import normalize
 from edgeml.model.resnet import build_resnet18, load_checkpoint, save_checkpoint
@@ -106,10 +107,10 @@ def lag1_correlation(picture: np.ndarray) -> float:
 
 
 def test_mixing_pictures_are_seeded_varied_and_not_iid_noise():
-    pictures = pixmix.mixing_pictures(64, seed=0)
+    pictures = generated.mixing_pictures(64, seed=0)
     assert pictures.shape == (64, 3, 32, 32) and pictures.dtype == torch.uint8
-    assert torch.equal(pictures, pixmix.mixing_pictures(64, seed=0))
-    assert not torch.equal(pictures, pixmix.mixing_pictures(64, seed=1))
+    assert torch.equal(pictures, generated.mixing_pictures(64, seed=0))
+    assert not torch.equal(pictures, generated.mixing_pictures(64, seed=1))
     assert len({p.numpy().tobytes() for p in pictures}) == 64
     assert all(lag1_correlation(p.numpy()) > 0.5 for p in pictures)
     noise = np.random.default_rng(0).integers(0, 256, (3, 32, 32))
@@ -117,7 +118,7 @@ def test_mixing_pictures_are_seeded_varied_and_not_iid_noise():
 
 
 def test_pixmix_is_in_range_deterministic_and_changes_the_images():
-    x, mixer = images(16), pixmix.PixMix(pixmix.mixing_pictures(32, seed=0), k=4, beta=3.0)
+    x, mixer = images(16), pixmix.PixMix(generated.mixing_pictures(32, seed=0), k=4, beta=3.0)
     out = mixer(x, torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert out.min() >= 0 and out.max() <= 255
@@ -130,7 +131,7 @@ def test_mixing_rule_matches_the_official_formulas():
     m, o = torch.full((1, 3, 2, 2), 0.25), torch.full((1, 3, 2, 2), 0.5)
     g = torch.Generator().manual_seed(0)
     state = g.get_state()
-    out = pixmix.mix(m, o, 3.0, g)
+    out = generated.mix(m, o, 3.0, g)
     g.set_state(state)  # replay the draws: first, u for a (two forms), u for b (two forms), op
     first = torch.rand(1, generator=g) < 0.5
     ua, ua2, ub, ub2 = (torch.rand(1, generator=g) for _ in range(4))

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from edgeml.data.ood_sets import noise_images, synthetic_shapes
-from edgeml.model import outliers, pixmix
+from edgeml.model import outliers
+from edgeml.model import pictures as generated
 from conftest import write_tar
 
 # The families the rules allow; a new generator is added here only after
@@ -25,7 +26,7 @@ ALLOWED = {
     "strong_pixmix": "training images mixed with generated pictures",
     "procedural": "fractals, gratings, 1/f fields",
 }
-SOURCES = [Path(outliers.__file__), Path(pixmix.__file__), Path(outliers.__file__).with_name("finetune.py")]
+SOURCES = [Path(outliers.__file__), Path(generated.__file__), Path(outliers.__file__).with_name("finetune.py")]
 
 
 def smooth_images(count: int, seed: int = 0) -> torch.Tensor:
@@ -52,7 +53,7 @@ def neighbour_correlation(images: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def pictures() -> torch.Tensor:
-    return pixmix.mixing_pictures(64, 0)
+    return generated.mixing_pictures(64, 0)
 
 
 def test_only_allowed_families_are_registered():

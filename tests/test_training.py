@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import edgeml.model.loop as loop
 import edgeml.model.train as training
 from edgeml.params import ParamsError, TrainParams
 from edgeml.stage import run as run_stage
@@ -41,7 +42,7 @@ def curve(live: Path, name: str) -> list[str]:
 
 def test_augment_crops_and_flips_within_padding():
     images = torch.arange(32 * 32, dtype=torch.int32).view(1, 1, 32, 32).repeat(64, 3, 1, 1)
-    out = training.augment(images, torch.Generator().manual_seed(0))
+    out = loop.augment(images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape
     flipped = 0
     for image in out:
@@ -56,7 +57,7 @@ def test_batches_are_normalized_on_the_device_they_live_on():
     """On a GPU the training images stay there: normalisation must not pull in CPU tensors
     (the meta device stands in for CUDA, and fails on any mix as CUDA does)."""
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8, device="meta")
-    assert training.normalize(images).device.type == "meta"
+    assert loop.normalize(images).device.type == "meta"
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
@@ -149,11 +150,11 @@ def test_logitnorm_matches_a_hand_computation():
     tau = 0.5
     # row 1: norm 5, scaled logits (1.2, 1.6); row 2: norm 2, scaled (0, -2)
     by_hand = (math.log(1 + math.exp(1.2 - 1.6)) + math.log(1 + math.exp(-2.0 - 0.0))) / 2
-    assert training.logitnorm_loss(logits, targets, tau).item() == pytest.approx(by_hand, rel=1e-6)
+    assert loop.logitnorm_loss(logits, targets, tau).item() == pytest.approx(by_hand, rel=1e-6)
     params = dataclasses.replace(PARAMS, loss="logitnorm", logitnorm_tau=tau)
-    assert training.classification_loss(logits, targets, params).item() == pytest.approx(by_hand, rel=1e-6)
+    assert loop.classification_loss(logits, targets, params).item() == pytest.approx(by_hand, rel=1e-6)
     # scaling the logits does not change the loss: that is the point of the method
-    assert training.logitnorm_loss(7 * logits, targets, tau).item() == pytest.approx(by_hand, rel=1e-6)
+    assert loop.logitnorm_loss(7 * logits, targets, tau).item() == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_logitnorm_training_runs_and_records_its_loss(tmp_path):

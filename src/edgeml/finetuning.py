@@ -26,15 +26,18 @@ from edgeml.data.splits import id_split, load_ood_validation
 from edgeml.io import read_json, write_json
 from edgeml.model import finetune
 from edgeml.model.inference import WithFeatureMap, to_tensor
-from edgeml.model.resnet import save_checkpoint
+from edgeml.model.outliers import GENERATORS, training_encoding
 from edgeml.model.published import install_weights
+from edgeml.model.resnet import load_checkpoint, save_checkpoint
 from edgeml.ood import protocol
 from edgeml.ood.detectors import Evidence, ModelContext, detector_class, fit_set
 from edgeml.params import Params, ParamsError
 
 
 class Autocast(nn.Module):
-    """A (logits, features, map) model run under bf16 autocast, its outputs as float32."""
+    """A (logits, features, map) model run under bf16 autocast, its outputs as float32: validation during
+    fine-tuning runs as the training does (the record says whether bf16 was on); the ood stage measures
+    the final model in FP32."""
 
     def __init__(self, model: nn.Module, enabled: bool) -> None:
         super().__init__()
@@ -118,8 +121,6 @@ def search(
 
 def check_recipes(params: Params) -> None:
     """Refuse a recipe naming an unknown outlier generator before any work (params.py cannot: it loads without torch)."""
-    from edgeml.model.outliers import GENERATORS
-
     for name, recipe in params.finetune.recipes.items():
         unknown = sorted(set(recipe.outliers) - set(GENERATORS))
         if unknown:
@@ -130,9 +131,6 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
                    dest: Path, work: Path) -> dict[str, Any]:
     """Fine-tune the model at ``start_path`` into ``dest`` (search, choice, full run; resumable through
     ``work``); returns the record of metrics/finetune.json."""
-    from edgeml.model.outliers import training_encoding
-    from edgeml.model.resnet import load_checkpoint
-
     settings = params.finetune
     check_recipes(params)
     torch.set_num_threads(settings.threads)

@@ -140,7 +140,7 @@ class TrainParams:
     threads: int
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Optional[Weights] = None  # set: install these weights as models/fp32.pt instead of training
-    loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.model.train.logitnorm_loss
+    loss: Literal["ce", "logitnorm"] = "ce"  # logitnorm: Wei et al. 2022, see edgeml.model.loop.logitnorm_loss
     logitnorm_tau: float = 0.04
     # OOD training without outlier data (combinable with each other and with loss: logitnorm):
     rotpred: bool = False  # Hendrycks et al. 2019 rotation head, see edgeml.model.rotpred

@@ -38,13 +38,14 @@ from torch import nn
 
 from edgeml.io import atomic_path
 from edgeml.model import outliers as outliers_module
-from edgeml.model import pixmix
+from edgeml.model import pictures
 from edgeml.model.augment import augment
 from edgeml.model.inference import normalize
+from edgeml.model.loop import logitnorm_loss
 from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError
 
 FROZEN = {"none": (), "stem": ("conv1", "bn1"), "layer1": ("conv1", "bn1", "layer1")}
-CODE = (Path(__file__), Path(outliers_module.__file__), Path(pixmix.__file__))
+CODE = (Path(__file__), Path(outliers_module.__file__), Path(pictures.__file__))
 LOG_SECONDS = 30.0  # a progress line at most this often (logs of background runs stay readable)
 
 
@@ -87,8 +88,7 @@ def energy_margins(model: nn.Module, images: torch.Tensor, percentiles: tuple[fl
 
 def id_loss(recipe: FinetuneRecipe, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if recipe.id_loss == "logitnorm":
-        norms = torch.linalg.vector_norm(logits, dim=1, keepdim=True) + 1e-7
-        return F.cross_entropy(logits / (norms * recipe.logitnorm_tau), labels)
+        return logitnorm_loss(logits, labels, recipe.logitnorm_tau)
     return F.cross_entropy(logits, labels)
 
 
@@ -258,5 +258,4 @@ def choose_recipe(results: Mapping[str, Mapping[str, Any]], start_top1: float, t
 
 
 def make_maker(recipe: FinetuneRecipe, params: FinetuneParams, encoding: Optional[outliers_module.JpegEncoding]) -> outliers_module.OutlierMaker:
-    pictures = pixmix.mixing_pictures(params.pictures, params.seed)
-    return outliers_module.OutlierMaker(recipe.outliers, pictures, encoding)
+    return outliers_module.OutlierMaker(recipe.outliers, pictures.mixing_pictures(params.pictures, params.seed), encoding)

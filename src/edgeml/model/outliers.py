@@ -7,7 +7,7 @@ so every generator here starts from what the model sees in training, and the rul
 
 - allowed: outliers made from the training images (pixels of salient regions shuffled, after ASCOOD,
   Regmi et al. 2024; jigsaw permutations; strong PixMix mixes with generated pictures) and
-  procedural pictures (the fractals, gratings and 1/f fields of :mod:`edgeml.model.pixmix`);
+  procedural pictures (the fractals, gratings and 1/f fields of :mod:`edgeml.model.pictures`);
 - forbidden: anything built to look like a test set (digits, letters, strokes or glyphs, clothing
   silhouettes, photographs), i.i.d. per-pixel noise (ODIN's gaussian and uniform test sets are exactly
   that), and the far-validation generator's family (:func:`edgeml.data.ood_sets.synthetic_shapes`),
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 
-from edgeml.model import pixmix
+from edgeml.model import pictures as pictures_module
 
 PATCH = 8  # jigsaw patch side: a 4x4 grid of 32x32 images
 STRONG_BETA = 3.0  # PixMix's official mixing severity
@@ -102,7 +102,7 @@ def strong_pixmix(images: torch.Tensor, pictures: torch.Tensor, g: torch.Generat
     rounds = torch.randint(2, 5, (n,), generator=g)
     for r in range(4):
         picture = pictures[torch.randint(len(pictures), (n,), generator=g)].float() / 255
-        mixed = torch.where((r < rounds).view(-1, 1, 1, 1), pixmix.mix(mixed, picture, STRONG_BETA, g), mixed)
+        mixed = torch.where((r < rounds).view(-1, 1, 1, 1), pictures_module.mix(mixed, picture, STRONG_BETA, g), mixed)
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
 
 

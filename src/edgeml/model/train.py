@@ -11,23 +11,21 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from edgeml.io import atomic_dir, atomic_path, write_json, write_text
 from edgeml.model import augment as augment_module
-from edgeml.model import inference, pixmix, resnet, rotpred
-from edgeml.model.augment import augment
-from edgeml.model.inference import normalize, predict_logits
+from edgeml.model import inference, loop, pictures, pixmix, resnet, rotpred
+from edgeml.model.inference import predict_logits
+from edgeml.model.loop import classification_loss, train_epoch
 from edgeml.params import ParamsError, TrainParams
 from edgeml.runtime import images
 
@@ -37,7 +35,7 @@ CHECKPOINT_SECONDS = 60.0
 
 
 # The code a checkpoint was written by: a resumed run must not mix two versions of it.
-CODE = (Path(__file__), *(Path(module.__file__) for module in (resnet, augment_module, inference, images, pixmix, rotpred)))
+CODE = (Path(__file__), *(Path(module.__file__) for module in (resnet, augment_module, inference, images, loop, pictures, pixmix, rotpred)))
 
 
 def seed_everything(seed: int) -> None:
@@ -82,24 +80,6 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def logitnorm_loss(logits: torch.Tensor, targets: torch.Tensor, tau: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """LogitNorm (Wei et al., "Mitigating Neural Network Overconfidence with Logit Normalization",
-    ICML 2022): cross-entropy of the logits scaled to norm 1/tau,
-    ``CE(f / (tau * (||f||_2 + 1e-7)), y)``, so training cannot lower the loss by growing the logits'
-    norm, which keeps softmax confidence lower on inputs unlike the training data."""
-    norms = torch.linalg.vector_norm(logits, dim=1, keepdim=True) + 1e-7
-    return F.cross_entropy(logits / (norms * tau), targets, label_smoothing=label_smoothing)
-
-
-def classification_loss(
-    logits: torch.Tensor, targets: torch.Tensor, params: TrainParams, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """The loss ``train.loss`` names (mean over the batch)."""
-    if params.loss == "logitnorm":
-        return logitnorm_loss(logits, targets, params.logitnorm_tau, label_smoothing)
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-
 def validation_metrics(
     model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor, params: TrainParams, device: torch.device
 ) -> dict[str, float]:
@@ -140,57 +120,6 @@ def config_fingerprint(params: TrainParams, extra: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_epoch(
-    forward: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    steps: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    local: slice = slice(None),
-    desc: str = "train",
-    bar: bool = True,
-    mix: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """One epoch of SGD steps on ``steps`` batches of a fresh permutation of the uint8 ``images``
-    (augmented, normalised; ``local``: this process's slice of each batch), the scheduler stepped per
-    batch, bf16 autocast on CUDA; ``forward`` maps a batch to logits, or to (logits, an auxiliary
-    loss added to ``loss_fn``'s); ``mix`` (PixMix) turns each cropped, flipped uint8 batch into the
-    float 0..255 batch trained on. Returns the loss sum, the
-    number right and the number seen as one float64 tensor on the images' device, so the caller
-    syncs once (or all-reduces across processes)."""
-    device = images.device
-    order = torch.randperm(len(images), generator=generator, device=device)
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    # no bar where output is not a terminal (disable=None), nor where the caller asks for none
-    for step in tqdm(range(steps), desc=desc, leave=False, disable=None if bar else True):
-        idx = order[step * batch_size : (step + 1) * batch_size]
-        batch = augment(images[idx], generator)
-        if mix is not None:
-            batch = mix(batch, generator)
-        x = normalize(batch[local])
-        y = labels[idx][local]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = forward(x)
-            logits, auxiliary = output if isinstance(output, tuple) else (output, None)
-            loss = loss_fn(logits, y)
-            if auxiliary is not None:
-                loss = loss + auxiliary
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.detach().double() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-    return torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
-
-
 def train(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -227,7 +156,7 @@ def train(
     trainee = model if rotation_head is None else rotpred.RotPredNet(model, rotation_head.to(device))
     net = DistributedDataParallel(trainee, device_ids=[device.index] if cuda else None) if world > 1 else trainee
     forward = (lambda x: rotpred.rotpred_loss(net, x, params.rotpred_weight)) if params.rotpred else net
-    mixer = pixmix.PixMix(pixmix.mixing_pictures(pixmix.PICTURES, params.seed).to(device), params.pixmix_k,
+    mixer = pixmix.PixMix(pictures.mixing_pictures(pixmix.PICTURES, params.seed).to(device), params.pixmix_k,
                           params.pixmix_beta) if params.pixmix else None
     optimizer = torch.optim.SGD(
         trainee.parameters(),

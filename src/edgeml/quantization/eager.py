@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models.quantization import resnet as quantizable_resnet
 
 from edgeml.io import atomic_path
-from edgeml.model.train import train_epoch
+from edgeml.model.loop import train_epoch
 from edgeml.params import ParamsError, QuantizeParams
 from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
 from edgeml.runtime.torch_files import load_torch_file, load_torchscript
