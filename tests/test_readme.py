@@ -113,3 +113,10 @@ def test_readme_and_docs_state_no_measured_number_by_hand():
     assert hand_typed_numbers("<!-- BEGIN m.md -->\n91.00\n<!-- END m.md -->\n`91.00`", {"91.00"}) == []
     for page in PAGES:
         assert hand_typed_numbers(page.read_text(), measured) == [], f"{page.relative_to(REPO)} types measured numbers by hand"
+
+
+def test_the_layout_tree_names_every_module_and_stage():
+    tree = README.split("## Repository layout", 1)[1].split("```")[1]
+    files = [*(REPO / "src/edgeml").rglob("*.py"), *(REPO / "runtime/src/edgeml").rglob("*.py"), *(REPO / "stages").glob("*.py")]
+    missing = sorted({f.name for f in files if f.name != "__init__.py" and not re.search(rf"(?<![\w.]){re.escape(f.name)}", tree)})
+    assert not missing, f"README's layout tree omits {missing}"
