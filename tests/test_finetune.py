@@ -164,3 +164,25 @@ def test_publishing_points_params_at_the_published_weights_and_keeps_the_rest():
     after = yaml.safe_load(twice)
     del after["finetune"]["weights"]
     assert after == before and len(twice.splitlines()) == len(text.splitlines()) + (2 if "weights: null" in text else 0)
+
+
+def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
+    def result(top1: float, auroc: float) -> dict:
+        return {"top1": top1, "auroc": auroc, "detector": "energy", "aurocs": {"msp": auroc - 0.01, "energy": auroc}}
+
+    recipe = dataclasses.asdict(RECIPE)
+    record = {
+        "start": {"validation": result(0.916, 0.88)},
+        "settings": {"top1_tolerance": 0.005},
+        "search": {"steps": 250, "rule": "the rule", "results": {"kept": result(0.914, 0.95), "lossy": result(0.90, 0.97)}},
+        "recipes_tried": {"kept": recipe, "lossy": recipe},
+        "recipe": {"name": "kept"},
+        "epochs": [{"epoch": 1, "seconds": 360.0, "images_per_second": 250.0, "validation_seconds": 28.0, **result(0.912, 0.956)}],
+        "wall_seconds": 388.0, "threads": 2, "bf16_autocast": True,
+        "cpu": {"model": "Xeon", "isa": {"amx_bf16": True, "asimd": False}},
+    }
+    text = finetuning.search_table(record)
+    assert "| kept **chosen** | oe | 0.5 | jigsaw 1, procedural 1 | 91.40 | 94.00 | 95.00 | energy 95.00 |" in text
+    assert "| lossy (top-1 out) |" in text and "Rule: the rule." in text
+    assert "1 epochs in 6.5 min on Xeon (amx_bf16; 2 threads, bf16 autocast on)" in text
+    assert "| 1 | 360 | 250 | 28 | 91.20 | energy 95.60 |" in text

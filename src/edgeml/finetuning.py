@@ -233,4 +233,19 @@ def search_table(record: Mapping[str, Any]) -> str:
                     + f" | {result['detector']} {result['auroc'] * 100:.2f} |")
     return (f"# Fine-tuning recipe search\n\nEach recipe: {search_record['steps']} steps from the start weights; validation only "
             f"(top-1 on the held-out training split; mean AUROC, near and far validation sets, per carriable detector).\n"
-            f"Rule: {search_record['rule']}.\n\n" + head + "\n".join(rows) + "\n")
+            f"Rule: {search_record['rule']}.\n\n" + head + "\n".join(rows) + "\n" + full_run_table(record))
+
+
+def full_run_table(record: Mapping[str, Any]) -> str:
+    """The chosen recipe's full run, epoch by epoch: where its time went and what validation said."""
+    rows = [f"| {e['epoch']} | {e['seconds']:.0f} | {e['images_per_second']:.0f} | {e['validation_seconds']:.0f} | "
+            f"{100 * e['top1']:.2f} | {e['detector']} {100 * e['auroc']:.2f} |" for e in record["epochs"]]
+    cpu = record["cpu"]
+    isa = ", ".join(flag for flag, present in cpu["isa"].items() if present)
+    return "\n".join([
+        "", f"## The chosen recipe in full: `{record['recipe']['name']}`", "",
+        f"{len(record['epochs'])} epochs in {record['wall_seconds'] / 60:.1f} min on {cpu['model']} ({isa}; {record['threads']} threads, "
+        f"bf16 autocast {'on' if record['bf16_autocast'] else 'off'}), validation after each epoch included.", "",
+        "| epoch | training s | images/s | validation s | validation top-1 | best carriable detector, validation AUROC |",
+        "|---|---|---|---|---|---|", *rows,
+    ]) + "\n"
