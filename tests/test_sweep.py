@@ -159,6 +159,6 @@ def test_disagreement_is_loud_when_params_quantize_is_not_the_best():
     chosen, other = QuantizeParams(backend="onnxruntime", observer="minmax"), QuantizeParams(backend="fbgemm")
     summary = {"best": "ort", "recipes": {"ort": {"recipe": dataclasses.asdict(chosen)},
                                           "fb": {"recipe": dataclasses.asdict(other)}}}
-    assert sweep.disagreement(chosen, summary) is None
-    assert "params.yaml `quantize` is sweep recipe 'fb', but the sweep's best is 'ort'" in sweep.disagreement(other, summary)
-    assert "is no sweep recipe" in sweep.disagreement(QuantizeParams(backend="qnnpack"), summary)
+    assert sweep.disagreement(dataclasses.asdict(chosen), summary) is None
+    assert "params.yaml `quantize` is sweep recipe 'fb', but the sweep's best is 'ort'" in sweep.disagreement(dataclasses.asdict(other), summary)
+    assert "is no sweep recipe" in sweep.disagreement(dataclasses.asdict(QuantizeParams(backend="qnnpack")), summary)

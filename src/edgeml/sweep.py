@@ -9,15 +9,11 @@ how close two speed-ups must be to count as a tie.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from edgeml.errors import EdgeMLError
 from edgeml.reporting.markdown import table
-
-if TYPE_CHECKING:  # `edgeml review` reads this module; params needs pyyaml, which the runtime install lacks
-    from edgeml.params import QuantizeParams
 
 # A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
 # fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
@@ -136,9 +132,10 @@ def params_recipe(quantize: dict[str, Any], summary: dict) -> str | None:
     return next((name for name, row in summary["recipes"].items() if row["recipe"] == quantize), None)
 
 
-def disagreement(quantize: QuantizeParams, summary: dict) -> str | None:
-    """A loud one-line warning when params ``quantize`` is not the sweep's best recipe; None when it is."""
-    chosen = params_recipe(dataclasses.asdict(quantize), summary)
+def disagreement(quantize: dict[str, Any], summary: dict) -> str | None:
+    """A loud one-line warning when the recipe the quantize stage ran (``quantize``: metrics/quantize.json's
+    recipe, ``auto`` values resolved as the sweep's records are) is not the sweep's best; None when it is."""
+    chosen = params_recipe(quantize, summary)
     if chosen == summary["best"]:
         return None
     what = f"sweep recipe {chosen!r}" if chosen else "no sweep recipe"

@@ -14,7 +14,7 @@ from edgeml.io import write_json, write_text
 from edgeml.params import Params
 from edgeml.reporting import figures, tables
 
-INPUTS = ("bench", "evaluate", "ood", "detectors", "package", "quant_sweep", "finetune")  # the metrics files a report reads
+INPUTS = ("bench", "evaluate", "ood", "detectors", "package", "quant_sweep", "finetune", "quantize")  # the metrics files a report reads
 
 
 def write_report(
@@ -24,8 +24,8 @@ def write_report(
     ``scores(model, detector)`` is where the ood stage wrote that model's scores with that detector. A
     quantize recipe that is not the sweep's best is flagged on stderr and at the top of the report."""
     params, headline_set = all_params.ood, all_params.report.headline_set
-    bench, evaluate, ood, choices, package, recipes, finetune = (metrics[name] for name in INPUTS)
-    warning = sweep.disagreement(all_params.quantize, recipes)
+    bench, evaluate, ood, choices, package, recipes, finetune, quantized = (metrics[name] for name in INPUTS)
+    warning = sweep.disagreement(quantized["recipe"], recipes)
     if warning:
         print(warning, file=sys.stderr)
     markdown = tables.render_markdown(bench, evaluate, ood, choices, package, params.sets, params.groups, headline_set)
