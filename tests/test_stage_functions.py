@@ -213,7 +213,7 @@ def test_table1_rows_come_from_the_bench_numbers(deployed):
 
 def test_a_sweep_recipe_is_judged_on_validation_data_only(float_model_and_images, arrays, tmp_path):
     params = params_with()
-    params = dataclasses.replace(params, sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams(calibration_size=32)}))
+    params = dataclasses.replace(params, sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams(backend=BACKEND, calibration_size=32)}))
     with pytest.raises(ParamsError, match="sweep.recipes: no recipe 'nope'"):
         sweep_quantizer(params, "nope")
     ood = dataclasses.replace(OOD, validation_images=8)
@@ -233,7 +233,7 @@ def test_time_sweep_times_every_recipe_against_both_fp32_paths(deployed):
     params = params_with()
     params = dataclasses.replace(
         params,
-        sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams()}, timing_rounds=2),
+        sweep=dataclasses.replace(params.sweep, recipes={"tiny": QuantizeParams(backend=BACKEND)}, timing_rounds=2),
         bench=dataclasses.replace(params.bench, warmup=1, runs=4, throughput_batch_size=2, throughput_runs=2),
     )
     timing = time_sweep(params, deployed["checkpoint"], {"tiny": deployed["int8"]})

@@ -220,7 +220,9 @@ def quantize_row(side: Side) -> tuple[str | None, dict]:
     sweep, params = side.json(SWEEP) or {}, side.yaml(PARAMS) or {}
     if not sweep.get("recipes"):
         return None, {}
-    name = params_recipe({**dataclasses.asdict(QuantizeParams()), **(params.get("quantize") or {})}, sweep)
+    # the recipe the quantize stage ran, its auto values resolved as the sweep's records are; else params' own
+    ran = (side.json("metrics/quantize.json") or {}).get("recipe")
+    name = params_recipe(ran or {**dataclasses.asdict(QuantizeParams()), **(params.get("quantize") or {})}, sweep)
     return name, sweep["recipes"][name] if name else {}
 
 
