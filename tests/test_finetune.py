@@ -14,6 +14,7 @@ from edgeml import finetuning
 from edgeml.model import finetune, outliers
 from edgeml.model import pictures as generated
 from edgeml.model.resnet import build_resnet18, save_checkpoint
+from edgeml.runtime.artifact import sha256_file
 from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights
 from test_outliers import smooth_images
 
@@ -127,7 +128,7 @@ def test_installing_published_weights_checks_their_start_and_their_own_digest(tm
     torch.manual_seed(0)
     save_checkpoint(build_resnet18("cifar"), "cifar", 10, tmp_path / "start.pt")
     save_checkpoint(build_resnet18("cifar"), "cifar", 10, tmp_path / "tuned.pt")
-    tuned_sha = finetuning.sha256(tmp_path / "tuned.pt")
+    tuned_sha = sha256_file(tmp_path / "tuned.pt")
 
     class P:
         model = type("M", (), {"stem": "cifar", "num_classes": 10})()
@@ -138,9 +139,9 @@ def test_installing_published_weights_checks_their_start_and_their_own_digest(tm
     with pytest.raises(ParamsError, match="fine-tuned from weights with sha256 000000000000"):
         finetuning.install(P, tmp_path / "start.pt", tmp_path / "fp32.pt", record)
     assert not (tmp_path / "fp32.pt").exists()
-    record.write_text(json.dumps({"start": {"sha256": finetuning.sha256(tmp_path / "start.pt")}, "sha256": tuned_sha}))
+    record.write_text(json.dumps({"start": {"sha256": sha256_file(tmp_path / "start.pt")}, "sha256": tuned_sha}))
     installed = finetuning.install(P, tmp_path / "start.pt", tmp_path / "fp32.pt", record)
-    assert installed["origin"] == "installed" and finetuning.sha256(tmp_path / "fp32.pt") == tuned_sha
+    assert installed["origin"] == "installed" and sha256_file(tmp_path / "fp32.pt") == tuned_sha
 
 
 def test_publishing_points_params_at_the_published_weights_and_keeps_the_rest():

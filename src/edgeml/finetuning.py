@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from edgeml.model.resnet import load_checkpoint, save_checkpoint
 from edgeml.ood import protocol
 from edgeml.ood.detectors import Evidence, ModelContext, detector_class, fit_set
 from edgeml.params import Params, ParamsError
+from edgeml.runtime.artifact import sha256_file
 
 
 class Autocast(nn.Module):
@@ -78,11 +78,6 @@ def validator(params: Params, arrays: Mapping[str, np.ndarray], prepared: Path, 
         }
 
     return evaluate
-
-
-def sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def steps_per_epoch(params: Params, images: int) -> int:
@@ -137,7 +132,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     bf16 = finetune.use_bf16(settings.bf16)
     encoding = training_encoding(raw_cifar)
     start = load_checkpoint(start_path)
-    start_sha = sha256(start_path)
+    start_sha = sha256_file(start_path)
     images, labels = to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
     evaluate = validator(params, arrays, prepared, bf16)
     work.mkdir(parents=True, exist_ok=True)
@@ -186,7 +181,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
         "bf16_autocast": bf16,
         "threads": settings.threads,
         "cpu": cpu_info(),
-        "sha256": sha256(dest),
+        "sha256": sha256_file(dest),
     }
 
 
@@ -199,7 +194,7 @@ def install(params: Params, start_path: Path, dest: Path, record_path: Path) -> 
         raise ParamsError(f"finetune.weights: no provenance record {record_path} beside the weights; it is written by "
                           "the run that made them (dvc exp run -S finetune.weights=null)")
     made = read_json(record_path)
-    start_sha = sha256(start_path)
+    start_sha = sha256_file(start_path)
     if made["start"]["sha256"] != start_sha:
         raise ParamsError(
             f"finetune.weights: fine-tuned from weights with sha256 {made['start']['sha256'][:12]}..., but the train stage "
