@@ -47,20 +47,22 @@ def run(model, checkpoint: Path, recipe: FinetuneRecipe = RECIPE, kill_at_epoch:
     return finetune.run(model, tiny_data(), recipe, params or tiny_params(), 3, 2, checkpoint, "run-1", evaluate, "test")
 
 
-def test_a_killed_fine_tune_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("recipe", [RECIPE, dataclasses.replace(RECIPE, distill=1.0)], ids=["oe", "oe+distill"])
+def test_a_killed_fine_tune_resumes_to_the_same_weights(tmp_path, recipe):
+    """With distillation the teacher must be the start weights on resume too, not the checkpoint's."""
     torch.manual_seed(0)
     start = build_resnet18("cifar")
     whole = build_resnet18("cifar")
     whole.load_state_dict(start.state_dict())
-    history = run(whole, tmp_path / "whole.pt")
+    history = run(whole, tmp_path / "whole.pt", recipe)
     assert [e["epoch"] for e in history] == [1, 2, 3]
     resumed = build_resnet18("cifar")
     resumed.load_state_dict(start.state_dict())
     with pytest.raises(Killed):
-        run(resumed, tmp_path / "resumed.pt", kill_at_epoch=3)
+        run(resumed, tmp_path / "resumed.pt", recipe, kill_at_epoch=3)
     after_kill = build_resnet18("cifar")
     after_kill.load_state_dict(start.state_dict())  # a new process starts from the start weights again
-    history_resumed = run(after_kill, tmp_path / "resumed.pt")
+    history_resumed = run(after_kill, tmp_path / "resumed.pt", recipe)
     assert [e["epoch"] for e in history_resumed] == [1, 2, 3]
     for (name, a), b in zip(whole.state_dict().items(), after_kill.state_dict().values()):
         assert torch.equal(a, b), name
@@ -97,6 +99,21 @@ def test_the_outlier_losses():
     assert finetune.outlier_loss(energy, confident, uniform, (-10.0, -5.0)).item() == 0.0
     # outliers as confident as the ID images: (m_out - E_out)^2 = (-5 + 20)^2
     assert finetune.outlier_loss(energy, confident, confident, (-10.0, -5.0)).item() == pytest.approx(15.0**2, rel=1e-3)
+
+
+def test_distillation_costs_only_where_the_model_leaves_the_start_models_predictions():
+    teacher = torch.tensor([[2.0, 0, 0], [0, 3.0, 1.0]])
+    assert finetune.distillation_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    assert finetune.distillation_loss(teacher + 5.0, teacher).item() == pytest.approx(0.0, abs=1e-6)  # softmax is shift-invariant
+    p = torch.softmax(teacher, 1)
+    q = torch.softmax(torch.zeros(2, 3), 1)
+    expected = (p * (p.log() - q.log())).sum(1).mean().item()  # KL(teacher || uniform model), by hand
+    assert finetune.distillation_loss(torch.zeros(2, 3), teacher).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_negative_distillation_weight_is_refused():
+    with pytest.raises(ParamsError, match="distill"):
+        dataclasses.replace(RECIPE, distill=-1.0)
 
 
 def test_energy_margins_are_the_start_models_percentiles():

@@ -223,7 +223,8 @@ def search_table(record: Mapping[str, Any]) -> str:
         recipe = record["recipes_tried"][name]
         mix = ", ".join(f"{k} {v:g}" for k, v in recipe["outliers"].items())
         mark = " **chosen**" if name == record["recipe"]["name"] else ("" if result["top1"] >= tolerance else " (top-1 out)")
-        rows.append(f"| {name}{mark} | {recipe['loss']}{'+logitnorm' if recipe['id_loss'] == 'logitnorm' else ''} | {recipe['weight']:g} | {mix} | "
+        terms = recipe["loss"] + ("+logitnorm" if recipe["id_loss"] == "logitnorm" else "") + (f" + distill {recipe['distill']:g}" if recipe.get("distill") else "")
+        rows.append(f"| {name}{mark} | {terms} | {recipe['weight']:g} | {mix} | "
                     f"{result['top1'] * 100:.2f} | " + " | ".join(f"{result['aurocs'][n] * 100:.2f}" for n in names)
                     + f" | {result['detector']} {result['auroc'] * 100:.2f} |")
     return (f"# Fine-tuning recipe search\n\nEach recipe: {search_record['steps']} steps from the start weights; validation only "

@@ -165,8 +165,11 @@ class FinetuneRecipe:
     id_loss: Literal["ce", "logitnorm"] = "ce"
     logitnorm_tau: float = 0.04
     energy_percentiles: list[float] = dataclasses.field(default_factory=lambda: [50.0, 99.0])  # m_in, m_out: of the start model's ID energies
+    distill: float = 0.0  # weight of KL(start model || model) on the ID half: keeps what the start model knew
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.distill) and self.distill >= 0):
+            raise ParamsError(f"distill: expected a weight >= 0, got {self.distill!r}")
         if len(self.energy_percentiles) != 2 or not 0 <= self.energy_percentiles[0] < self.energy_percentiles[1] <= 100:
             raise ParamsError(f"energy_percentiles: expected [m_in, m_out] with 0 <= m_in < m_out <= 100, got {self.energy_percentiles}")
 
