@@ -1,13 +1,15 @@
-"""Stage ood: every detector on FP32 and INT8, settings chosen on validation data only (edgeml.ood.experiment)."""
+"""Stage ood: every detector on the INT8 model, settings chosen on validation data only, beside the
+FP32 model's results from the ood_fp32 stage (edgeml.ood.experiment): metrics/ood.json and
+metrics/detectors.json hold both models."""
 
 import torch
 
 from edgeml import params as P
 from edgeml import paths
-from edgeml.data.splits import id_split, load_arrays
-from edgeml.io import atomic_dir, write_json
-from edgeml.ood.detectors import check_params
-from edgeml.ood.experiment import run_experiment
+from edgeml.io import atomic_dir, read_json, write_json
+from edgeml.model.resnet import load_checkpoint
+from edgeml.ood.detectors import GradientSigns, check_params
+from edgeml.ood.experiment import QUANTIZED, REFERENCE, ImageSets, score_quantized
 from edgeml.quantization import deployed_paths
 from edgeml.stage import run
 
@@ -17,13 +19,14 @@ def main() -> None:
     ood, backend = params.ood, params.quantize.backend
     check_params(ood.detectors, ood.search)
     torch.set_num_threads(ood.threads)
-    arrays = load_arrays(paths.CIFAR10)
-    sets = {name: load_arrays(paths.ood_set(name))["x"] for name in [*ood.sets, ood.validation_sets.near, ood.validation_sets.far]}
-    split, models = id_split(arrays, ood.id_split, paths.PREPARED), deployed_paths(backend, paths.DEPLOY)
+    reference_choices, reference = read_json(paths.FP32_OOD_CHOICES), read_json(paths.FP32_OOD_METRICS)
+    gradients = GradientSigns.load(paths.ODIN_GRADIENTS, load_checkpoint(paths.FP32))
+    models = deployed_paths(backend, paths.DEPLOY)
     with atomic_dir(paths.SCORES) as out:
-        choices, metrics = run_experiment(ood, models, backend, paths.FP32, arrays, sets, split, out)
-    write_json(paths.metrics("detectors"), choices)
-    write_json(paths.metrics("ood"), metrics)
+        choices, views = score_quantized(ood, models[QUANTIZED], models[REFERENCE], backend, reference_choices, gradients,
+                                         ImageSets.load(ood), out)
+    write_json(paths.metrics("detectors"), {REFERENCE: reference_choices, QUANTIZED: choices})
+    write_json(paths.metrics("ood"), reference | views)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from edgeml import finetuning
 from edgeml.model import finetune, outliers
 from edgeml.model import pictures as generated
 from edgeml.model.resnet import build_resnet18, save_checkpoint
 from edgeml.runtime.artifact import sha256_file
-from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights
+from edgeml.params import FinetuneParams, FinetuneRecipe, ParamsError, Weights, parse
 from test_outliers import smooth_images
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = FinetuneRecipe(outliers={"jigsaw": 1, "procedural": 1}, loss="oe", weight=0.5)
 
 
@@ -111,9 +113,11 @@ def test_distillation_costs_only_where_the_model_leaves_the_start_models_predict
     assert finetune.distillation_loss(torch.zeros(2, 3), teacher).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_negative_distillation_weight_is_refused():
-    with pytest.raises(ParamsError, match="distill"):
-        dataclasses.replace(RECIPE, distill=-1.0)
+def test_a_negative_distillation_weight_is_refused_naming_its_key():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["finetune"]["recipes"]["oe_mixed_distill"]["distill"] = -1.0
+    with pytest.raises(ParamsError, match=r"finetune.recipes.oe_mixed_distill.distill: .*-1"):
+        parse(raw)
 
 
 def test_energy_margins_are_the_start_models_percentiles():

@@ -167,7 +167,8 @@ def test_dvc_repro_end_to_end(project: Path):
         assert json.loads((project / "metrics/quantize.json").read_text())["recipe"]["activations"] in ("uint8", "int8")
         assert "Running stage 'quantize'" in variant and "Running stage 'package'" in variant
         assert "Running stage 'train'" not in variant and "Running stage 'sweep" not in variant
-        assert "Running stage 'finetune'" not in variant
+        assert "Running stage 'finetune'" not in variant and "Running stage 'ood_fp32'" not in variant  # the FP32 half is kept
+        assert "Running stage 'ood'" in variant
         assert EdgeModel.load(project / "models/artifact").metadata["backend"] == backend
         assert json.loads((project / "metrics/bench.json").read_text())["int8"]["path"] == backend
 

@@ -247,12 +247,13 @@ def check_killed_stage(name: str, root: Path, points: tuple[str, ...] = ()) -> N
 
 @pytest.mark.e2e
 def test_killed_stages_leave_no_partial_output_and_rerun_identically(project: Path):
-    """prepare at every kill point; quantize and ood (slower) in the middle and at the folder swap."""
+    """prepare at every kill point; quantize, ood_fp32 and ood (slower) in the middle and at the folder swap."""
     assert run_stage("fetch", project).returncode == 0
     check_killed_stage("prepare", project)
     torch.manual_seed(0)  # an untrained model stands in for the train stage's
     save_checkpoint(build_resnet18("torchvision"), "torchvision", 10, project / "models/fp32.pt")
     check_killed_stage("quantize", project, ("the middle", "models/deploy is"))
+    check_killed_stage("ood_fp32", project, ("the middle", "data/ood_fp32 is"))
     check_killed_stage("ood", project, ("the middle", "data/scores is"))
 
 

@@ -20,9 +20,9 @@ from edgeml.data.prepare import prepare
 from edgeml.data.splits import load_arrays
 from edgeml.io import write_npz
 from edgeml.model.inference import predict_logits
-from edgeml.model.resnet import save_checkpoint
-from edgeml.ood.experiment import REFERENCE, run_experiment
-from edgeml.ood.detectors import detector_class
+from edgeml.model.resnet import load_checkpoint, save_checkpoint
+from edgeml.ood.experiment import REFERENCE, ImageSets, score_quantized, score_reference
+from edgeml.ood.detectors import GradientSigns, detector_class
 from edgeml.package import check_artifact, choose_detector, fp32_acceptance, package_int8
 from edgeml.params import (
     OODParams,
@@ -93,10 +93,45 @@ def ood_images(seed: int) -> dict[str, np.ndarray]:
             "val_flat": flat}
 
 
-def experiment(deployed, arrays, sets, out: Path) -> tuple[dict, dict]:
-    models = {name: deployed[name] for name in ("fp32", "int8")}
+def experiment(deployed, arrays, sets, out: Path, ood: OODParams = OOD, gradients_file: Path | None = None) -> tuple[dict, dict]:
+    """The ood_fp32 stage's work, then the ood stage's (ODIN's directions handed over through ``gradients_file``)."""
+    images = ImageSets.build(ood, arrays, sets, (np.arange(24), arrays["val_x"]))
     out.mkdir()
-    return run_experiment(OOD, models, BACKEND, deployed["checkpoint"], arrays, sets, (np.arange(24), arrays["val_x"]), out)
+    gradients = GradientSigns(load_checkpoint(deployed["checkpoint"]))
+    fp32_choices, fp32_metrics = score_reference(ood, deployed["fp32"], gradients, images, out)
+    if gradients_file is not None:
+        gradients.save(gradients_file)
+        gradients = GradientSigns.load(gradients_file, NoBackward())
+    choices, views = score_quantized(ood, deployed["int8"], deployed["fp32"], BACKEND, fp32_choices, gradients, images, out)
+    return ({"fp32": fp32_choices, "int8": choices},
+            {"id_split": images.split_record(ood), "perturbation_images": ood.perturbation_images, "fp32": fp32_metrics} | views)
+
+
+class NoBackward(torch.nn.Module):
+    """A twin that must never run: every ODIN direction the INT8 model needs was computed for FP32."""
+
+    def forward(self, x):
+        raise AssertionError("the ood stage recomputed an ODIN direction the ood_fp32 stage had kept")
+
+
+def test_odin_directions_pass_between_the_two_ood_stages_exactly(deployed, arrays, tmp_path):
+    odin = dataclasses.replace(OOD, detectors=["odin"], search={"odin": {"temperature": [1, 1000], "eps": [0, 0.004]}})
+    handed, _ = experiment(deployed, arrays, ood_images(0), tmp_path / "handed", odin, tmp_path / "odin_gradients.npz")
+    shared, _ = experiment(deployed, arrays, ood_images(0), tmp_path / "shared", odin)  # one process, one cache
+    assert handed == shared
+    for name in ("fp32_odin.npz", "int8_odin.npz"):
+        a, b = load_arrays(tmp_path / "handed" / name), load_arrays(tmp_path / "shared" / name)
+        assert all(np.array_equal(a[key], b[key]) for key in a), name
+
+
+def test_gradient_signs_round_trip_with_their_zeros(tmp_path):
+    gradients = GradientSigns(NoBackward())
+    signs = torch.tensor([[-1, 0, 1], [1, 1, 0]], dtype=torch.int8).reshape(2, 3, 1, 1)
+    gradients._cache[("test/x[5@0]", 1000.0)] = signs
+    gradients.save(tmp_path / "g.npz")
+    loaded = GradientSigns.load(tmp_path / "g.npz", NoBackward())
+    assert list(loaded._cache) == [("test/x[5@0]", 1000.0)]
+    assert torch.equal(loaded._cache[("test/x[5@0]", 1000.0)], signs)
 
 
 def test_the_experiment_scores_every_model_detector_and_set_with_validation_choices(deployed, arrays, tmp_path):

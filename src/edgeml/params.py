@@ -168,8 +168,6 @@ class FinetuneRecipe:
     distill: float = 0.0  # weight of KL(start model || model) on the ID half: keeps what the start model knew
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.distill) and self.distill >= 0):
-            raise ParamsError(f"distill: expected a weight >= 0, got {self.distill!r}")
         if len(self.energy_percentiles) != 2 or not 0 <= self.energy_percentiles[0] < self.energy_percentiles[1] <= 100:
             raise ParamsError(f"energy_percentiles: expected [m_in, m_out] with 0 <= m_in < m_out <= 100, got {self.energy_percentiles}")
 
@@ -482,6 +480,7 @@ RANGES: dict[str, Range] = {
     "TrainParams.pixmix_beta": POSITIVE,
     "FinetuneRecipe.weight": POSITIVE,
     "FinetuneRecipe.logitnorm_tau": POSITIVE,
+    "FinetuneRecipe.distill": NON_NEGATIVE,
     "FinetuneParams.search_steps": POSITIVE,
     "FinetuneParams.epochs": POSITIVE,
     "FinetuneParams.id_batch": POSITIVE,

@@ -10,7 +10,10 @@ RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 CIFAR10 = PREPARED / "cifar10.npz"  # train / val / test arrays
 OPENOOD_CIFAR10 = PREPARED / "openood_cifar10.npz"  # OpenOOD's ID test / validation positions in the test set
-SCORES = Path("data/scores")
+SCORES = Path("data/scores")  # the ood stage's: the INT8 model's scores, and its FP32 twin's with INT8's settings
+FP32_OOD = Path("data/ood_fp32")  # the ood_fp32 stage's: FP32 scores, detector choices, metrics, ODIN's gradients
+FP32_OOD_CHOICES, FP32_OOD_METRICS = FP32_OOD / "choices.json", FP32_OOD / "metrics.json"
+ODIN_GRADIENTS = FP32_OOD / "odin_gradients.npz"  # the FP32 twin's nudge directions, which both models' ODIN use
 PRETRAINED = Path("models/pretrained.pt")  # the train stage's model: the fine-tune's starting point
 FP32 = Path("models/fp32.pt")  # the finetune stage's model: what every later stage quantizes and measures
 FINETUNE_RECORD = Path("weights/finetune.json")  # how the published fine-tuned weights were made (metrics/finetune.json of that run)
@@ -30,8 +33,8 @@ def ood_set(name: str) -> Path:
 
 
 def scores(model: str, detector: str) -> Path:
-    """One model's scores of every image set with one detector."""
-    return SCORES / f"{model}_{detector}.npz"
+    """One model's scores of every image set with one detector (the FP32 model's from the ood_fp32 stage)."""
+    return (FP32_OOD if model == "fp32" else SCORES) / f"{model}_{detector}.npz"
 
 
 def metrics(name: str) -> Path:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import ClassVar, Optional
 
 import numpy as np
@@ -31,6 +33,8 @@ from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 from pytorch_ood.detector import ReAct as PoodReAct
 from torch import nn
 
+from edgeml.data.splits import load_arrays
+from edgeml.io import write_npz
 from edgeml.model.inference import forward_batches, normalize, to_tensor
 from edgeml.params import ParamsError
 from edgeml.runtime.images import CIFAR10_STD
@@ -84,11 +88,35 @@ class Evidence:
 class GradientSigns:
     """sign(-grad_x log S_y(x; T)) of the FP32 twin, per image set and temperature: ODIN's nudge
     direction does not depend on eps or on the model being judged, so one backward pass serves
-    every eps of the grid and both the FP32 and the INT8 model."""
+    every eps of the grid and both the FP32 and the INT8 model, across stages through :meth:`save`
+    and :meth:`load`."""
 
     def __init__(self, twin: nn.Module):
         self.twin = twin.eval()
         self._cache: dict[tuple[str, float], torch.Tensor] = {}
+
+    def save(self, path: str | Path) -> None:
+        """Every computed direction, as two bit planes (positive, non-zero): exact, and 1/4 of int8's size."""
+        arrays: dict[str, np.ndarray] = {"keys": np.array(json.dumps([[key, t] for key, t in self._cache]))}
+        for i, signs in enumerate(self._cache.values()):
+            values = signs.numpy()
+            arrays |= {f"positive_{i}": np.packbits(values > 0), f"nonzero_{i}": np.packbits(values != 0),
+                       f"shape_{i}": np.array(values.shape)}
+        write_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, twin: nn.Module) -> "GradientSigns":
+        """The directions :meth:`save` wrote; any other set or temperature is computed with ``twin``."""
+        gradients = cls(twin)
+        arrays = load_arrays(path)
+        for i, (key, temperature) in enumerate(json.loads(str(arrays["keys"]))):
+            shape = tuple(int(n) for n in arrays[f"shape_{i}"])
+            count = int(np.prod(shape))
+            positive = np.unpackbits(arrays[f"positive_{i}"], count=count).reshape(shape)
+            nonzero = np.unpackbits(arrays[f"nonzero_{i}"], count=count).reshape(shape)
+            signs = nonzero.astype(np.int8) * (2 * positive.astype(np.int8) - 1)
+            gradients._cache[(key, temperature)] = torch.from_numpy(signs)
+        return gradients
 
     def __call__(self, evidence: Evidence, temperature: float) -> torch.Tensor:
         key = (evidence.key, temperature)
