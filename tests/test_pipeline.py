@@ -171,6 +171,13 @@ def test_dvc_repro_end_to_end(project: Path):
         assert "Running stage 'ood'" in variant
         assert EdgeModel.load(project / "models/artifact").metadata["backend"] == backend
         assert json.loads((project / "metrics/bench.json").read_text())["int8"]["path"] == backend
+        # judged on its own validation numbers, sweep recipe or not: the review measures every goal
+        judged = json.loads((project / "metrics/evaluate.json").read_text())["validation"]
+        assert {"top1_drop_points", "max_auroc_drop_points", "size_ratio"} <= set(judged)
+        review_md = project.parent / f"review-{backend}.md"
+        sh("edgeml", "review", "--base", "HEAD", "--out", str(review_md), cwd=project)
+        goals = review_md.read_text()
+        assert "head from `metrics/evaluate.json` and `metrics/bench.json`" in goals and "not measured on head" not in goals
 
     # README's compact `dvc exp show` fits a 200-column terminal with these experiments
     line = next(l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("dvc exp show --no-pager"))

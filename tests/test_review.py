@@ -130,7 +130,7 @@ def test_review_working_tree_with_missing_files(repo: Path) -> None:
     text = out.read_text()
     assert "working tree has no `metrics/summary.json`." in text
     assert rows(text)["`top1_drop`"] == ["0.05", "—", ""]
-    assert rows(text)["`top1_drop_points`"] == ["0.5 ❌", "—", "", "<= 0.3"]  # the working tree has no sweep
+    assert rows(text)["`top1_drop_points`"] == ["0.5 ❌", "not measured", "", "<= 0.3"]  # the working tree has no sweep
     assert "review_auroc_change.png" in text and "review_roc.png" not in text and "review_recipes.png" not in text
     assert not (repo / "review_roc.png").exists()
 
@@ -174,6 +174,26 @@ def test_review_says_loudly_when_params_quantize_is_not_the_sweeps_best(repo: Pa
     write(repo, "params.yaml", {"quantize": {"backend": "qnnpack"}})  # no sweep recipe at all
     text = review.review("HEAD", None, repo / "review.md").read_text()
     assert "> ⚠️ **params.yaml `quantize` is no sweep recipe, but the sweep's best is `a`**" in text
+
+
+def test_an_experiment_outside_the_sweep_is_judged_on_its_own_validation_numbers(repo: Path) -> None:
+    """`dvc exp run -S quantize.per_channel=false`: no sweep row is that recipe, but the evaluate stage judged
+    it on validation and the bench stage timed it; a number truly missing reads "not measured", never a loss."""
+    write(repo, "params.yaml", {"train": {"lr": 0.1, "epochs": 3}, "quantize": {**RECIPES["a"], "per_channel": False}})
+    write(repo, "metrics/evaluate.json", {"validation": {"top1_drop_points": 0.2, "max_auroc_drop_points": 0.7, "size_ratio": 4.01}})
+    write(repo, "metrics/bench.json", {"compute": {"int8_speedup_vs_fastest_fp32": 4.5}})
+    text = review.review("HEAD", None, repo / "review.md").read_text()
+    goals = rows(text[text.index("### Goals"):text.index("### Headline")])
+    assert goals["`top1_drop_points`"][1] == "0.2 ✅" and goals["`max_auroc_drop_points`"][1] == "0.7 ❌"
+    assert goals["`size_ratio`"][1] == "4.01 ✅" and goals["`speedup`"][1] == "4.50 ✅"
+    assert "head from `metrics/evaluate.json` and `metrics/bench.json`" in text
+    assert "Goals met: base 3/4, head 3/4; **no longer met: max_auroc_drop_points**; newly met: size_ratio." in text
+    assert "params.yaml `quantize` is no sweep recipe" in text  # still loud: not the sweep's choice
+    (repo / "metrics/bench.json").unlink()  # e.g. the bench stage failed: only the speed-up is unmeasured
+    text = review.review("HEAD", None, repo / "review.md").read_text()
+    goals = rows(text[text.index("### Goals"):text.index("### Headline")])
+    assert goals["`speedup`"][1] == "not measured" and goals["`size_ratio`"][1] == "4.01 ✅"
+    assert "not measured on head: speedup." in text and "no longer met: max_auroc_drop_points**" in text
 
 
 def test_review_shows_what_each_sides_artifact_accepts(repo: Path) -> None:

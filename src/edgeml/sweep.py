@@ -29,20 +29,33 @@ CONVOLUTION = re.compile(r"(?i)(?:\w+::)?(?:qlinear|fused|group)?conv(?:olution|
 ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 
+def judged_quality(int8: dict, fp32: dict, size_mb: dict) -> dict[str, Any]:
+    """An INT8 file's size and validation quality (``int8``: :func:`edgeml.ood.protocol.validation_quality`)
+    against the FP32 model's (``fp32``: the sweep_reference stage's) and its file size (``size_mb``: fp32,
+    int8): the numbers a recipe is judged on besides speed, by the sweep and for the quantize stage's recipe."""
+    drops = {name: 100 * (fp32["auroc"][name] - auroc) for name, auroc in int8["auroc"].items()}
+    worst = max(drops, key=drops.get)
+    return {
+        "size_mb": size_mb["int8"],
+        "size_ratio": size_mb["fp32"] / size_mb["int8"],
+        "val_top1": {"fp32": 100 * fp32["top1"], "int8": 100 * int8["top1"]},
+        "top1_drop_points": 100 * (fp32["top1"] - int8["top1"]),
+        "val_auroc": {name: {"fp32": 100 * fp32["auroc"][name], "int8": 100 * a} for name, a in int8["auroc"].items()},
+        "max_auroc_drop_points": drops[worst],
+        "worst_detector": worst,
+    }
+
+
 def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float, packaged: bool) -> dict[str, Any]:
     """One recipe's row: size and validation quality from its sweep stage (``result``) against the FP32
     ``reference``, speed from the shared timing run (``timing``: :func:`edgeml.bench.cpu.time_recipes`);
     ``packaged``: whether the package stage can build the artifact from the recipe's file."""
     fastest = timing["fastest_fp32_path"]
     own = timing["recipes"][result["name"]]
-    int8, fp32 = result["validation"], reference
-    drops = {name: 100 * (fp32["auroc"][name] - auroc) for name, auroc in int8["auroc"].items()}
-    worst = max(drops, key=drops.get)
     row = {
         "backend": result["recipe"]["backend"],
         "recipe": result["recipe"],
-        "size_mb": result["size_mb"]["int8"],
-        "size_ratio": result["size_mb"]["fp32"] / result["size_mb"]["int8"],
+        **judged_quality(result["validation"], reference, result["size_mb"]),
         "latency_ms": own["latency_ms"],
         "fastest_fp32_path": fastest,
         "fastest_fp32_latency_ms": timing["fp32"][fastest]["latency_ms"],
@@ -50,11 +63,6 @@ def sweep_row(result: dict, timing: dict, reference: dict, floor_ms: float, pack
         "speedup_spread": own["speedup_spread"],
         "latency_over_floor": own["latency_ms"] / floor_ms,
         "throughput_images_per_s": own["throughput_images_per_s"],
-        "val_top1": {"fp32": 100 * fp32["top1"], "int8": 100 * int8["top1"]},
-        "top1_drop_points": 100 * (fp32["top1"] - int8["top1"]),
-        "val_auroc": {name: {"fp32": 100 * fp32["auroc"][name], "int8": 100 * a} for name, a in int8["auroc"].items()},
-        "max_auroc_drop_points": drops[worst],
-        "worst_detector": worst,
         "quantize_seconds": result["quantize_seconds"],
         "packaged": packaged,
     }

@@ -61,14 +61,17 @@ MAX_ROWS = 80  # per table; the rest is counted, not shown
 MAX_CELL = 80  # characters of one params value
 
 
-# Goals, key of a sweep row -> (operator, threshold): the sweep's goals, judged on the validation numbers the
-# recipe was chosen on (the sweep row of the recipe params `quantize` is), never on test numbers.
+# Goals, key of a judged row -> (operator, threshold): the sweep's goals, judged on validation numbers, never on
+# test numbers: the evaluate stage's judgement of the recipe params `quantize` holds (sweep recipe or not) and the
+# bench stage's speed-up; for a revision from before that judgement, the sweep row of its recipe.
 GOALS: dict[str, tuple[str, float]] = {
     "top1_drop_points": ("<=", SWEEP_GOALS["top1_drop_points"]),
     "max_auroc_drop_points": ("<=", SWEEP_GOALS["auroc_drop_points"]),
     "size_ratio": (">=", SWEEP_GOALS["size_ratio"]),
     "speedup": (">=", SWEEP_GOALS["speedup"]),
 }
+JUDGED = "metrics/evaluate.json"  # "validation": the quantize recipe judged as the sweep judges one
+SPEED = "metrics/bench.json"  # "compute" -> "int8_speedup_vs_fastest_fp32": batch 1, the INT8 file vs the fastest FP32 path
 
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -226,25 +229,42 @@ def quantize_row(side: Side) -> tuple[str | None, dict]:
     return name, sweep["recipes"][name] if name else {}
 
 
+def judged_row(side: Side) -> tuple[str, dict]:
+    """Where this side's goal numbers come from, and the numbers: the evaluate stage's validation judgement
+    of its quantize recipe with the bench stage's speed-up; else (an older revision) its sweep row."""
+    own = (side.json(JUDGED) or {}).get("validation")
+    if own:
+        speedup = ((side.json(SPEED) or {}).get("compute") or {}).get("int8_speedup_vs_fastest_fp32")
+        return f"`{JUDGED}` and `{SPEED}`", {**own, "speedup": speedup}
+    name, row = quantize_row(side)
+    return (f"sweep row `{name}` (`{SWEEP}`)" if name else "nothing: no judgement and no sweep row"), row
+
+
+def _goal_cell(key: str, value: Any) -> str:
+    return "not measured" if number(value) is None else fmt(value) + _mark(meets(key, value))
+
+
 def goals_section(base: Side, head: Side) -> str:
-    """Which goals each side meets, on the validation numbers its recipe was chosen on; loud when the
+    """Which goals each side meets, on the validation numbers of its own quantize recipe; loud when the
     head's params `quantize` is not the head sweep's best recipe."""
-    (b_name, b_row), (h_name, h_row) = quantize_row(base), quantize_row(head)
-    rows = [[f"`{key}`", fmt(b_row.get(key)) + _mark(meets(key, b_row.get(key))),
-             fmt(h_row.get(key)) + _mark(meets(key, h_row.get(key))), delta(b_row.get(key), h_row.get(key)),
+    (b_source, b_row), (h_source, h_row) = judged_row(base), judged_row(head)
+    rows = [[f"`{key}`", _goal_cell(key, b_row.get(key)), _goal_cell(key, h_row.get(key)), delta(b_row.get(key), h_row.get(key)),
              f"{op} {threshold:g}"] for key, (op, threshold) in GOALS.items()]
     met = {side: [k for k in GOALS if meets(k, row.get(k))] for side, row in (("base", b_row), ("head", h_row))}
-    lost = [k for k in met["base"] if k not in met["head"]]
+    unmeasured = {side: [k for k in GOALS if number(row.get(k)) is None] for side, row in (("base", b_row), ("head", h_row))}
+    lost = [k for k in met["base"] if k not in met["head"] and k not in unmeasured["head"]]
     won = [k for k in met["head"] if k not in met["base"]]
     parts = [
-        f"Validation numbers of the sweep row of params `quantize`: base `{b_name or 'none'}`, head `{h_name or 'none'}` "
-        f"(`{SWEEP}`). Goals met: base {len(met['base'])}/{len(GOALS)}, head {len(met['head'])}/{len(GOALS)}"
+        f"Validation numbers of each side's quantize recipe: base from {b_source}, head from {h_source}. "
+        f"Goals met: base {len(met['base'])}/{len(GOALS)}, head {len(met['head'])}/{len(GOALS)}"
         + (f"; **no longer met: {', '.join(lost)}**" if lost else "")
-        + (f"; newly met: {', '.join(won)}" if won else "") + ".",
+        + (f"; newly met: {', '.join(won)}" if won else "")
+        + (f"; not measured on head: {', '.join(unmeasured['head'])}" if unmeasured["head"] else "") + ".",
         "",
         table(["metric", "base", "head", "change", "goal"], rows, MAX_ROWS),
     ]
     best = (head.json(SWEEP) or {}).get("best")
+    h_name, _ = quantize_row(head)
     if best and h_name != best:
         what = f"recipe `{h_name}`" if h_name else "no sweep recipe"
         parts += ["", f"> ⚠️ **params.yaml `quantize` is {what}, but the sweep's best is `{best}`**: the headline "
