@@ -189,7 +189,7 @@ def test_each_backend_is_profiled_on_its_fastest_recipe_and_one_without_a_profil
 
     timing = {"floor_ms": {"int8": 0.25}, "environment": {"cpu": {"model": "AMD EPYC"}, "threads": 1},
               "recipes": timed, "profiles": profiles}
-    text = sweep.render_backend_profiles(timing)
+    text = sweep.render_backend_profiles(timing, {})
     assert "(AMD EPYC, 1 threads)" in text
     row = next(line for line in text.splitlines() if line.startswith("| onnxruntime (ort_b) |"))
     conv = sum(ms for op, ms in ort["kernel_ms"].items() if "Conv" in op)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -361,15 +362,16 @@ INT8_CONVOLUTION = {
 
 
 def test_each_backend_profile_charges_all_twenty_convolutions_to_int8_kernels(deployed):
-    """The backend's profiler (edgeml.bench.profile.PROFILERS) on its real INT8 file: the kernels' times add up
+    """The backend's profiler (Quantizer.profiler) on its real INT8 file: the kernels' times add up
     with the rest of the run, and ResNet18's 20 convolutions all ran as INT8 kernels."""
-    from edgeml.bench.profile import PROFILERS
+    from edgeml.bench.profile import profiler
     from edgeml.sweep import CONVOLUTION
 
     backend = deployed.recipe.backend
-    if backend not in PROFILERS:
+    profile_file = profiler(backend)
+    if profile_file is None:
         pytest.skip(f"{backend} has no profiler")
-    profile = PROFILERS[backend](deployed.path, threads=1, runs=12, warmup=2, block=6, settle=2)
+    profile = profile_file(deployed.path, threads=1, runs=12, warmup=2, block=6, settle=2)
     assert profile["runs"] == 12 and 0 < profile["runs_summarized"] <= 12 and profile["unprofiled_ms"] > 0
     assert profile["kernels_ms"] == pytest.approx(sum(profile["kernel_ms"].values())) and profile["kernels_ms"] > 0
     assert profile["kernels_ms"] + profile["outside_kernels_ms"] == pytest.approx(profile["wall_ms"])
@@ -525,3 +527,47 @@ def test_auto_resolves_to_each_backends_best_on_this_cpu(monkeypatch, dot_produc
 
 def test_every_backend_is_tested():
     assert {recipe.backend for recipe in {**RECIPES, **EXECUTORCH_RECIPES}.values()} == set(BACKENDS)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_each_backend_declares_what_the_rest_of_the_project_reads(backend):
+    """One place per backend: its Quantizer class. Every fact the package stage, the bench, the sweep,
+    `edgeml backends` and the docs read is declared there and means something."""
+    from edgeml.bench import profile
+    from edgeml.runtime.artifact import PACKAGED_SUFFIXES
+
+    cls = quantizer_class(backend)
+    assert cls.name == backend and cls.summary and cls.file_format and cls.suffix in cls.file_format
+    assert cls.runtime in ("torch", "onnxruntime", "openvino", "executorch")
+    assert cls.profiler is None or callable(getattr(profile, cls.profiler))
+    assert cls.packageable() == (cls.suffix in PACKAGED_SUFFIXES)
+    assert cls.activations and set(cls.observers) and cls.activations[0] in cls.activations
+    assert (cls.arm_note is not None) == (backend in ("executorch", "qnnpack"))  # built for ARM
+
+
+def test_edgeml_backends_lists_every_backend_from_its_class_and_names_what_is_missing(capsys, monkeypatch):
+    from edgeml import cli
+    from edgeml.quantization import catalog
+
+    assert cli.main(["backends", "--json"]) == 0
+    listed = {b["backend"]: b for b in json.loads(capsys.readouterr().out)}
+    assert list(listed) == list(BACKENDS)
+    for name, b in listed.items():
+        cls = quantizer_class(name)
+        assert (b["observers"], b["activations"], b["packageable"]) == (list(cls.observers), list(cls.activations), cls.packageable())
+    assert not listed["executorch"]["packageable"] and listed["openvino"]["runtime"] == "openvino"
+
+    real = catalog.quantizer_class
+
+    def without_openvino(backend):
+        if backend == "openvino":
+            raise ParamsError("quantize.backend: 'openvino' needs 'nncf', which is not installed")
+        return real(backend)
+
+    monkeypatch.setattr(catalog, "quantizer_class", without_openvino)
+    assert cli.main(["backends"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")}
+    assert rows.pop("`backend`").startswith("| `backend` | what it is |")  # the header
+    assert set(rows) == {f"`{b}`" for b in BACKENDS}
+    assert "needs 'nncf', which is not installed" in rows["`openvino`"] and rows["`openvino`"].endswith("| no |  |")
+    assert "not representative: ARM-oriented" in rows["`executorch`"] or catalog.ARM_HOST

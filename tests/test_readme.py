@@ -15,7 +15,8 @@ README_MAX_BYTES = 12_000
 # Every generated report, shown in README or on some docs page.
 GENERATED = ("metrics/headline.md", "metrics/predict_demo.md", "metrics/report.md", "metrics/quant_sweep.md",
              "metrics/finetune_search.md", "metrics/gpu_recipe/report.md", "metrics/predict_load.md",
-             "metrics/ort_profile.md", "metrics/openvino_profile.md", "metrics/backend_profiles.md", "metrics/install_sizes.md")
+             "metrics/ort_profile.md", "metrics/openvino_profile.md", "metrics/backend_profiles.md", "metrics/install_sizes.md",
+             "metrics/backends.md")
 
 
 def sync_readme():

@@ -92,7 +92,7 @@ def test_the_summary_states_the_tie_band_its_choice_used_not_one_widened_by_unpa
               "recipes": {n: {"latency_ms": 2.0, "throughput_images_per_s": 500.0, "speedup": 3.0, "speedup_spread": s}
                           for n, s in spreads.items()},
               "macs_per_sample": 1, "gemm_peak_gmacs": 1, "rounds": 6, "environment": {}}
-    summary = sweep.sweep_summary({n: result(n) for n in spreads}, timing, {"top1": 0.91, "auroc": {"msp": 0.86}}, {"ort"})
+    summary = sweep.sweep_summary({n: result(n) for n in spreads}, timing, {"top1": 0.91, "auroc": {"msp": 0.86}}, {"ort"}, {})
     assert summary["best"] == "ort" and summary["tie_band"] == pytest.approx(0.06)
     assert "6.0%" in summary["best_rule"]
 
@@ -142,7 +142,7 @@ def test_render_sweep_marks_the_best_recipe_and_missed_goals():
                 "val_auroc": {"msp": {"fp32": 90.0, "int8": 89.9}, "energy": {"fp32": 91.0, "int8": 90.5}}}
 
     summary = {"goals": sweep.SWEEP_GOALS, "best": "fast", "best_rule": "fastest", "best_measured": "slow",
-               "timing_rounds": 6, "recipes": {"fast": recipe(3.3, 0.5), "slow": {**recipe(2.0, 0.5), "packaged": False}},
+               "timing_rounds": 6, "recipes": {"fast": recipe(3.3, 0.5), "slow": {**recipe(2.0, 0.5), "packaged": False}}, "arm_notes": {},
                "environment": {"threads": 2, "cpu": {"model": "EPYC", "isa": {"avx2": True}}},
                "compute": {"macs_per_sample": 5.6e8, "gemm_peak_gmacs": {"fp32": {"best": 90.0}, "int8": {"best": 300.0}}}}
     lines = sweep.render_sweep(summary).splitlines()
@@ -154,6 +154,10 @@ def test_render_sweep_marks_the_best_recipe_and_missed_goals():
                                                                       "| slow | 89.90 (-0.10) | 90.50 (-0.50) |"]
     note = next(line for line in lines if line.startswith("Goals"))
     assert "‡ The package stage cannot build the artifact" in note and "‡ included, the best is slow" in note
+    # an ARM-oriented backend (Quantizer.arm_note) is marked in its rows and explained once
+    lines = sweep.render_sweep({**summary, "arm_notes": {"fbgemm": "tuned for NEON"}}).splitlines()
+    assert sum(line.startswith("| **fast** | fbgemm † |") or line.startswith("| slow ‡ | fbgemm † |") for line in lines) == 2
+    assert lines.count("† tuned for NEON.") == 1
 
 def test_disagreement_is_loud_when_params_quantize_is_not_the_best():
     chosen, other = QuantizeParams(backend="onnxruntime", observer="minmax"), QuantizeParams(backend="fbgemm")

@@ -25,8 +25,6 @@ MAX_TIE_BAND = 0.15  # however noisy the rounds, a recipe 15% slower than the be
 # A convolution as each runtime names it: ONNX Runtime (Conv, QLinearConv, FusedConv, ConvInteger), OpenVINO
 # (Convolution, GroupConvolution), XNNPACK (Convolution), TorchScript (quantized::conv2d, quantized::conv2d_relu).
 CONVOLUTION = re.compile(r"(?i)(?:\w+::)?(?:qlinear|fused|group)?conv(?:olution|integer|2d)?(?:_relu)?")
-# Backends built for ARM CPUs: their rows are timed on the x86 machine the sweep runs on, and say so.
-ARM_ORIENTED = {"executorch": "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"}
 
 
 def judged_quality(int8: dict, fp32: dict, size_mb: dict) -> dict[str, Any]:
@@ -120,18 +118,19 @@ def best_recipe(rows: dict[str, dict], packaged_only: bool = True) -> Choice:
     ), band)
 
 
-def sweep_summary(results: dict[str, dict], timing: dict, reference: dict, packaged: set[str]) -> dict[str, Any]:
+def sweep_summary(results: dict[str, dict], timing: dict, reference: dict, packaged: set[str],
+                  arm_notes: dict[str, str]) -> dict[str, Any]:
     """Every recipe's row and the best recipe, chosen by :func:`best_recipe` (no test data involved), among
     the recipes named in ``packaged`` (those whose file the package stage can build an artifact from); and
     the best of all recipes measured, packaged or not, so that a faster runtime the artifact cannot carry yet
-    stays in sight."""
+    stays in sight. ``arm_notes``: backend -> why its speed on this x86 machine is not ARM's (``Quantizer.arm_note``)."""
     floor_ms = timing["floor_ms"]["int8"]
     rows = {name: sweep_row({**result, "name": name}, timing, reference, floor_ms, name in packaged)
             for name, result in results.items()}
     choice = best_recipe(rows)
     return {"goals": SWEEP_GOALS, "best": choice.name, "best_rule": choice.rule,
             "best_measured": best_recipe(rows, packaged_only=False).name, "tie_band": choice.tie_band,
-            "recipes": rows, "compute": {k: timing[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
+            "recipes": rows, "arm_notes": arm_notes, "compute": {k: timing[k] for k in ("macs_per_sample", "gemm_peak_gmacs")},
             "timing_rounds": timing["rounds"], "environment": timing["environment"]}
 
 
@@ -154,7 +153,7 @@ def disagreement(quantize: dict[str, Any], summary: dict) -> str | None:
 
 
 def render_sweep(summary: dict[str, Any]) -> str:
-    goals, rows = summary["goals"], summary["recipes"]
+    goals, rows, arm_notes = summary["goals"], summary["recipes"], summary["arm_notes"]
     mark = lambda ok: "" if ok else " ✗"  # noqa: E731
     header = ["recipe", "backend", "size MB (x smaller)", "INT8 batch-1 ms", "fastest FP32 ms (path)",
               "speed-up (spread)", "x compute floor", "INT8 images/s", "val top-1 FP32 → INT8",
@@ -164,7 +163,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         m = r["meets"]
         recipe_rows.append([
             (f"**{name}**" if name == summary["best"] else name) + ("" if r["packaged"] else " ‡"),
-            f"{r['backend']} †" if r["backend"] in ARM_ORIENTED else r["backend"],
+            f"{r['backend']} †" if r["backend"] in arm_notes else r["backend"],
             f"{r['size_mb']:.2f} ({r['size_ratio']:.2f}x{mark(m['size_ratio'])})",
             f"{r['latency_ms']:.3f}",
             f"{r['fastest_fp32_latency_ms']:.3f} ({r['fastest_fp32_path'].removeprefix('fp32_')})",
@@ -188,7 +187,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         "",
         table(header, recipe_rows),
         "",
-        *(f"† {note}.\n" for backend, note in ARM_ORIENTED.items() if any(r["backend"] == backend for r in rows.values())),
+        *(f"† {note}.\n" for note in arm_notes.values()),
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
@@ -215,7 +214,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_backend_profiles(timing: dict[str, Any]) -> str:
+def render_backend_profiles(timing: dict[str, Any], arm_notes: dict[str, str]) -> str:
     """Where each backend's batch-1 time goes (``timing["profiles"]``, from
     :func:`edgeml.bench.suite.profile_backends`): its fastest recipe's time against the INT8 compute floor, and
     the profiled run's shares: convolution kernels, other kernels, the time outside them; with the convolutions' kernels."""
@@ -225,7 +224,7 @@ def render_backend_profiles(timing: dict[str, Any]) -> str:
     rows = []
     for backend, p in timing["profiles"].items():
         latency = timing["recipes"][p["recipe"]]["latency_ms"]
-        row = [f"{backend}{' †' if backend in ARM_ORIENTED else ''} ({p['recipe']})", f"{latency:.3f} ({latency / floor:.1f}x)"]
+        row = [f"{backend}{' †' if backend in arm_notes else ''} ({p['recipe']})", f"{latency:.3f} ({latency / floor:.1f}x)"]
         if not p["profiler"]:
             rows.append(row + [f"not profiled: no profiler for its {p['file'].rsplit('.', 1)[-1]} file here", "", "", "", ""])
             continue
@@ -242,7 +241,7 @@ def render_backend_profiles(timing: dict[str, Any]) -> str:
         "",
         table(header, rows),
         "",
-        *(f"† {note}.\n" for backend, note in ARM_ORIENTED.items() if backend in timing["profiles"]),
+        *(f"† {note}.\n" for backend, note in arm_notes.items() if backend in timing["profiles"]),
         f"Each backend's fastest recipe in the sweep's timing run: its batch-1 latency there, and its multiple of the INT8 "
         f"compute floor ({floor:.3f} ms). Then, after the timing, its own profiler: ONNX Runtime's profiler, OpenVINO's "
         "performance counters, ExecuTorch's ETDump (XNNPACK's operators), torch.profiler for TorchScript. Shares are of "

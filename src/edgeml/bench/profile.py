@@ -6,7 +6,7 @@ kernel implementation it ran (which shows whether convolutions ran as INT8 kerne
 ExecuTorch: each XNNPACK operator's time from the program's ETDump (ExecuTorch's event tracer), per
 operator type, with its kernel (layout, precision, algorithm), the delegate's and runtime's time between
 operators, and the Python call around ``Method::execute``. TorchScript (fbgemm, qnnpack): each operator the
-script calls, from ``torch.profiler``. :data:`PROFILERS` names each backend's profiler.
+script calls, from ``torch.profiler``. Each backend names its profiler (``Quantizer.profiler``; :func:`profiler`).
 
 Each model is opened by the project's own ``ort_session`` / ``openvino_compiled`` with the bench's
 settings plus profiling, so what is profiled is what the bench times. Profiling itself costs time per
@@ -25,7 +25,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import onnx
@@ -311,12 +311,9 @@ def _outermost_operators(event: Any) -> list[Any]:
     return found
 
 
-# Each quantization backend's profiler. pt2e_x86 has none: its file runs as a torch.compile program, whose
-# Inductor-generated kernels torch.profiler does not record as operators.
-PROFILERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "onnxruntime": profile_onnx,
-    "openvino": profile_openvino,
-    "executorch": profile_executorch,
-    "fbgemm": functools.partial(profile_torchscript, engine="fbgemm"),
-    "qnnpack": functools.partial(profile_torchscript, engine="qnnpack"),
-}
+def profiler(backend: str) -> Optional[Callable[..., dict[str, Any]]]:
+    """The profiler of ``backend``'s files (``Quantizer.profiler``, a function of this module), or None."""
+    from edgeml.quantization import quantizer_class
+
+    cls = quantizer_class(backend)
+    return functools.partial(globals()[cls.profiler], **cls.profiler_options) if cls.profiler else None

@@ -17,7 +17,7 @@ from edgeml.bench import cpu as cpu_timing
 from edgeml.bench import environment as host
 from edgeml.bench import gpu as gpu_timing
 from edgeml.bench import loadtest, roofline
-from edgeml.bench.profile import PROFILERS, profile_onnx, profile_openvino
+from edgeml.bench.profile import profile_onnx, profile_openvino, profiler
 from edgeml.data.splits import load_arrays
 from edgeml.io import read_json
 from edgeml.model.resnet import load_checkpoint, parameter_count
@@ -133,7 +133,7 @@ def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str
 
 def profile_backends(params: Params, int8: Mapping[str, Path], timed: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """Where each backend's batch-1 time goes: its fastest recipe (by ``timed`` latency) profiled by the backend's
-    profiler (:data:`edgeml.bench.profile.PROFILERS`), after the timing, so profiling never disturbs it; a
+    profiler (``Quantizer.profiler``), after the timing, so profiling never disturbs it; a
     backend without one says so (``profiler: null``)."""
     by_backend: dict[str, list[str]] = {}
     for name, recipe in params.sweep.recipes.items():
@@ -141,8 +141,7 @@ def profile_backends(params: Params, int8: Mapping[str, Path], timed: Mapping[st
     profiles: dict[str, Any] = {}
     for backend, names in by_backend.items():
         fastest = min(names, key=lambda name: timed[name]["latency_ms"])
-        profiler = PROFILERS.get(backend)
-        measured = profiler(int8[fastest], params.bench.threads, params.bench.runs, params.bench.warmup) if profiler else {}
-        name = getattr(profiler, "func", profiler).__name__ if profiler else None  # a functools.partial names its function
-        profiles[backend] = {"recipe": fastest, "file": int8[fastest].name, "profiler": name} | measured
+        profile = profiler(backend)
+        measured = profile(int8[fastest], params.bench.threads, params.bench.runs, params.bench.warmup) if profile else {}
+        profiles[backend] = {"recipe": fastest, "file": int8[fastest].name, "profiler": profile.func.__name__ if profile else None} | measured
     return profiles

@@ -11,7 +11,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from edgeml.model.inference import normalize
 from edgeml.params import ParamsError, QuantizeParams
+from edgeml.runtime.artifact import PACKAGED_SUFFIXES
 
 
 INT8_DOT_PRODUCT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # CPU flags of int8 dot-product instructions
@@ -37,16 +38,32 @@ def has_int8_dot_product() -> bool:
 
 
 class Quantizer(ABC):
-    """prepare -> (QAT) -> calibrate -> convert -> export; :meth:`run` chains them."""
+    """prepare -> (QAT) -> calibrate -> convert -> export; :meth:`run` chains them.
+
+    Everything the rest of the project needs to know about a backend is declared here, once: its
+    options, file format, runtime, profiler and whether its speed on this machine is representative.
+    The package stage and the runtime read the format (:data:`edgeml.runtime.artifact.PACKAGED_SUFFIXES`),
+    the bench its profiler, the sweep its ARM note, and ``edgeml backends`` and the docs all of it."""
 
     name: ClassVar[str]
-    suffix: ClassVar[str]  # of the deployable file: .pt (TorchScript), .pt2 (torch.export), .onnx
+    summary: ClassVar[str]  # what it is, in one line
+    suffix: ClassVar[str]  # of the deployable file: .pt (TorchScript), .pt2 (torch.export), .onnx, .xml, .pte
+    file_format: ClassVar[str]  # the deployable file, in words
+    runtime: ClassVar[str]  # the Python package its files run on
+    profiler: ClassVar[Optional[str]] = None  # the function of edgeml.bench.profile that profiles its files
+    profiler_options: ClassVar[dict[str, Any]] = {}
+    arm_note: ClassVar[Optional[str]] = None  # ARM-oriented backends: why their speed on x86 is not ARM's
     observers: ClassVar[tuple[str, ...]]
     activations: ClassVar[tuple[str, ...]] = ("uint8",)  # the first is the backend's best: what "auto" resolves to
     # reduce_range "auto": on (7-bit) where the backend's kernels could overflow without an int8 dot product
     # instruction; off where they cannot (VNNI, AMX, ARM dot product) or where the backend has no reduced range
     reduce_range_without_dot_product: ClassVar[bool] = True
     supports_qat: ClassVar[bool] = False
+
+    @classmethod
+    def packageable(cls) -> bool:
+        """Whether the package stage can build the artifact from its files (the runtime runs their format)."""
+        return cls.suffix in PACKAGED_SUFFIXES
 
     def __init__(self, params: QuantizeParams):
         params = self.resolve(params)

@@ -35,6 +35,9 @@ class EagerQuantizer(Quantizer):
     """fbgemm / qnnpack kernels through ``torch.ao.quantization``; QAT from the FP32 checkpoint."""
 
     suffix = ".pt"
+    file_format = "TorchScript `.pt`"
+    runtime = "torch"
+    profiler = "profile_torchscript"
     observers = tuple(ACTIVATION_OBSERVERS)
     supports_qat = True
 
@@ -128,12 +131,17 @@ class Fbgemm(EagerQuantizer):
     """x86 server/desktop CPUs."""
 
     name = "fbgemm"
+    summary = "PyTorch eager static quantization, x86 kernels (torchvision's recipe: fuse, prepare, calibrate, convert)"
+    profiler_options = {"engine": "fbgemm"}
 
 
 class Qnnpack(EagerQuantizer):
     """ARM edge CPUs (runs on x86 too, slower)."""
 
     name = "qnnpack"
+    summary = "the same for ARM edge CPUs (runs on x86 too, slowly)"
+    profiler_options = {"engine": "qnnpack"}
+    arm_note = "ARM-oriented (QNNPACK, PyTorch's ARM engine), measured on x86: its speed here is not ARM's"
     reduce_range_without_dot_product = False  # QNNPACK's kernels accumulate in int32: no reduced range needed
 
 

@@ -44,7 +44,14 @@ HEAD_METHODS = ("head_weight", "head_bias")  # constant methods: the classifier,
 
 class ExecuTorchQuantizer(Quantizer):
     name = "executorch"
+    summary = ("ExecuTorch with its XNNPACK quantizer (`torch.export`, PT2E, lowered to the XNNPACK delegate), the runtime "
+               "of ARM phones and boards; not packaged: its Python runtime comes only in the `executorch` wheel, which "
+               "requires torch (a device would use ExecuTorch's C++ runtime, outside this project)")
     suffix = ".pte"
+    file_format = "ExecuTorch program `.pte`"
+    runtime = "executorch"
+    profiler = "profile_executorch"
+    arm_note = "ARM-oriented (ExecuTorch XNNPACK, tuned for NEON), measured on x86: its speed here is not ARM's"
     observers = tuple(ACTIVATION_OBSERVERS)
     activations = ("int8",)
     reduce_range_without_dot_product = False  # XNNPACK accumulates in int32: full range everywhere

@@ -71,7 +71,11 @@ class _Batches(CalibrationDataReader):
 
 class OnnxRuntimeQuantizer(Quantizer):
     name = "onnxruntime"
+    summary = "ONNX Runtime static quantization, QDQ format (int8: integer kernels on x86 through `session.qdqisint8allowed`)"
     suffix = ".onnx"
+    file_format = "ONNX `.onnx`"
+    runtime = "onnxruntime"
+    profiler = "profile_onnx"
     observers = tuple(CALIBRATION)
     activations = tuple(ACTIVATION_TYPES)
 

@@ -67,7 +67,12 @@ class PreparedOpenVino:
 
 class OpenVinoQuantizer(Quantizer):
     name = "openvino"
+    summary = ("OpenVINO with NNCF post-training quantization (`nncf.quantize` on the model `openvino.convert_model` "
+               "made from `torch.export`), the runtime of x86 edge boxes")
     suffix = ".xml"  # the IR's graph; its weights are the .bin beside it
+    file_format = "OpenVINO IR `.xml` + `.bin` (sizes count both)"
+    runtime = "openvino"
+    profiler = "profile_openvino"
     observers = tuple(RANGES)
     activations = tuple(PRESETS)
 

@@ -53,7 +53,10 @@ def export_program(model: nn.Module, example: torch.Tensor, max_batch: int = 655
 
 class PT2EX86Quantizer(Quantizer):
     name = "pt2e_x86"
+    summary = "`torch.export` + torchao's X86 Inductor quantizer; Inductor compiles it to oneDNN INT8 kernels on load"
     suffix = ".pt2"
+    file_format = "torch.export `.pt2`"
+    runtime = "torch"  # no profiler: torch.profiler does not record Inductor's generated kernels as operators
     observers = tuple(ACTIVATION_OBSERVERS)
 
     def config(self) -> x86.QuantizationConfig:
