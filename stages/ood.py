@@ -21,9 +21,9 @@ def main() -> None:
     torch.set_num_threads(ood.threads)
     reference_choices, reference = read_json(paths.FP32_OOD_CHOICES), read_json(paths.FP32_OOD_METRICS)
     gradients = GradientSigns.load(paths.ODIN_GRADIENTS, load_checkpoint(paths.FP32))
-    models = deployed_paths(backend, paths.DEPLOY)
+    int8 = deployed_paths(backend, paths.DEPLOY)[QUANTIZED]
     with atomic_dir(paths.SCORES) as out:
-        choices, views = score_quantized(ood, models[QUANTIZED], models[REFERENCE], backend, reference_choices, gradients,
+        choices, views = score_quantized(ood, int8, backend, reference_choices, paths.FP32_OOD, gradients,
                                          ImageSets.load(ood), out)
     write_json(paths.metrics("detectors"), {REFERENCE: reference_choices, QUANTIZED: choices})
     write_json(paths.metrics("ood"), reference | views)

@@ -21,7 +21,8 @@ from edgeml.data.splits import load_arrays
 from edgeml.io import write_npz
 from edgeml.model.inference import predict_logits
 from edgeml.model.resnet import load_checkpoint, save_checkpoint
-from edgeml.ood.experiment import REFERENCE, ImageSets, score_quantized, score_reference
+from edgeml.ood import protocol
+from edgeml.ood.experiment import REFERENCE, ImageSets, ModelEvidence, score_quantized, score_reference
 from edgeml.ood.detectors import GradientSigns, detector_class
 from edgeml.package import check_artifact, choose_detector, fp32_acceptance, package_int8
 from edgeml.params import (
@@ -102,7 +103,7 @@ def experiment(deployed, arrays, sets, out: Path, ood: OODParams = OOD, gradient
     if gradients_file is not None:
         gradients.save(gradients_file)
         gradients = GradientSigns.load(gradients_file, NoBackward())
-    choices, views = score_quantized(ood, deployed["int8"], deployed["fp32"], BACKEND, fp32_choices, gradients, images, out)
+    choices, views = score_quantized(ood, deployed["int8"], BACKEND, fp32_choices, out, gradients, images, out)
     return ({"fp32": fp32_choices, "int8": choices},
             {"id_split": images.split_record(ood), "perturbation_images": ood.perturbation_images, "fp32": fp32_metrics} | views)
 
@@ -122,6 +123,20 @@ def test_odin_directions_pass_between_the_two_ood_stages_exactly(deployed, array
     for name in ("fp32_odin.npz", "int8_odin.npz"):
         a, b = load_arrays(tmp_path / "handed" / name), load_arrays(tmp_path / "shared" / name)
         assert all(np.array_equal(a[key], b[key]) for key in a), name
+
+
+def test_the_fp32_twin_is_scored_with_the_int8_models_choice_of_a_grid(deployed, arrays, tmp_path):
+    """The ood_fp32 stage scores every setting a carriable detector tried; the ood stage hands on the one the
+    INT8 model chose, which must equal the FP32 model fitted and scored with that setting afresh."""
+    react = dataclasses.replace(OOD, detectors=["react"], search={"react": {"percentile": [0.5, 0.7, 0.9]}})
+    choices, _ = experiment(deployed, arrays, ood_images(0), tmp_path / "scores", react)
+    chosen = choices["int8"]["react"]["chosen"]
+    images = ImageSets.build(react, arrays, ood_images(0), (np.arange(24), arrays["val_x"]))
+    fp32 = ModelEvidence.of(react, deployed["fp32"], GradientSigns(NoBackward()), images)
+    fresh = protocol.score_sets(protocol.fitted("react", chosen, fp32.context, fp32.fit, images.fit_labels), "react", fp32.test, None, 0)
+    twin = load_arrays(tmp_path / "scores" / "fp32_int8_settings_react.npz")
+    assert set(twin) == set(fresh) and all(np.array_equal(twin[key], fresh[key]) for key in fresh)
+    assert len(list((tmp_path / "scores" / "by_setting").glob("fp32_react_*.npz"))) == 3
 
 
 def test_gradient_signs_round_trip_with_their_zeros(tmp_path):

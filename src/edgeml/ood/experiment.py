@@ -10,6 +10,7 @@ artifact carries)."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -117,24 +118,39 @@ def _score(ood: OODParams, model_name: str, evidence: ModelEvidence, sets: Image
     return choices, views
 
 
+def by_setting(folder: Path, detector: str, index: int) -> Path:
+    """The reference model's scores with the ``index``-th setting its choice tried for ``detector``."""
+    return folder / "by_setting" / f"{REFERENCE}_{detector}_{index}.npz"
+
+
 def score_reference(ood: OODParams, path: Path, gradients: GradientSigns, sets: ImageSets,
                     out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
     """The FP32 deployable file ``path``: (its detector choices, its metrics per detector); scores in ``out``.
-    ``gradients`` (the FP32 twin's) keeps every ODIN direction computed, for :meth:`GradientSigns.save`."""
-    choices, views = _score(ood, REFERENCE, ModelEvidence.of(ood, path, gradients, sets), sets, out)
+    ``gradients`` (the FP32 twin's) keeps every ODIN direction computed, for :meth:`GradientSigns.save`.
+    For each carriable detector, also its scores with every setting tried (:func:`by_setting`): whichever
+    the INT8 model chooses, its FP32 twin is then already scored, and a quantization experiment runs no
+    FP32 forward pass."""
+    evidence = ModelEvidence.of(ood, path, gradients, sets)
+    choices, views = _score(ood, REFERENCE, evidence, sets, out)
+    for name in ood.detectors:
+        if detector_class(name).carriable:
+            for index, (setting, _) in enumerate(choices[name]["tried"]):
+                write_npz(by_setting(out, name, index), **_scored(ood, name, setting, evidence, sets))
     return choices, views[REFERENCE]
 
 
-def score_quantized(ood: OODParams, path: Path, reference_path: Path, backend: str, reference_choices: Mapping[str, dict],
+def score_quantized(ood: OODParams, path: Path, backend: str, reference_choices: Mapping[str, dict], reference_out: Path,
                     gradients: GradientSigns, sets: ImageSets, out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
     """The INT8 deployable file ``path``: (its detector choices, {view: metrics}) for its own choices and
-    the reference model's. Also writes the reference (FP32) file ``reference_path`` scored with the INT8
-    model's choices of each carriable detector, ``out/<REFERENCE>_<QUANTIZED>_settings_<detector>.npz``:
-    the package stage compares what the artifact accepts with this twin, so a difference there is
-    quantization's, not a different setting's (e.g. ViM's dim chosen 128 on FP32 and 96 on INT8)."""
+    the reference model's (``reference_choices``, whose scores :func:`score_reference` wrote in
+    ``reference_out``). Also writes the reference (FP32) model scored with the INT8 model's choice of each
+    carriable detector, ``out/<REFERENCE>_<QUANTIZED>_settings_<detector>.npz``: the package stage compares
+    what the artifact accepts with this twin, so a difference there is quantization's, not a different
+    setting's (e.g. ViM's dim chosen 128 on FP32 and 96 on INT8)."""
     choices, views = _score(ood, QUANTIZED, ModelEvidence.of(ood, path, gradients, sets, backend), sets, out, reference_choices)
-    twin = ModelEvidence.of(ood, reference_path, gradients, sets)
     for name in ood.detectors:
         if detector_class(name).carriable:
-            write_npz(out / f"{REFERENCE}_{QUANTIZED}_settings_{name}.npz", **_scored(ood, name, choices[name]["chosen"], twin, sets))
+            tried = [setting for setting, _ in reference_choices[name]["tried"]]
+            shutil.copyfile(by_setting(reference_out, name, tried.index(choices[name]["chosen"])),
+                            out / f"{REFERENCE}_{QUANTIZED}_settings_{name}.npz")
     return choices, views
