@@ -8,7 +8,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edgeml.quantization import catalog
 from edgeml.reporting import review
 from edgeml.runtime import cli as runtime_cli
 
@@ -18,14 +17,18 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     runtime_cli.add_parser(commands)
     review.add_parser(commands)
-    catalog.add_parser(commands)
+    backends = commands.add_parser("backends", help="every quantization backend: its options, file, runtime, and what works here")
+    backends.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"review": review.run, "backends": catalog.run}
-    return commands.get(args.command, runtime_cli.run_predict)(args)
+    if args.command == "backends":  # imported here: torch comes with it, and `edgeml predict` must run without
+        from edgeml.quantization import catalog
+
+        return catalog.run(args)
+    return review.run(args) if args.command == "review" else runtime_cli.run_predict(args)
 
 
 if __name__ == "__main__":

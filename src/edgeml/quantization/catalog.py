@@ -49,12 +49,6 @@ def markdown(backends: list[dict[str, Any]]) -> str:
     return table(HEADER, rows) + "\n"
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("backends", help="every quantization backend: its options, file, runtime, and what works here",
-                                 description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
-
-
 def run(args: argparse.Namespace) -> int:
     backends = describe_all()
     print(json.dumps(backends, indent=2) if args.json else markdown(backends), end="" if not args.json else "\n")
