@@ -129,10 +129,11 @@ def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: in
     op type's kernel implementations."""
     import openvino as ov
 
-    compiled = openvino_compiled(path, threads, profiling=True)
-    profiled, plain = compiled.create_infer_request(), openvino_compiled(path, threads).create_infer_request()
+    model = ov.Core().read_model(str(path))
+    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]  # batch 1, static, as deployed
+    compiled = openvino_compiled(model, threads, profiling=True, shape=shape)
+    profiled, plain = compiled.create_infer_request(), openvino_compiled(model, threads, shape=shape).create_infer_request()
     executed = {op.get_friendly_name() for op in compiled.get_runtime_model().get_ops()}
-    shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
     feed = {0: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
     def profiled_run() -> dict[str, Any]:
@@ -150,7 +151,7 @@ def profile_openvino(path: str | Path, threads: int, runs: int = 200, warmup: in
     for node in _kernel_nodes(profiled.profiling_info, executed):
         ran[node.node_type] += 1
         kernels[node.node_type][node.exec_type] += 1
-    ops = Counter(op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result"))
+    ops = Counter(op.get_type_name() for op in model.get_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result"))
     executor_parts = ("between_kernels_ms", "outside_executor_ms")  # ORT's; the plugin reports nodes only
     return {k: v for k, v in summarize(counted).items() if k not in executor_parts} | {
         "unprofiled_ms": 1e3 * statistics.median(seconds),

@@ -50,7 +50,7 @@ from torch import nn
 from edgeml.io import atomic_path
 from edgeml.model.inference import WithFeatureMap
 from edgeml.quantization.base import Quantizer, linear_head, normalized_batches
-from edgeml.runtime.runners import openvino_compiled
+from edgeml.runtime.runners import OpenVinoCalls
 
 INPUT, OUTPUTS = "input", ("logits", "features", "feature_map")
 RANGES = {"minmax": RangeEstimatorParametersSet.MINMAX, "histogram": RangeEstimatorParametersSet.HISTOGRAM}
@@ -81,7 +81,8 @@ class OpenVinoQuantizer(Quantizer):
         batch = torch.export.Dim("batch", max=65536)
         program = torch.export.export(WithFeatureMap(model).eval(), (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
         converted = ov.convert_model(program)
-        converted.reshape([-1, 3, 32, 32])  # static image size, as the ONNX files have: faster CPU kernels
+        converted.reshape([-1, 3, 32, 32])  # static image size, as the ONNX files have; the batch stays dynamic
+        # (OpenVinoModule compiles a static batch-1 copy for single images)
         converted.inputs[0].get_tensor().set_names({INPUT})
         for output, name in zip(converted.outputs, OUTPUTS):
             output.get_tensor().set_names({name})
@@ -168,17 +169,15 @@ def _constant(value: ov.Output) -> np.ndarray:
 
 class OpenVinoModule(nn.Module):
     """An OpenVINO CPU model behind the ``nn.Module`` call the pipeline uses (tensor in, tensors out), compiled
-    as the runtime compiles an artifact (:func:`edgeml.runtime.runners.openvino_compiled`); threads default to
-    torch's current setting, so one ``torch.set_num_threads`` governs every backend. One infer request: call
-    it from one thread at a time."""
+    and called as the runtime calls an artifact (:class:`edgeml.runtime.runners.OpenVinoCalls`: static batch 1,
+    zero-copy); threads default to torch's current setting, so one ``torch.set_num_threads`` governs every
+    backend. Call it from one thread at a time."""
 
     def __init__(self, path: str | Path, threads: Optional[int] = None):
         super().__init__()
         self.path = Path(path)
-        self.compiled = openvino_compiled(self.path, threads or torch.get_num_threads())
-        self.request = self.compiled.create_infer_request()
+        self.calls = OpenVinoCalls(ov.Core().read_model(str(self.path)), threads or torch.get_num_threads(), [1, 3, 32, 32])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        results = self.request.infer({0: images.detach().float().contiguous().numpy()}, share_inputs=True, share_outputs=False)
-        outputs = [torch.from_numpy(results[output]) for output in self.compiled.outputs]
+        outputs = [torch.from_numpy(output) for output in self.calls(images.detach().float().contiguous().numpy())]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -214,7 +214,7 @@ class EdgeModel:
                 info = _ir_info(path)
                 metadata = _parse_metadata(path, info.get(METADATA))
                 _check_ir_weights(path, info.get(IR_WEIGHTS_SHA256))
-                runner = OpenVinoRunner(path, threads)
+                runner = OpenVinoRunner(path, threads, IMAGE_SIZE)
             else:
                 metadata = read_metadata(path)
                 if "backend" not in metadata:
