@@ -65,22 +65,27 @@ class CompiledProgram(nn.Module):
 
     Exported programs are always in inference mode and refuse ``train()``/``eval()``; here those
     are no-ops. Compiles with weight freezing (INT8 weights pre-packed once, quantize/dequantize
-    pairs fused into oneDNN INT8 kernels) on the first call."""
+    pairs fused into oneDNN INT8 kernels) on the first call of each kind: batch 1 as a static graph
+    with Inductor's C++ wrapper (no Python between kernels; measured here: 2.3 vs 3.0 ms with
+    ``dynamic=True`` and the Python wrapper), any other batch as one dynamic graph."""
 
     def __init__(self, program: torch.export.ExportedProgram):
         super().__init__()
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        self.__dict__["_compiled"] = torch.compile(program.module(), dynamic=True)  # not a child module
+        # not child modules: the program holds the weights
+        self.__dict__["_single"] = torch.compile(program.module(), dynamic=False, options={"cpp_wrapper": True})
+        self.__dict__["_batched"] = torch.compile(program.module(), dynamic=True)
 
     def train(self, mode: bool = True) -> "CompiledProgram":
         return self
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        compiled = self._single if len(inputs[0]) == 1 else self._batched
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self._compiled(*inputs)
+            return compiled(*inputs)
 
 
 class OnnxModule(nn.Module):
