@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from edgeml.bench.isolated import Load, Workers
 from edgeml.cli import main
 from edgeml.data.readers import CIFAR10_CLASSES
 from edgeml.model.inference import predict_logits
@@ -85,6 +86,28 @@ def test_artifact_round_trips(artifact, float_model_and_images):
     records = loaded.predict_images(images.permute(0, 2, 3, 1).numpy())
     assert [r["class"] for r in records] == [CIFAR10_CLASSES[k] for k in probs.argmax(1)]
     assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()
+
+
+def test_single_images_give_what_a_batch_gives(artifact, float_model_and_images):
+    """Batch-1 calls run a separately compiled graph (OpenVINO: static, zero-copy; pt2e: static, C++ wrapper)."""
+    path, _, _ = artifact
+    loaded = EdgeModel.load(path.parent)
+    nhwc = float_model_and_images[1].permute(0, 2, 3, 1).numpy()[:8]  # a strided view, as callers may pass
+    batched = loaded.runner(nhwc)
+    singles = [loaded.runner(nhwc[i : i + 1]) for i in range(len(nhwc))]
+    for output, name in ((0, "probabilities"), (1, "scores")):
+        np.testing.assert_allclose(np.concatenate([s[output] for s in singles]), batched[output], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_bench_times_the_artifact_as_called_and_bare(artifact):
+    """The bench's two timing workers for the packaged model load and run it (the bare call for OpenVINO IR only)."""
+    path, _, _ = artifact
+    loads = {"artifact": Load("edgeml.bench.isolated:artifact", {"path": str(path), "threads": 1})}
+    if path.suffix == ".xml":
+        loads["bare"] = Load("edgeml.bench.isolated:bare_openvino", {"path": str(path), "threads": 1})
+    with Workers(loads) as workers:
+        for worker in workers.values():
+            assert all(s > 0 for s in worker.samples(batch=1, settle=1, runs=2) + worker.samples(batch=4, settle=0, runs=1))
 
 
 def test_cli_on_a_mixed_folder(artifact, tmp_path, capsys):

@@ -11,6 +11,7 @@ import torch
 
 from edgeml import sweep
 from edgeml.bench import cpu as cpu_timing
+from edgeml.bench.isolated import InProcess
 from edgeml.params import QuantizeParams
 
 
@@ -108,10 +109,10 @@ class SimulatedMachine:
     def clock(self) -> float:
         return self.now
 
-    def model(self, cost_s: float):
+    def model(self, cost_s: float) -> InProcess:
         def run(x: torch.Tensor) -> None:
             self.now += cost_s * len(x) * self.rng.uniform(1 - self.noise, 1 + self.noise)
-        return run
+        return InProcess(run, lambda batch: torch.zeros(batch, 3, 32, 32), self.clock)
 
 
 def test_two_sweeps_on_the_same_machine_choose_the_same_recipe():
@@ -123,8 +124,7 @@ def test_two_sweeps_on_the_same_machine_choose_the_same_recipe():
         machine = SimulatedMachine(seed)
         fp32 = {"fp32_wide": machine.model(16e-3)}
         int8 = {"twin_a": machine.model(1e-3), "twin_b": machine.model(1e-3), "slow": machine.model(2e-3)}
-        timing = cpu_timing.time_recipes(fp32, int8, threads=1, warmup=3, rounds=8, block=10, batch_size=4, batch_runs=2,
-                                         clock=machine.clock)
+        timing = cpu_timing.time_recipes(fp32, int8, warmup=3, rounds=8, block=10, batch_size=4, batch_runs=2)
         assert len(timing["recipes"]["twin_a"]["speedup_rounds"]) == 8
         assert timing["recipes"]["slow"]["speedup"] == pytest.approx(8.0, rel=0.2)  # the simulated truth is measured
         rows = {n: {**row(t["speedup"], quality[n]), "speedup_spread": t["speedup_spread"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -11,82 +12,67 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from edgeml.bench.isolated import Timer, latency_stats_ms
 from edgeml.model.inference import normalize
 
 if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
     from edgeml.ood.detectors import Detector
 
 
-@torch.no_grad()
 def latency_rounds_s(
-    models: dict[str, Callable[[torch.Tensor], object]], example: torch.Tensor, warmup: int, rounds: int,
-    block: int = 50, settle: int = 10, clock: Callable[[], float] = time.perf_counter,
+    timers: Mapping[str, Timer], batch: int, warmup: int, rounds: int, block: int = 50, settle: int = 10,
 ) -> dict[str, list[list[float]]]:
-    """Seconds per forward of each model on ``example``: ``rounds`` rounds of ``block`` timed runs each.
+    """Seconds per forward of each model at ``batch``: ``rounds`` rounds of ``block`` timed runs each.
 
-    The models take turns within every round, so drift in machine load hits all of them alike. Each
-    block starts with ``settle`` untimed runs: the previous model's thread pool (ONNX Runtime's
-    spinning workers, OpenMP's) lingers for a few runs and would otherwise be charged to this one
-    (measured here: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT). ``clock``: seconds now
-    (tests pass a simulated one, so the decision logic above the timings is tested without timing)."""
-    for model in models.values():
-        for _ in range(warmup):
-            model(example)
-    times: dict[str, list[list[float]]] = {name: [] for name in models}
-    for _ in tqdm(range(rounds), desc=f"latency batch {len(example)}", leave=False):
-        for name, model in models.items():
-            for _ in range(settle):
-                model(example)
-            samples = []
-            for _ in range(block):
-                start = clock()
-                model(example)
-                samples.append(clock() - start)
-            times[name].append(samples)
+    The models take turns within every round, so drift in machine load hits all of them alike; each is
+    timed in its own process (:class:`edgeml.bench.isolated.InOwnProcess`), so none runs beside another's
+    thread pool. Each block starts with ``settle`` untimed runs: the previous model's threads (ONNX
+    Runtime's spinning workers, OpenMP's) linger for a few runs and would otherwise be charged to this one
+    (measured here in one process: TorchScript FP32 2.3 ms alone, up to 6 ms right after ORT)."""
+    for timer in timers.values():
+        timer.samples(batch, 0, warmup)
+    times: dict[str, list[list[float]]] = {name: [] for name in timers}
+    for _ in tqdm(range(rounds), desc=f"latency batch {batch}", leave=False):
+        for name, timer in timers.items():
+            times[name].append(timer.samples(batch, settle, block))
     return times
 
 
 def cpu_latency_ms(
-    models: dict[str, nn.Module], example: torch.Tensor, warmup: int, runs: int, block: int = 50, settle: int = 10,
-    clock: Callable[[], float] = time.perf_counter,
+    timers: Mapping[str, Timer], batch: int, warmup: int, runs: int, block: int = 50, settle: int = 10,
 ) -> dict[str, float]:
-    """Median ms per forward of each model on ``example`` over about ``runs`` interleaved runs (:func:`latency_rounds_s`)."""
-    rounds = latency_rounds_s(models, example, warmup, -(-runs // block), block, settle, clock)
+    """Median ms per forward of each model at ``batch`` over about ``runs`` interleaved runs (:func:`latency_rounds_s`)."""
+    rounds = latency_rounds_s(timers, batch, warmup, -(-runs // block), block, settle)
     return {name: 1e3 * statistics.median(t for samples in r for t in samples) for name, r in rounds.items()}
 
 
 def time_recipes(
-    fp32: dict[str, Callable[[torch.Tensor], object]], int8: dict[str, Callable[[torch.Tensor], object]],
-    threads: int, warmup: int, rounds: int, block: int, batch_size: int, batch_runs: int,
-    clock: Callable[[], float] = time.perf_counter,
+    fp32: Mapping[str, Timer], int8: Mapping[str, Timer], warmup: int, rounds: int, block: int, batch_size: int,
+    batch_runs: int,
 ) -> dict[str, Any]:
-    """Batch-1 latency and batch-``batch_size`` throughput of every FP32 path and INT8 recipe, all in this
-    process, taking turns for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest
-    FP32 path, per round and overall, and its spread: the interquartile range of the per-round speed-ups over
+    """Batch-1 latency and batch-``batch_size`` throughput of every FP32 path and INT8 recipe, taking turns
+    for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest FP32 path (median over
+    median), per round and overall, and its spread: the interquartile range of the per-round speed-ups over
     their median (a robust spread: one round disturbed by another process does not set it)."""
-    torch.set_num_threads(threads)
-    models = {**fp32, **int8}
-    generator = torch.Generator().manual_seed(0)
-    single = torch.randn(1, 3, 32, 32, generator=generator)
-    batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
-    samples = latency_rounds_s(models, single, warmup, rounds, block, clock=clock)
+    timers = {**fp32, **int8}
+    samples = latency_rounds_s(timers, 1, warmup, rounds, block)
     round_ms = {name: [1e3 * statistics.median(r) for r in per_round] for name, per_round in samples.items()}
-    latency_ms = {name: 1e3 * statistics.median(t for r in per_round for t in r) for name, per_round in samples.items()}
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3, clock=clock)
-    cpu = {name: {"latency_ms": latency_ms[name], "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)}
-           for name in models}
-    fastest = min(fp32, key=lambda name: latency_ms[name])
+    stats = {name: latency_stats_ms([t for r in per_round for t in r]) for name, per_round in samples.items()}
+    batch_ms = cpu_latency_ms(timers, batch_size, max(2, warmup // 10), batch_runs, block=5, settle=3)
+    cpu = {name: {"latency_ms": stats[name]["median"], "latency_stats_ms": stats[name],
+                  "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)} for name in timers}
+    fastest = min(fp32, key=lambda name: cpu[name]["latency_ms"])
     recipes = {}
     for name in int8:
         per_round = [f / i for f, i in zip(round_ms[fastest], round_ms[name])]
         recipes[name] = {
             **cpu[name],
-            "speedup": latency_ms[fastest] / latency_ms[name],
+            "speedup": cpu[fastest]["latency_ms"] / cpu[name]["latency_ms"],
             "speedup_rounds": per_round,
             "speedup_spread": _iqr(per_round) / statistics.median(per_round),
         }
     return {"fp32": {name: cpu[name] for name in fp32}, "fastest_fp32_path": fastest, "recipes": recipes,
-            "rounds": rounds, "runs_per_round": block}
+            "rounds": rounds, "runs_per_round": block, "timed": "each model in its own process, taking turns"}
 
 
 def _iqr(values: list[float]) -> float:
@@ -145,22 +131,14 @@ def file_size_mb(path: str | Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def bench_cpu(
-    models: dict[str, nn.Module], threads: int, warmup: int, runs: int, batch_size: int, batch_runs: int
-) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (ms/sample) and throughput (images/s at ``batch_size``) per model."""
-    torch.set_num_threads(threads)
-    generator = torch.Generator().manual_seed(0)
-    # Plain contiguous NCHW, as a caller passes it (a channels-last batch of one sends the
-    # frozen FP32 TorchScript model down a slow path, ~5x here).
-    single = torch.randn(1, 3, 32, 32, generator=generator)
-    batch = torch.randn(batch_size, 3, 32, 32, generator=generator)
-    latency = cpu_latency_ms(models, single, warmup, runs)
-    batch_ms = cpu_latency_ms(models, batch, max(2, warmup // 10), batch_runs, block=5, settle=3)
-    return {
-        name: {
-            "latency_ms": latency[name],
-            "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3),
-        }
-        for name in models
-    }
+def bench_cpu(timers: Mapping[str, Timer], warmup: int, runs: int, batch_size: int, batch_runs: int) -> dict[str, dict[str, Any]]:
+    """Batch-1 latency (ms/sample: the median, and min, p10, median and p90) and throughput (images/s at
+    ``batch_size``) per model, the models taking turns (:func:`latency_rounds_s`)."""
+    samples = latency_rounds_s(timers, 1, warmup, -(-runs // 50))
+    batch_ms = cpu_latency_ms(timers, batch_size, max(2, warmup // 10), batch_runs, block=5, settle=3)
+    results = {}
+    for name, per_round in samples.items():
+        stats = latency_stats_ms([t for r in per_round for t in r])
+        results[name] = {"latency_ms": stats["median"], "latency_stats_ms": stats,
+                         "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)}
+    return results

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeml.bench.cpu import cpu_latency_ms
+from edgeml.bench.isolated import InProcess
 
 if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
     pass
@@ -110,7 +111,8 @@ def bench_gpu(
         trt = OnnxModule(int8_onnx, providers=[("TensorrtExecutionProvider", {"trt_int8_enable": True}), "CUDAExecutionProvider"])
         # Host-to-device copies included: ORT takes the input from host memory.
         result["int8"] = {
-            f"batch{size}_ms": cpu_latency_ms({"int8": trt}, examples[size], warmup, runs)["int8"] for size in sizes
+            f"batch{size}_ms": cpu_latency_ms({"int8": InProcess(trt, lambda _: examples[size])}, size, warmup, runs)["int8"]
+            for size in sizes
         }
     return result
 

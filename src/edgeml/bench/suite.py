@@ -17,6 +17,7 @@ from edgeml.bench import cpu as cpu_timing
 from edgeml.bench import environment as host
 from edgeml.bench import gpu as gpu_timing
 from edgeml.bench import loadtest, roofline
+from edgeml.bench.isolated import Load, Workers
 from edgeml.bench.profile import profile_onnx, profile_openvino, profiler
 from edgeml.data.splits import load_arrays
 from edgeml.io import read_json
@@ -63,14 +64,20 @@ def run_bench(
     bench, backend = params.bench, params.quantize.backend
     float_model = load_checkpoint(fp32)
     files = {**fp32_files, "int8": int8}
-    deployed = {name: load_deployable(path, backend) for name, path in files.items()}
-    cpu = cpu_timing.bench_cpu(
-        deployed, bench.threads, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs
-    )
+    packaged = find_artifact(artifact_dir)
+    loads = {name: deployable_load(path, backend, bench.threads) for name, path in files.items()}
+    # the INT8 model as `edgeml predict` calls it, and (OpenVINO IR) the same file called bare: static, zero-copy
+    loads["artifact"] = Load("edgeml.bench.isolated:artifact", {"path": str(packaged), "threads": bench.threads})
+    if packaged.suffix == ".xml":
+        loads["artifact_bare"] = Load("edgeml.bench.isolated:bare_openvino", {"path": str(packaged), "threads": bench.threads})
+    with Workers(loads) as workers:
+        timed = cpu_timing.bench_cpu(workers, bench.warmup, bench.runs, bench.throughput_batch_size, bench.throughput_runs)
+    cpu = {name: timed[name] for name in files}
     example = torch.zeros(1, 3, 32, 32)
     compute = roofline.compare_to_floor(
         cpu, list(fp32_files), roofline.count_macs(float_model, example), roofline.gemm_peak_gmacs(bench.threads)
     )
+    compute["artifact_model"] = artifact_calls(timed)
     # where ONNX Runtime's and OpenVINO's batch-1 time goes, for every ONNX and OpenVINO IR file timed above
     ort_profile = {
         name: profile_onnx(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".onnx"
@@ -93,7 +100,7 @@ def run_bench(
     images = arrays["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
         artifact = predict_bench.bench_artifact(
-            find_artifact(artifact_dir), images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
+            packaged, images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
         )
         folder = Path(workdir, "soak")
         loadtest.write_mixed_files(folder, bench.soak_files)
@@ -111,18 +118,37 @@ def run_bench(
     )
 
 
+def deployable_load(path: Path, backend: str, threads: int) -> Load:
+    """How a timing worker loads a quantize-stage file (:func:`edgeml.bench.isolated.deployable`)."""
+    return Load("edgeml.bench.isolated:deployable", {"path": str(path), "backend": backend, "threads": threads})
+
+
+def artifact_calls(timed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The packaged model's batch-1 latency as `edgeml predict` calls it against the same file called bare
+    (static, zero-copy; OpenVINO IR only), from one run of :func:`edgeml.bench.cpu.bench_cpu`."""
+    called = timed["artifact"]["latency_stats_ms"]
+    bare = timed.get("artifact_bare", {}).get("latency_stats_ms")
+    return {
+        "as_called_ms": called,
+        "bare_ms": bare if bare else "not measured: the bare call is measured for OpenVINO IR artifacts",
+        "as_called_over_bare": called["median"] / bare["median"] if bare else None,
+    }
+
+
 def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str, Any]:
     """Every sweep recipe's INT8 file (``int8``, by recipe) and both FP32 paths of the checkpoint ``fp32``
     timed in one process, taking turns over ``sweep.timing_rounds`` rounds, against the compute floor."""
     bench, recipes = params.bench, params.sweep.recipes
     float_model = load_checkpoint(fp32)
-    int8_models = {name: load_deployable(int8[name], recipe.backend) for name, recipe in recipes.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        float_paths = {name: load_deployable(path) for name, path in export_fp32(float_model, tmp).items()}
-        timing = cpu_timing.time_recipes(
-            float_paths, int8_models, bench.threads, bench.warmup, params.sweep.timing_rounds,
-            -(-bench.runs // params.sweep.timing_rounds), bench.throughput_batch_size, bench.throughput_runs,
-        )
+        float_paths = {name: deployable_load(path, "fbgemm", bench.threads) for name, path in export_fp32(float_model, tmp).items()}
+        int8_models = {name: deployable_load(int8[name], recipe.backend, bench.threads) for name, recipe in recipes.items()}
+        with Workers({**float_paths, **int8_models}) as workers:
+            timing = cpu_timing.time_recipes(
+                {name: workers[name] for name in float_paths}, {name: workers[name] for name in int8_models},
+                bench.warmup, params.sweep.timing_rounds, -(-bench.runs // params.sweep.timing_rounds),
+                bench.throughput_batch_size, bench.throughput_runs,
+            )
     macs, peaks = roofline.count_macs(float_model, torch.zeros(1, 3, 32, 32)), roofline.gemm_peak_gmacs(bench.threads)
     return {
         **timing, "macs_per_sample": macs, "gemm_peak_gmacs": peaks, "floor_ms": roofline.floor_ms(macs, peaks),
