@@ -39,3 +39,37 @@ def resnet18_macs(stem_kernel: int, stem_stride: int, max_pool: bool, size: int 
 def test_count_macs_of_each_stem(stem, shape, expected):
     assert resnet18_macs(*shape) == expected
     assert count_macs(build_resnet18(stem), torch.zeros(1, 3, 32, 32)) == expected
+
+
+def test_layers_are_the_gemms_resnet18_runs_at_batch_1():
+    from edgeml.bench.roofline import gemm_layers
+
+    model = build_resnet18(stem="cifar")
+    layers = gemm_layers(model, torch.zeros(1, 3, 32, 32))
+    assert len(layers) == 21 and sum(layer.macs for layer in layers) == count_macs(model, torch.zeros(1, 3, 32, 32))
+    assert sum(layer.weights for layer in layers) == sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    last_conv = layers[-2]  # layer4's last 3x3 conv: a 4x4 map, 512 x 9 inputs per output, 512 outputs
+    assert (last_conv.m, last_conv.k, last_conv.n) == (16, 4608, 512) and last_conv.label == "3x3 conv 512→512 @4x4"
+    assert layers[-1].label == "linear 512→10" and (layers[-1].m, layers[-1].k, layers[-1].n) == (1, 512, 10)
+
+
+def test_the_roofline_takes_the_larger_floor_per_layer_and_adds_one_call():
+    from edgeml.bench.roofline import Layer, layer_roofline
+
+    wide = Layer("early", m=1024, k=576, n=64, weights=36_864, key=(64, 32, 32, 64, 3))  # 37.7 M MACs, 36.9 KB
+    deep = [Layer(f"late{i}", m=16, k=4608, n=512, weights=2_359_296, key=(512, 4, 4, 512, 3)) for i in range(2)]
+    gemm_us = {(1024, 576, 64): 35.0, (16, 4608, 512): 30.0}  # each with a 5 µs call
+    result = layer_roofline([wide, *deep], gemm_us, gemm_call_us=5.0, bandwidth_gbs=50.0, call_us=20.0,
+                            gemm_peak_gmacs=2000.0, measured_us={(64, 32, 32, 64, 3): [60.0], (512, 4, 4, 512, 3): [100.0, 110.0]})
+    early, late = result["layers"]
+    assert early["compute_us"] == pytest.approx(30.0) and early["bound"] == "compute"  # 35 - 5 > 37.7M / 2000 G = 18.9
+    assert early["measured_over_roofline"] == pytest.approx(2.0)
+    assert late["count"] == 2 and late["weight_read_us"] == pytest.approx(2 * 2_359_296 / 50e3)  # 94.4 µs of reads
+    assert late["compute_us"] == pytest.approx(50.0) and late["bound"] == "weight reads"
+    assert late["measured_us"] == pytest.approx(210.0)
+    assert result["floor_ms"] == pytest.approx((30.0 + 2 * 2_359_296 / 50e3 + 20.0) / 1e3)
+    assert result["gemm_floor_ms"] == pytest.approx((wide.macs + 2 * deep[0].macs) / 2000e3 / 1e3)
+    # a layer the runtime did not report leaves the model's measured sum unknown rather than short
+    partial = layer_roofline([wide, *deep], gemm_us, 5.0, 50.0, 20.0, 2000.0, {(64, 32, 32, 64, 3): [60.0]})
+    assert partial["layers"][1]["measured_us"] is None and partial["measured_layers_us"] is None

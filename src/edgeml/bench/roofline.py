@@ -1,8 +1,20 @@
-"""Compute floors: MACs per image, measured GEMM peaks, and latency as a multiple of its floor."""
+"""Floors for a model's batch-1 latency, measured on this machine.
+
+The GEMM floor divides the MACs per image by one large GEMM's peak, where each weight byte is used thousands
+of times. At batch 1 the late layers use each weight byte only H x W times (16 in layer4, on a 4x4 map): they
+are bound by reading weights, not by multiply-adds. The per-layer roofline is a floor that applies: for each
+layer, the larger of its own GEMM's time at its batch-1 shape (MACs / the peak at that shape) and its INT8
+weight bytes over the read bandwidth of a buffer as large as all the weights; summed, plus the cost of one
+call of the runtime (a one-op model). Williams, Waterman and Patterson, "Roofline" (CACM 2009).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import dataclasses
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -12,8 +24,6 @@ from edgeml.bench.cpu import median_seconds
 from edgeml.bench.gpu import ort_providers
 from edgeml.runtime.runners import ort_session
 
-if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
-    pass
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -63,24 +73,26 @@ def gemm_peak_gmacs(threads: int, size: int = 2048, repeats: int = 10) -> dict[s
     return peaks
 
 
-def _ort_matmuls(size: int, threads: int) -> dict[str, Callable[[], object]]:
-    """One-op ONNX Runtime models: FP32 MatMul and u8 x s8 MatMulInteger (MLAS kernels, as the ORT backend uses)."""
+def _ort_matmuls(size: int, threads: int, shape: tuple[int, int, int] | None = None) -> dict[str, Callable[[], object]]:
+    """One-op ONNX Runtime models: FP32 MatMul and u8 x s8 MatMulInteger (MLAS kernels, as the ORT backend uses),
+    of ``size`` x ``size`` matrices or of ``shape`` (M, K, N), B a constant as a layer's weights are."""
     from onnx import TensorProto, helper
 
+    m, k, n = shape or (size, size, size)
     rng = np.random.default_rng(0)
     specs = {
         "fp32": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
-                 rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32)),
+                 rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)),
         "int8": ("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32,
-                 rng.integers(0, 256, (size, size), dtype=np.uint8), rng.integers(-128, 128, (size, size), dtype=np.int8)),
+                 rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8)),
     }
     runs = {}
     for dtype, (op, a_type, b_type, y_type, a, b) in specs.items():
         graph = helper.make_graph(
             [helper.make_node(op, ["A", "B"], ["Y"])], op,
-            [helper.make_tensor_value_info("A", a_type, [size, size])],
-            [helper.make_tensor_value_info("Y", y_type, [size, size])],
-            initializer=[helper.make_tensor("B", b_type, [size, size], b.tobytes(), raw=True)],
+            [helper.make_tensor_value_info("A", a_type, [m, k])],
+            [helper.make_tensor_value_info("Y", y_type, [m, n])],
+            initializer=[helper.make_tensor("B", b_type, [k, n], b.tobytes(), raw=True)],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
@@ -110,4 +122,199 @@ def compare_to_floor(
         "latency_over_floor": {
             name: cpu[name]["latency_ms"] / floor["int8" if name == "int8" else "fp32"] for name in cpu
         },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A convolution or linear layer as the GEMM it is at batch 1: ``m`` output positions, ``k`` inputs per
+    output, ``n`` output channels; ``key`` matches it with a runtime's node (out channels, output H x W, in
+    channels, kernel)."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+    weights: int
+    key: tuple[int, ...]
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n
+
+    @property
+    def label(self) -> str:
+        out_channels, height, width, in_channels, kernel = self.key
+        return f"{kernel}x{kernel} conv {in_channels}→{out_channels} @{height}x{width}" if height else f"linear {in_channels}→{out_channels}"
+
+
+def gemm_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+    """Every convolution and linear layer of ``model`` at batch 1, in the order they run."""
+    layers: list[Layer] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                kernel, (height, width) = module.kernel_size[0], output.shape[2:]
+                layers.append(Layer(name, height * width, module.in_channels // module.groups * kernel * kernel,
+                                    module.out_channels, module.weight.numel(), (module.out_channels, height, width, module.in_channels, kernel)))
+            else:
+                layers.append(Layer(name, 1, module.in_features, module.out_features, module.weight.numel(),
+                                    (module.out_features, 0, 0, module.in_features, 0)))
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(example[:1])
+    for handle in handles:
+        handle.remove()
+    return layers
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()
+    return min(median_seconds(run, 1) for _ in range(repeats))
+
+
+def int8_gemm_us(shapes: list[tuple[int, int, int]], threads: int, repeats: int = 200) -> dict[tuple[int, int, int], float]:
+    """ONNX Runtime's u8 x s8 MatMulInteger of each shape (M, K, N), best of ``repeats``, in µs, the call
+    included (:func:`one_op_model` measures that cost, to take off)."""
+    return {shape: 1e6 * best_seconds(_ort_matmuls(0, threads, shape)["int8"], repeats) for shape in sorted(set(shapes))}
+
+
+def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 100) -> float:
+    """GB/s of reading an ``nbytes`` buffer (the INT8 weights' size) at ``threads`` threads: the fastest of an
+    int8 max and a float32 sum over it, best of ``repeats``."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    as_int8 = torch.randint(-128, 128, (nbytes,), dtype=torch.int8, generator=generator)
+    as_float = torch.randn(nbytes // 4, generator=generator)
+    return nbytes / min(best_seconds(as_int8.max, repeats), best_seconds(as_float.sum, repeats)) / 1e9
+
+
+def one_op_model(runtime: str, threads: int) -> tuple[Callable[[Any], object], Callable[[int], Any]]:
+    """A timing-worker factory (:mod:`edgeml.bench.isolated`): one ReLU on a [1, 3, 32, 32] input in ``runtime``
+    (openvino: static, zero-copy; onnxruntime), called as the project calls its models: the cost of a call."""
+    if runtime == "openvino":
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        from edgeml.runtime.runners import OpenVinoCalls
+
+        parameter = ops.parameter([-1, 3, 32, 32], ov.Type.f32)
+        calls = OpenVinoCalls(ov.Model([ops.relu(parameter)], [parameter]), threads, [1, 3, 32, 32])
+        return calls, lambda batch: np.zeros((batch, 3, 32, 32), np.float32)
+    if runtime == "onnxruntime":
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 32, 32])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 32, 32])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        session = ort_session(model.SerializeToString(), threads)
+        return (lambda x: session.run(None, {"x": x})), lambda batch: np.zeros((batch, 3, 32, 32), np.float32)
+    raise ValueError(f"no one-op model for runtime {runtime!r}; expected openvino or onnxruntime")
+
+
+def openvino_layer_us(path: str | Path, threads: int, runs: int, warmup: int) -> dict[tuple[int, ...], list[float]]:
+    """Each convolution's and fully connected node's median µs over ``runs`` batch-1 runs of the OpenVINO IR
+    ``path`` (static, from the CPU plugin's counters), by :class:`Layer` key, in the order they ran."""
+    import openvino as ov
+
+    from edgeml.runtime.runners import openvino_compiled
+
+    model = ov.Core().read_model(str(path))
+    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    compiled = openvino_compiled(model, threads, profiling=True, shape=shape)
+    ops = {op.get_friendly_name(): op for op in compiled.get_runtime_model().get_ops()}
+    request = compiled.create_infer_request()
+    feed = {0: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+    times: defaultdict[str, list[float]] = defaultdict(list)
+    for run in range(warmup + runs):
+        request.infer(feed)
+        if run >= warmup:
+            for node in request.profiling_info:
+                if node.node_type.startswith(("Convolution", "FullyConnected")) and node.real_time.total_seconds() > 0:
+                    times[node.node_name].append(node.real_time.total_seconds() * 1e6)
+    by_key: defaultdict[tuple[int, ...], list[float]] = defaultdict(list)
+    for name, samples in times.items():
+        op = ops[name]
+        weights = [int(d) for d in op.input_value(1).get_partial_shape().to_shape()]
+        out = [int(d) for d in op.get_output_partial_shape(0).to_shape()]
+        key = (out[1], out[2], out[3], weights[1], weights[2]) if len(out) == 4 else (out[-1], 0, 0, weights[-1], 0)
+        by_key[key].append(statistics.median(samples))
+    return dict(by_key)
+
+
+def layer_roofline(
+    layers: list[Layer], gemm_us: dict[tuple[int, int, int], float], gemm_call_us: float, bandwidth_gbs: float,
+    call_us: float, gemm_peak_gmacs: float, measured_us: dict[tuple[int, ...], list[float]] | None = None,
+) -> dict[str, Any]:
+    """The per-layer roofline of INT8 ``layers``, grouped by shape: each group's GEMM floor (MACs / the large GEMM's
+    peak ``gemm_peak_gmacs``), its compute floor (its own GEMM's time ``gemm_us`` less the ``gemm_call_us`` of
+    calling it, never below the GEMM floor), its weight-read floor (bytes / ``bandwidth_gbs``), the roofline
+    (the larger of the two) and, where ``measured_us`` has them, a runtime's node times; the sum of the
+    roofline and ``call_us`` (the runtime's cost of one call) is the floor of the whole model."""
+    groups: dict[tuple[int, ...], list[Layer]] = {}
+    for layer in layers:
+        groups.setdefault(layer.key, []).append(layer)
+    rows = []
+    for key, members in groups.items():
+        first, macs = members[0], sum(layer.macs for layer in members)
+        gemm_floor_us = macs / (gemm_peak_gmacs * 1e3)
+        compute_us = max(len(members) * (gemm_us[(first.m, first.k, first.n)] - gemm_call_us), gemm_floor_us)
+        read_us = sum(layer.weights for layer in members) / (bandwidth_gbs * 1e3)
+        row = {
+            "layer": first.label, "count": len(members), "layers": [layer.name for layer in members],
+            "macs": macs, "weight_bytes": sum(layer.weights for layer in members),
+            "gemm_floor_us": gemm_floor_us, "compute_us": compute_us, "weight_read_us": read_us, "roofline_us": max(compute_us, read_us),
+            "bound": "weight reads" if read_us > compute_us else "compute",
+        }
+        if measured_us is not None:
+            measured = measured_us.get(key, [])
+            row["measured_us"] = sum(measured) if len(measured) == len(members) else None
+            row["measured_over_roofline"] = row["measured_us"] / row["roofline_us"] if row["measured_us"] else None
+        rows.append(row)
+    layers_us = sum(row["roofline_us"] for row in rows)
+    return {
+        "layers": rows,
+        "layers_roofline_us": layers_us,
+        "call_us": call_us,
+        "floor_ms": (layers_us + call_us) / 1e3,
+        "gemm_floor_ms": sum(row["gemm_floor_us"] for row in rows) / 1e3,
+        "measured_layers_us": sum(row["measured_us"] for row in rows) if measured_us is not None and all(row["measured_us"] for row in rows) else None,
+    }
+
+
+RUNTIMES = {".xml": "openvino", ".onnx": "onnxruntime"}  # INT8 file suffix -> the runtime with a one-op model
+
+
+def measure_roofline(
+    float_model: nn.Module, int8: Path, threads: int, runs: int, warmup: int, gemm_peak_gmacs: float
+) -> dict[str, Any]:
+    """The per-layer roofline floor of ``float_model``'s layers in INT8 on this machine (:func:`layer_roofline`),
+    with what it is made of, measured here: each layer shape's INT8 GEMM, the read bandwidth of a buffer as
+    large as the INT8 weights at 1 and ``threads`` threads, and each runtime's cost of a call (a one-op model,
+    in its own process); and the INT8 file's own per-layer times where its runtime reports them (OpenVINO IR)."""
+    from edgeml.bench.isolated import Load, Workers
+
+    layers = gemm_layers(float_model, torch.zeros(1, 3, 32, 32))
+    weight_bytes = sum(layer.weights for layer in layers)
+    bandwidth = {str(n): read_bandwidth_gbs(weight_bytes, n) for n in sorted({1, threads})}
+    gemm_us = int8_gemm_us([(layer.m, layer.k, layer.n) for layer in layers], threads)
+    loads = {runtime: Load("edgeml.bench.roofline:one_op_model", {"runtime": runtime, "threads": threads}) for runtime in RUNTIMES.values()}
+    with Workers(loads) as workers:
+        for worker in workers.values():
+            worker.samples(1, 0, warmup)
+        call_us = {runtime: 1e6 * statistics.median(worker.samples(1, 0, runs)) for runtime, worker in workers.items()}
+    runtime = RUNTIMES.get(int8.suffix)
+    measured = openvino_layer_us(int8, threads, runs, warmup) if runtime == "openvino" else None
+    roofline = layer_roofline(layers, gemm_us, call_us["onnxruntime"], bandwidth[str(threads)],
+                              call_us[runtime] if runtime else 0.0, gemm_peak_gmacs, measured)
+    return roofline | {
+        "runtime": runtime or f"not measured: no one-op model for {int8.suffix} files (its call cost counts as 0)",
+        "layer_times": "OpenVINO's per-node counters" if measured is not None else f"not measured: per-layer times come from OpenVINO's counters, and the INT8 file is {int8.suffix}",
+        "weight_bytes": weight_bytes, "read_bandwidth_gbs": bandwidth, "call_us_by_runtime": call_us,
+        "gemm_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in gemm_us.items()},
     }

@@ -77,7 +77,11 @@ def run_bench(
     compute = roofline.compare_to_floor(
         cpu, list(fp32_files), roofline.count_macs(float_model, example), roofline.gemm_peak_gmacs(bench.threads)
     )
-    compute["artifact_model"] = artifact_calls(timed)
+    compute["roofline"] = roofline.measure_roofline(float_model, int8, bench.threads, bench.runs, bench.warmup, compute["gemm_peak_gmacs"]["int8"]["best"])
+    compute["int8_over_roofline"] = cpu["int8"]["latency_ms"] / compute["roofline"]["floor_ms"]
+    compute["artifact_model"] = artifact_calls(timed) | {
+        "as_called_over_roofline": timed["artifact"]["latency_ms"] / compute["roofline"]["floor_ms"]
+    }
     # where ONNX Runtime's and OpenVINO's batch-1 time goes, for every ONNX and OpenVINO IR file timed above
     ort_profile = {
         name: profile_onnx(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".onnx"
