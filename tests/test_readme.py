@@ -16,7 +16,7 @@ README_MAX_BYTES = 12_000
 GENERATED = ("metrics/headline.md", "metrics/predict_demo.md", "metrics/report.md", "metrics/quant_sweep.md",
              "metrics/finetune_search.md", "metrics/gpu_recipe/report.md", "metrics/predict_load.md",
              "metrics/ort_profile.md", "metrics/openvino_profile.md", "metrics/backend_profiles.md", "metrics/install_sizes.md",
-             "metrics/backends.md")
+             "metrics/backends.md", "metrics/roofline.md")
 
 
 def sync_readme():

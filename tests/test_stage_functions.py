@@ -290,6 +290,10 @@ def test_time_sweep_times_every_recipe_against_both_fp32_paths(deployed):
     assert set(timing["recipes"]) == {"tiny"}
     assert timing["fastest_fp32_path"] in {"fp32_torchscript", "fp32_onnxruntime"}
     assert timing["floor_ms"] == floor_ms(timing["macs_per_sample"], timing["gemm_peak_gmacs"])
+    assert timing["timed"] == "each model in its own process, taking turns"
+    for path in [*timing["fp32"].values(), *timing["recipes"].values()]:
+        stats = path["latency_stats_ms"]
+        assert 0 < stats["min"] <= stats["p10"] <= stats["median"] == path["latency_ms"] <= stats["p90"]
 
 
 def test_prepare_writes_every_split_and_set(tmp_path):

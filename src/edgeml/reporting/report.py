@@ -35,6 +35,7 @@ def write_report(
     write_text(metrics_dir / "predict_load.md", tables.predict_load_markdown(bench))
     write_text(metrics_dir / "ort_profile.md", tables.ort_profile_markdown(bench))
     write_text(metrics_dir / "openvino_profile.md", tables.openvino_profile_markdown(bench))
+    write_text(metrics_dir / "roofline.md", tables.roofline_markdown(bench))
     quality, timing = tables.headline(bench, evaluate, ood, choices, package, params.groups, headline_set)
     quality["quantize_is_sweep_best"] = int(warning is None)
     write_json(metrics_dir / "summary.json", quality)

@@ -282,7 +282,9 @@ def render_markdown(
             f"Compute floor ({compute['macs_per_sample'] / 1e6:.1f} M MACs per image / measured GEMM peak, FP32 "
             f"{peaks['fp32']['best']:.0f} and INT8 {peaks['int8']['best']:.0f} GMAC/s): FP32 runs at "
             f"{compute['latency_over_floor'][compute['fastest_fp32_path']]:.1f}x its floor, INT8 at "
-            f"{compute['latency_over_floor']['int8']:.1f}x.",
+            f"{compute['latency_over_floor']['int8']:.1f}x."
+            + (f" Per-layer roofline floor (the floor that applies at batch 1, metrics/roofline.md): "
+               f"{compute['roofline']['floor_ms']:.3f} ms; INT8 runs at {compute['int8_over_roofline']:.2f}x it." if "roofline" in compute else ""),
         ]
     gpu_rows = {n: r for n, r in bench.get("gpu_paths", {}).items() if isinstance(r, dict)}
     if gpu_rows:
@@ -485,6 +487,60 @@ def openvino_profile_markdown(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roofline_markdown(bench: dict) -> str:
+    """The INT8 model's per-layer roofline floor beside the GEMM floor, per layer shape and summed, with what it is
+    made of and the runtime's own per-layer times against it (``bench["compute"]["roofline"]``), and how far the
+    packaged model, as `edgeml predict` calls it, is from the same file called bare."""
+    compute, env = bench["compute"], bench["environment"]
+    roof, called = compute["roofline"], compute["artifact_model"]
+    measured = roof["measured_layers_us"] is not None or any(row.get("measured_us") for row in roof["layers"])
+    header = ["layer (batch 1)", "count", "M MACs", "INT8 weights KB", "GEMM floor µs", "own GEMM µs", "weight reads µs",
+              "roofline µs", "bound by"] + ([f"{roof['runtime']} µs", "× roofline"] if measured else [])
+    rows = [
+        [row["layer"], str(row["count"]), f"{row['macs'] / 1e6:.1f}", f"{row['weight_bytes'] / 1e3:.0f}", f"{row['gemm_floor_us']:.1f}",
+         f"{row['compute_us']:.1f}", f"{row['weight_read_us']:.1f}", f"**{row['roofline_us']:.1f}**", row["bound"]]
+        + ([_rounded_text(row.get("measured_us"), 0), _rounded_text(row.get("measured_over_roofline"), 2, "x")] if measured else [])
+        for row in roof["layers"]
+    ]
+    total_measured = roof["measured_layers_us"]
+    rows.append(["**all layers**", "", f"{sum(r['macs'] for r in roof['layers']) / 1e6:.1f}", f"{roof['weight_bytes'] / 1e3:.0f}",
+                 f"{1e3 * roof['gemm_floor_ms']:.1f}", "", "", f"**{roof['layers_roofline_us']:.1f}**", ""]
+                + ([_rounded_text(total_measured, 0), _rounded_text(total_measured and total_measured / roof["layers_roofline_us"], 2, "x")] if measured else []))
+    bandwidth = ", ".join(f"{n} thread{'s' if n != '1' else ''} {gbs:.1f} GB/s" for n, gbs in roof["read_bandwidth_gbs"].items())
+    calls = ", ".join(f"{runtime} {us:.1f} µs" for runtime, us in roof["call_us_by_runtime"].items())
+    bare = called["bare_ms"]
+    artifact_line = (
+        f"The packaged model as `edgeml predict` calls it (`EdgeModel.predict_images`, uint8 NHWC, batch 1): median "
+        f"{called['as_called_ms']['median']:.3f} ms ({called['as_called_over_roofline']:.2f}x the floor)"
+        + (f"; the same IR called bare (static, zero-copy, no outputs read): {bare['median']:.3f} ms, so the artifact's "
+           f"calls cost {100 * (called['as_called_over_bare'] - 1):+.1f}%." if isinstance(bare, dict) else f"; {bare}.")
+    )
+    return "\n".join([
+        f"#### The INT8 model against its per-layer roofline ({env['cpu']['model']}, {bench['settings']['threads']} threads)",
+        "",
+        table(header, rows),
+        "",
+        f"Floor of the whole model: the layers' roofline, {roof['layers_roofline_us']:.1f} µs, plus one call of "
+        f"{roof['runtime']} ({roof['call_us']:.1f} µs) = **{roof['floor_ms']:.3f} ms**; the GEMM floor (all MACs at one large "
+        f"GEMM's peak) is {roof['gemm_floor_ms']:.3f} ms. The INT8 file (median, its own process) runs at "
+        f"**{compute['int8_over_roofline']:.2f}x** the roofline floor. Measured here, this run: each layer shape's INT8 GEMM "
+        f"(ONNX Runtime's MatMulInteger, its {roof['call_us_by_runtime']['onnxruntime']:.1f} µs call taken off, never below "
+        f"the GEMM floor); read bandwidth of a {roof['weight_bytes'] / 1e6:.1f} MB buffer: {bandwidth}; the cost of one call "
+        f"(a one-ReLU model, in its own process): {calls}. Per-layer times: {roof['layer_times']} (median per node, "
+        "whole microseconds).",
+        "",
+        artifact_line,
+    ]) + "\n"
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _rounded_text(value: float | None, digits: int, unit: str = "") -> str:
+    return "" if value is None else f"{value:.{digits}f}{unit}"
+
+
 def _share(ms: float, wall_ms: float) -> str:
     """``1.425 (90.7%)``: milliseconds and their share of the run."""
     return f"{ms:.3f} ({100 * ms / wall_ms:.1f}%)"
@@ -546,6 +602,9 @@ def headline(
             bench["int8"]["cpu_throughput_images_per_s"] / bench["fp32"]["cpu_throughput_images_per_s"], 3
         ),
         "int8_over_compute_floor": round(bench["compute"]["latency_over_floor"]["int8"], 3),
+        **({"int8_over_roofline": round(bench["compute"]["int8_over_roofline"], 3),
+            "artifact_model_over_bare": _rounded(bench["compute"]["artifact_model"]["as_called_over_bare"], 3)}
+           if "roofline" in bench["compute"] else {}),
         "gpu_ms_fp32": bench["fp32"]["gpu_latency_ms"] if isinstance(bench["fp32"]["gpu_latency_ms"], float) else None,
         "artifact_ms_per_image": round(bench["artifact"]["artifact_latency_ms"], 4),
     }
