@@ -181,7 +181,8 @@ def roofline_bench(bare: bool) -> dict:
     stats = {"min": 0.30, "p10": 0.31, "median": 0.33, "p90": 0.36}
     called = {"as_called_ms": stats, "as_called_over_roofline": 0.33 / roof["floor_ms"],
               "bare_ms": {**stats, "median": 0.30} if bare else "not measured: the bare call is measured for OpenVINO IR artifacts",
-              "as_called_over_bare": 1.1 if bare else None}
+              "as_called_over_bare": 1.1 if bare else None,
+              "bare_settings_ms": {"default": {**stats, "median": 0.30}, "1 thread": {**stats, "median": 0.41}} if bare else {}}
     return {"compute": {"roofline": roof, "int8_over_roofline": 0.32 / roof["floor_ms"], "artifact_model": called},
             "environment": {"cpu": {"model": "Xeon"}}, "settings": {"threads": 2}}
 
@@ -195,4 +196,5 @@ def test_the_roofline_table_shows_each_layer_shape_against_its_floor_and_the_art
     assert f"= **{floor:.3f} ms**" in text and f"runs at **{0.32 / floor:.2f}x** the roofline floor" in text
     assert "2 threads 50.0 GB/s" in text and "1 thread 26.0 GB/s" in text
     assert "the artifact's calls cost +10.0%" in text
+    assert "median ms, each in its own process): default 0.300, 1 thread 0.410;" in text
     assert "not measured: the bare call" in tables.roofline_markdown(roofline_bench(bare=False))

@@ -193,9 +193,10 @@ def artifact(path: str, threads: int) -> tuple[Model, MakeInput]:
     return model.predict_images, _uint8_images
 
 
-def bare_openvino(path: str, threads: int) -> tuple[Model, MakeInput]:
+def bare_openvino(path: str, threads: int, pinning: bool | None = None) -> tuple[Model, MakeInput]:
     """An OpenVINO IR artifact called bare: compiled static for batch 1 with uint8 NHWC input, one infer
-    request, the input set zero-copy and nothing read back: the reference the artifact's own calls are held to."""
+    request, the input set zero-copy and nothing read back: the reference the artifact's own calls are held to.
+    ``pinning``: threads pinned to cores or not (None: OpenVINO's default), a setting the bench tries."""
     import openvino as ov
 
     from edgeml.runtime.runners import nhwc_uint8, openvino_compiled
@@ -205,7 +206,7 @@ def bare_openvino(path: str, threads: int) -> tuple[Model, MakeInput]:
 
     def run(images: np.ndarray) -> None:
         if len(images) not in compiled:
-            static = openvino_compiled(model, threads, shape=[len(images), *images.shape[1:]])
+            static = openvino_compiled(model, threads, shape=[len(images), *images.shape[1:]], pinning=pinning)
             compiled[len(images)] = static.create_infer_request()
         request = compiled[len(images)]
         request.set_input_tensor(ov.Tensor(images, shared_memory=True))

@@ -515,6 +515,11 @@ def roofline_markdown(bench: dict) -> str:
         + (f"; the same IR called bare (static, zero-copy, no outputs read): {bare['median']:.3f} ms, so the artifact's "
            f"calls cost {100 * (called['as_called_over_bare'] - 1):+.1f}%." if isinstance(bare, dict) else f"; {bare}.")
     )
+    settings = called.get("bare_settings_ms", {})
+    if len(settings) > 1:
+        artifact_line += (" OpenVINO settings tried on the bare call (median ms, each in its own process): "
+                          + ", ".join(f"{name} {stats['median']:.3f}" for name, stats in settings.items())
+                          + "; the artifact runs with the defaults (the bench's threads, OpenVINO's pinning).")
     return "\n".join([
         f"#### The INT8 model against its per-layer roofline ({env['cpu']['model']}, {bench['settings']['threads']} threads)",
         "",

@@ -96,14 +96,15 @@ class OnnxRunner:
 
 def openvino_compiled(
     model: "str | Path | openvino.Model", threads: Optional[int] = None, profiling: bool = False,
-    shape: Optional[Sequence[int]] = None,
+    shape: Optional[Sequence[int]] = None, pinning: Optional[bool] = None,
 ) -> "openvino.CompiledModel":
     """The one way this project compiles an OpenVINO model for the CPU: for latency (one stream), in f32
     for everything not INT8 (OpenVINO would pick bf16 on CPUs that have it, changing the numbers).
     ``threads`` None: OpenVINO's default (the physical cores). ``profiling``: each infer request records
     every node's time (:func:`edgeml.bench.profile.profile_openvino`), so a profiled model is the deployed one.
     ``shape``: the input's static shape (e.g. batch 1), which spares each call OpenVINO's shape inference and
-    buffer resizing; None keeps the model's own (dynamic) shape."""
+    buffer resizing; None keeps the model's own (dynamic) shape. ``pinning``: pin the inference threads to cores
+    (None: OpenVINO's default)."""
     import openvino as ov
     import openvino.properties as props
     import openvino.properties.hint as hints
@@ -114,6 +115,8 @@ def openvino_compiled(
         config[props.inference_num_threads] = threads
     if profiling:
         config[props.enable_profiling] = True
+    if pinning is not None:
+        config[hints.enable_cpu_pinning] = pinning
     core = ov.Core()
     if shape is not None:
         model = (model if isinstance(model, ov.Model) else core.read_model(str(model))).clone()
