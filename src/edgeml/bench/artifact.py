@@ -46,17 +46,25 @@ def bench_artifact(
         list(model.predict([file], batch_size=1, workers=0))
         latencies.append(time.perf_counter() - start)
     batches = [np.stack([read_image(f) for f in png_files[i : i + batch_size]]) for i in range(0, len(png_files), batch_size)]
-    model_only = len(png_files) / median_seconds(lambda: [model.predict_images(batch) for batch in batches], repeats)
+    by_threads = {n: model if n == threads else EdgeModel.load(artifact, threads=n) for n in sorted({1, threads})}
+    model_only = {n: len(png_files) / median_seconds(lambda: [m.predict_images(batch) for batch in batches], repeats)
+                  for n, m in by_threads.items()}
     throughput: dict[str, dict[str, object]] = {}
     for kind, files in {"png_32": png_files, "jpeg_256": jpeg_files}.items():
-        decode_s = median_seconds(lambda: [read_image(f) for f in files], repeats)
-        throughput[kind] = {"decode_us_per_file": 1e6 * decode_s / len(files)}
-        for mode, workers in {"sequential": 0, "parallel": DECODE_WORKERS}.items():
+        decode_s = median_seconds(lambda: [read_image(f) for f in files], repeats) / len(files)
+        bound = predict_bound(model_only, decode_s, threads)
+        throughput[kind] = {"decode_us_per_file": 1e6 * decode_s, "bound_images_per_s": bound}
+        schedules = {"sequential": (threads, 0), "parallel": (threads, DECODE_WORKERS), **({
+            f"model {n} thread{'s' if n > 1 else ''}, {workers} decoding": (n, workers)
+            for n in by_threads for workers in range(1, threads + 1) if (n, workers) != (threads, DECODE_WORKERS)} if threads > 1 else {})}
+        for mode, (n, workers) in schedules.items():
             with PeakRSS() as rss:
-                seconds = median_seconds(lambda: list(model.predict(files, batch_size, workers)), repeats)
+                seconds = median_seconds(lambda: list(by_threads[n].predict(files, batch_size, workers)), repeats)
             throughput[kind][mode] = {
+                "model_threads": n, "decode_workers": workers,
                 "images_per_s": len(files) / seconds,
-                "share_of_model_only": len(files) / seconds / model_only,
+                "share_of_model_only": len(files) / seconds / model_only[threads],
+                "share_of_bound": len(files) / seconds / bound,
                 "peak_rss_mb": rss.peak_mb,
                 "rss_growth_mb": None if rss.peak_mb is None else rss.peak_mb - rss.start_mb,
             }
@@ -66,7 +74,17 @@ def bench_artifact(
         "artifact_size_mb": file_size_mb(model.path),
         "artifact_latency_ms": 1e3 * statistics.median(latencies),
         "artifact_throughput_images_per_s": throughput["png_32"]["parallel"]["images_per_s"],  # as `edgeml predict` runs
-        "model_only_images_per_s": model_only,
+        "model_only_images_per_s": model_only[threads],
+        "model_only_images_per_s_by_threads": {str(n): v for n, v in model_only.items()},
         "decode_workers": DECODE_WORKERS,
         "throughput": throughput,
     }
+
+
+def predict_bound(model_only: dict[int, float], decode_s: float, cores: int) -> float:
+    """The most images/s `edgeml predict` can reach when decoding and the model share ``cores``: every image costs
+    the model's core time at its most efficient thread count measured (``model_only``: images/s by threads; n
+    threads busy for 1 / images/s each) plus its decoding time on one core, all spread over the cores. It uses the
+    model's measured scaling: with imperfect scaling, a 1-thread model beside decoding wastes less than 2 threads."""
+    model_core_s = min(n / images_per_s for n, images_per_s in model_only.items())
+    return cores / (model_core_s + decode_s)

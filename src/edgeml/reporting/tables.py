@@ -356,14 +356,6 @@ def sampled_intervals(ood: dict, sets: list[str]) -> list[str]:
     return lines
 
 
-def shared_cores_share(model_only_images_per_s: float, decode_us_per_file: float, cores: int) -> float:
-    """The share of the model-alone throughput that `edgeml predict` can reach when decoding and the model
-    take turns on the same ``cores``, the model alone keeping all of them busy: each image then costs the
-    model's time plus its decoding time spread over the cores, 1 / (1 + decode * model_only / cores).
-    Only a faster decoder (same pixels) raises it; more overlap cannot."""
-    return 1 / (1 + 1e-6 * decode_us_per_file * model_only_images_per_s / cores)
-
-
 def predict_load_markdown(bench: dict) -> str:
     """`edgeml predict` on image files: throughput against the model alone, decoding cost, memory, and
     the soak of the command on many mixed files (README's Robustness section shows it)."""
@@ -371,15 +363,16 @@ def predict_load_markdown(bench: dict) -> str:
     isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
     workers = artifact["decode_workers"]
     header = ["files", "decoding, 1 thread (µs/file)", "decoding in turn (images/s)",
-              f"{workers} decoding threads (images/s)", "share of the model alone",
-              "most reachable while decoding shares the cores", "RSS growth (MB)"]
+              f"`edgeml predict`: {workers} decoding thread{'s' if workers > 1 else ''} (images/s)", "bound (images/s)",
+              "share of the bound", "RSS growth (MB)"]
     rows = [
         [_file_kind(kind), f"{row['decode_us_per_file']:.0f}", f"{row['sequential']['images_per_s']:.0f}",
-         f"{row['parallel']['images_per_s']:.0f}", f"{100 * row['parallel']['share_of_model_only']:.0f}%",
-         f"{100 * shared_cores_share(artifact['model_only_images_per_s'], row['decode_us_per_file'], env['threads']):.0f}%",
-         _fmt(row["parallel"]["rss_growth_mb"], 1)]
+         f"{row['parallel']['images_per_s']:.0f}", f"{row['bound_images_per_s']:.0f}",
+         f"{100 * row['parallel']['share_of_bound']:.0f}%", _fmt(row["parallel"]["rss_growth_mb"], 1)]
         for kind, row in artifact["throughput"].items()
     ]
+    scaling = artifact.get("model_only_images_per_s_by_threads", {})
+    schedules = [mode for mode in next(iter(artifact["throughput"].values())) if mode.startswith("model ")]
     lines = [
         f"#### `edgeml predict` on image files ({env['cpu']['model']}, {isa}; {env['threads']} threads, "
         f"batch {settings['throughput_batch_size']})",
@@ -387,12 +380,17 @@ def predict_load_markdown(bench: dict) -> str:
         table(header, rows),
         "",
         f"{settings['artifact_images']} CIFAR-10 test images, saved as files. The artifact's model alone, on the same "
-        f"images decoded beforehand: {artifact['model_only_images_per_s']:.0f} images/s, the most that decoding ahead "
-        f"can approach, as decoding and the model share the cores. Most reachable: that share when every image "
-        f"costs the model's time plus its decoding time spread over the {env['threads']} cores (the model alone keeps "
-        f"them all busy), 1 / (1 + decoding time x model-alone images/s / cores); only a faster decoder with the same "
-        f"pixels raises it. RSS growth: the peak while decoding in parallel, over the RSS before.",
+        f"images decoded beforehand: " + ", ".join(f"{v:.0f} images/s at {n} thread{'s' if n != '1' else ''}" for n, v in scaling.items())
+        + ". Bound: the most `edgeml predict` can reach while decoding and the model share the "
+        f"{env['threads']} cores, from those measurements: each image costs the model's core time at its most "
+        "efficient thread count plus its decoding time, spread over the cores (`edgeml.bench.artifact.predict_bound`). "
+        "RSS growth: the peak while decoding ahead, over the RSS before.",
     ]
+    if schedules:
+        lines += ["", "Other schedules tried (images/s, share of the bound): " + "; ".join(
+            f"{_file_kind(kind)}: " + ", ".join(f"{mode} {row[mode]['images_per_s']:.0f} ({100 * row[mode]['share_of_bound']:.0f}%)"
+                                              for mode in schedules)
+            for kind, row in artifact["throughput"].items()) + "."]
     soak = artifact.get("soak")
     if soak:
         header = ["decoding", "records", "error records", "exit code", "stderr", "images/s", "CPU µs/image", "peak RSS (MB)"]
