@@ -73,3 +73,21 @@ def test_the_roofline_takes_the_larger_floor_per_layer_and_adds_one_call():
     # a layer the runtime did not report leaves the model's measured sum unknown rather than short
     partial = layer_roofline([wide, *deep], gemm_us, 5.0, 50.0, 20.0, 2000.0, {(64, 32, 32, 64, 3): [60.0]})
     assert partial["layers"][1]["measured_us"] is None and partial["measured_layers_us"] is None
+
+
+def test_onnx_nodes_are_charged_to_the_layer_whose_module_path_names_them():
+    from edgeml.bench.roofline import gemm_layers, onnx_layer_us
+
+    layers = gemm_layers(build_resnet18(stem="cifar"), torch.zeros(1, 3, 32, 32))
+    node_us = {
+        "/conv1/Conv": 9.0,
+        "/layer1/layer1.0/conv1/Conv_quant": 5.0,  # fused by ORT: the name keeps the module path
+        "/layer1/layer1.0/relu/Relu": 100.0,  # no GEMM layer: not charged
+        "/layer2/layer2.0/downsample/downsample.0/Conv": 3.0,
+        "/layer4/layer4.1/conv2/Conv": 20.0, "/layer4/layer4.0/conv2/Conv": 30.0,
+        "/fc/Gemm": 1.0,
+    }
+    by_key = onnx_layer_us(node_us, layers)
+    assert by_key[(64, 32, 32, 3, 3)] == [9.0] and by_key[(64, 32, 32, 64, 3)] == [5.0]
+    assert by_key[(128, 16, 16, 64, 1)] == [3.0] and by_key[(10, 0, 0, 512, 0)] == [1.0]
+    assert sorted(by_key[(512, 4, 4, 512, 3)]) == [20.0, 30.0]  # layer4's 3x3 512->512 convs that were profiled

@@ -16,6 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from edgeml import sweep
 from edgeml.bench.profile import profile_onnx, profile_openvino, run_breakdowns, summarize
+from edgeml.bench.roofline import Layer, RooflineParts
 from edgeml.bench.suite import profile_backends
 from edgeml.reporting import tables
 
@@ -106,8 +107,8 @@ def test_each_kernel_is_charged_to_the_run_it_started_in():
         event("Node", "conv_kernel_time", 210, 30, "Conv"),
     ]
     runs = run_breakdowns(events)
-    assert runs == [{"wall_us": 100, "execute_us": 90, "kernel_us": {"Conv": 40, "Add": 10}},
-                    {"wall_us": 50, "execute_us": 45, "kernel_us": {"Conv": 30}}]
+    assert runs == [{"wall_us": 100, "execute_us": 90, "kernel_us": {"Conv": 40, "Add": 10}, "node_us": {"conv": 40, "add": 10}},
+                    {"wall_us": 50, "execute_us": 45, "kernel_us": {"Conv": 30}, "node_us": {"conv": 30}}]
     summary = summarize(runs)
     assert summary["kernel_ms"] == pytest.approx({"Conv": 0.035, "Add": 0.005})
     assert summary["between_kernels_ms"] == pytest.approx(0.0675 - 0.04)
@@ -180,8 +181,13 @@ def test_each_backend_is_profiled_on_its_fastest_recipe_and_one_without_a_profil
                              bench=SimpleNamespace(threads=1, runs=8, warmup=2))
     int8 = {"ort_a": models["fp32"], "ort_b": models["int8"], "pt2e_a": tmp_path / "int8.pt2"}  # no .pt2 is read
     timed = {"ort_a": {"latency_ms": 2.0}, "ort_b": {"latency_ms": 1.0}, "pt2e_a": {"latency_ms": 3.0}}
-    profiles = profile_backends(params, int8, timed)
+    layer = Layer("conv", m=256, k=27, n=8, weights=216, key=(8, 16, 16, 3, 3))  # 55,296 MACs
+    parts = RooflineParts([layer], {(256, 27, 8): 7.0}, {"1": 20.0}, {"onnxruntime": 5.0, "openvino": 10.0}, threads=1)
+    profiles = profile_backends(params, int8, timed, parts, gemm_peak_gmacs=100.0)
     assert set(profiles) == {"onnxruntime", "pt2e_x86"}
+    # the layer's own GEMM, 7 - 5 µs (its call), is above its GEMM floor (0.55 µs) and its reads (0.01 µs); + ORT's call
+    assert profiles["onnxruntime"]["roofline"]["floor_ms"] == pytest.approx((2.0 + 5.0) / 1e3)
+    assert profiles["pt2e_x86"].pop("roofline")["floor_ms"] == pytest.approx(2.0 / 1e3)  # no one-op model for .pt2: no call cost
     ort = profiles["onnxruntime"]
     assert (ort["recipe"], ort["file"], ort["profiler"]) == ("ort_b", "int8.onnx", "profile_onnx")
     assert "QLinearConv" in ort["nodes"]["optimized"]  # the quantized file was profiled, not the float one
@@ -193,7 +199,7 @@ def test_each_backend_is_profiled_on_its_fastest_recipe_and_one_without_a_profil
     assert "(AMD EPYC, 1 threads)" in text
     row = next(line for line in text.splitlines() if line.startswith("| onnxruntime (ort_b) |"))
     conv = sum(ms for op, ms in ort["kernel_ms"].items() if "Conv" in op)
-    assert row.startswith(f"| onnxruntime (ort_b) | 1.000 (4.0x) | {ort['wall_ms']:.3f} ({ort['unprofiled_ms']:.3f}) | "
+    assert row.startswith(f"| onnxruntime (ort_b) | 1.000 (4.0x) | 142.86x | {ort['wall_ms']:.3f} ({ort['unprofiled_ms']:.3f}) | "
                           f"{100 * conv / ort['wall_ms']:.0f}% | ")
     assert row.endswith(f"| QLinearConv ×{ort['nodes']['optimized']['QLinearConv']} |")
-    assert "| pt2e_x86 (pt2e_a) | 3.000 (12.0x) | not profiled: no profiler for its pt2 file here |" in text
+    assert "| pt2e_x86 (pt2e_a) | 3.000 (12.0x) |  | not profiled: no profiler for its pt2 file here |" in text

@@ -214,17 +214,43 @@ def render_sweep(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_layer_table(profiles: dict[str, Any]) -> list[str]:
+    """Markdown lines: each layer shape's roofline floor and the per-layer times of every backend whose runtime
+    reports them (:func:`edgeml.bench.roofline.measured_layers`); none when no backend does."""
+    measured = {backend: p["roofline"] for backend, p in profiles.items()
+                if "roofline" in p and any(row.get("measured_us") for row in p["roofline"]["layers"])}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    header = ["layer (batch 1)", "count", "roofline µs", "bound by"] + [f"{backend} µs (x roofline)" for backend in measured]
+    rows = []
+    for i, row in enumerate(first["layers"]):
+        cells = []
+        for roof in measured.values():
+            own = roof["layers"][i]
+            cells.append(f"{own['measured_us']:.0f} ({own['measured_over_roofline']:.1f}x)" if own.get("measured_us") else "")
+        rows.append([row["layer"], str(row["count"]), f"{row['roofline_us']:.1f}", row["bound"], *cells])
+    rows.append(["**all layers** (+ one call)", "", f"{first['layers_roofline_us']:.1f}", "",
+                 *(f"{roof['measured_layers_us']:.0f} ({roof['measured_layers_us'] / roof['layers_roofline_us']:.1f}x)"
+                   if roof["measured_layers_us"] else "" for roof in measured.values())])
+    sources = "; ".join(f"{backend}: {roof['layer_times']}" for backend, roof in measured.items())
+    return [table(header, rows), "",
+            f"Per layer shape: the roofline floor (the larger of the layer's own INT8 GEMM time and its weight reads, "
+            f"measured here; docs/performance.md) and each backend's per-layer time ({sources}).", ""]
+
+
 def render_backend_profiles(timing: dict[str, Any], arm_notes: dict[str, str]) -> str:
     """Where each backend's batch-1 time goes (``timing["profiles"]``, from
     :func:`edgeml.bench.suite.profile_backends`): its fastest recipe's time against the INT8 compute floor, and
     the profiled run's shares: convolution kernels, other kernels, the time outside them; with the convolutions' kernels."""
     floor, env = timing["floor_ms"]["int8"], timing["environment"]
-    header = ["backend (fastest recipe)", "batch-1 ms (x floor)", "profiled run ms (not profiled)", "convolutions",
-              "other kernels", "outside the kernels", "convolution kernels"]
+    header = ["backend (fastest recipe)", "batch-1 ms (x GEMM floor)", "x roofline floor", "profiled run ms (not profiled)",
+              "convolutions", "other kernels", "outside the kernels", "convolution kernels"]
     rows = []
     for backend, p in timing["profiles"].items():
         latency = timing["recipes"][p["recipe"]]["latency_ms"]
-        row = [f"{backend}{' †' if backend in arm_notes else ''} ({p['recipe']})", f"{latency:.3f} ({latency / floor:.1f}x)"]
+        row = [f"{backend}{' †' if backend in arm_notes else ''} ({p['recipe']})", f"{latency:.3f} ({latency / floor:.1f}x)",
+               f"{latency / p['roofline']['floor_ms']:.2f}x" if "roofline" in p else ""]
         if not p["profiler"]:
             rows.append(row + [f"not profiled: no profiler for its {p['file'].rsplit('.', 1)[-1]} file here", "", "", "", ""])
             continue
@@ -241,6 +267,7 @@ def render_backend_profiles(timing: dict[str, Any], arm_notes: dict[str, str]) -
         "",
         table(header, rows),
         "",
+        *per_layer_table(timing["profiles"]),
         *(f"† {note}.\n" for backend, note in arm_notes.items() if backend in timing["profiles"]),
         f"Each backend's fastest recipe in the sweep's timing run: its batch-1 latency there, and its multiple of the INT8 "
         f"compute floor ({floor:.3f} ms). Then, after the timing, its own profiler: ONNX Runtime's profiler, OpenVINO's "

@@ -51,11 +51,13 @@ def run_breakdowns(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         start, end = run["ts"], run["ts"] + run["dur"]
         by_op: Counter[str] = Counter()
+        by_node: Counter[str] = Counter()
         for kernel in kernels:
             if start <= kernel["ts"] <= end:
                 by_op[kernel["args"]["op_name"]] += kernel["dur"]
+                by_node[kernel["name"].removesuffix(KERNEL_SUFFIX)] += kernel["dur"]
         execute = sum(e["dur"] for e in executes if start <= e["ts"] <= end)
-        breakdowns.append({"wall_us": run["dur"], "execute_us": execute, "kernel_us": dict(by_op)})
+        breakdowns.append({"wall_us": run["dur"], "execute_us": execute, "kernel_us": dict(by_op), "node_us": dict(by_node)})
     return breakdowns
 
 
@@ -185,7 +187,10 @@ def profile_onnx(
         _, seconds = _in_turns(lambda: profiled.run(None, feeds), lambda: plain.run(None, feeds), runs, warmup, block, settle)
         events = json.loads(Path(profiled.end_profiling()).read_text())
         counted = _counted(run_breakdowns(events), warmup, block, settle)
+        nodes = {node for b in counted for node in b["node_us"]}
         return summarize(counted) | {
+            # each node's median µs over the counted runs, by node name (per-layer times: edgeml.bench.roofline)
+            "node_us": {node: statistics.median(b["node_us"].get(node, 0) for b in counted) for node in sorted(nodes)},
             "unprofiled_ms": 1e3 * statistics.median(seconds),
             "threads": threads,
             "nodes": {"file": node_counts(path), "optimized": node_counts(optimized)},

@@ -290,13 +290,38 @@ def layer_roofline(
 RUNTIMES = {".xml": "openvino", ".onnx": "onnxruntime"}  # INT8 file suffix -> the runtime with a one-op model
 
 
-def measure_roofline(
-    float_model: nn.Module, int8: Path, threads: int, runs: int, warmup: int, gemm_peak_gmacs: float
-) -> dict[str, Any]:
-    """The per-layer roofline floor of ``float_model``'s layers in INT8 on this machine (:func:`layer_roofline`),
-    with what it is made of, measured here: each layer shape's INT8 GEMM, the read bandwidth of a buffer as
-    large as the INT8 weights at 1 and ``threads`` threads, and each runtime's cost of a call (a one-op model,
-    in its own process); and the INT8 file's own per-layer times where its runtime reports them (OpenVINO IR)."""
+@dataclasses.dataclass
+class RooflineParts:
+    """What the per-layer roofline is made of, measured on this machine (:func:`measure_parts`)."""
+
+    layers: list[Layer]
+    gemm_us: dict[tuple[int, int, int], float]
+    read_bandwidth_gbs: dict[str, float]
+    call_us: dict[str, float]
+    threads: int
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(layer.weights for layer in self.layers)
+
+    def floor(self, runtime: str | None, gemm_peak_gmacs: float, measured_us: dict[tuple[int, ...], list[float]] | None = None,
+              layer_times: str = "") -> dict[str, Any]:
+        """:func:`layer_roofline` with the call cost of ``runtime`` (None: a runtime without a one-op model, cost 0)
+        and its per-layer times ``measured_us`` (from ``layer_times``, said in the result)."""
+        result = layer_roofline(self.layers, self.gemm_us, self.call_us["onnxruntime"], self.read_bandwidth_gbs[str(self.threads)],
+                                self.call_us.get(runtime, 0.0), gemm_peak_gmacs, measured_us)
+        return result | {
+            "runtime": runtime or "not measured: no one-op model for this runtime (its call cost counts as 0)",
+            "layer_times": layer_times if measured_us is not None else "not measured: no per-layer times from this runtime",
+            "weight_bytes": self.weight_bytes, "read_bandwidth_gbs": self.read_bandwidth_gbs, "call_us_by_runtime": self.call_us,
+            "gemm_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in self.gemm_us.items()},
+        }
+
+
+def measure_parts(float_model: nn.Module, threads: int, runs: int, warmup: int) -> RooflineParts:
+    """Measure here what the roofline of ``float_model``'s layers in INT8 needs: each layer shape's INT8 GEMM, the
+    read bandwidth of a buffer as large as the INT8 weights at 1 and ``threads`` threads, and each runtime's
+    cost of a call (a one-op model in its own process, median of ``runs``)."""
     from edgeml.bench.isolated import Load, Workers
 
     layers = gemm_layers(float_model, torch.zeros(1, 3, 32, 32))
@@ -308,13 +333,36 @@ def measure_roofline(
         for worker in workers.values():
             worker.samples(1, 0, warmup)
         call_us = {runtime: 1e6 * statistics.median(worker.samples(1, 0, runs)) for runtime, worker in workers.items()}
-    runtime = RUNTIMES.get(int8.suffix)
-    measured = openvino_layer_us(int8, threads, runs, warmup) if runtime == "openvino" else None
-    roofline = layer_roofline(layers, gemm_us, call_us["onnxruntime"], bandwidth[str(threads)],
-                              call_us[runtime] if runtime else 0.0, gemm_peak_gmacs, measured)
-    return roofline | {
-        "runtime": runtime or f"not measured: no one-op model for {int8.suffix} files (its call cost counts as 0)",
-        "layer_times": "OpenVINO's per-node counters" if measured is not None else f"not measured: per-layer times come from OpenVINO's counters, and the INT8 file is {int8.suffix}",
-        "weight_bytes": weight_bytes, "read_bandwidth_gbs": bandwidth, "call_us_by_runtime": call_us,
-        "gemm_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in gemm_us.items()},
-    }
+    return RooflineParts(layers, gemm_us, bandwidth, call_us, threads)
+
+
+def measured_layers(path: Path, parts: RooflineParts, runs: int, warmup: int, onnx_node_us: dict[str, float] | None = None
+                    ) -> tuple[dict[tuple[int, ...], list[float]] | None, str]:
+    """An INT8 file's per-layer times by :class:`Layer` key, and where they come from: OpenVINO's counters for an
+    IR (profiled here), ONNX Runtime's profiler for an ONNX file (``onnx_node_us``: its nodes' times, by name);
+    None for other formats."""
+    if path.suffix == ".xml":
+        return openvino_layer_us(path, parts.threads, runs, warmup), "OpenVINO's per-node counters"
+    if path.suffix == ".onnx" and onnx_node_us is not None:
+        return onnx_layer_us(onnx_node_us, parts.layers), "ONNX Runtime's profiler, per node"
+    return None, ""
+
+
+def onnx_layer_us(node_us: dict[str, float], layers: list[Layer]) -> dict[tuple[int, ...], list[float]]:
+    """ONNX Runtime's node times summed per layer, by :class:`Layer` key. The exporter names a node by the module
+    path it came from, one folder per module, each relative to its parent ("/layer2/layer2.0/downsample/
+    downsample.0/Conv" is layer2.0.downsample.0); nodes ORT fused from it keep that name with a suffix."""
+    by_name: defaultdict[str, float] = defaultdict(float)
+    for node, us in node_us.items():
+        path: list[str] = []
+        for folder in node.strip("/").split("/")[:-1]:
+            if path and folder.startswith(path[-1] + "."):
+                path[-1] = folder
+            else:
+                path.append(folder)
+        by_name[".".join(path)] += us
+    by_key: defaultdict[tuple[int, ...], list[float]] = defaultdict(list)
+    for layer in layers:
+        if layer.name in by_name:
+            by_key[layer.key].append(by_name[layer.name])
+    return dict(by_key)

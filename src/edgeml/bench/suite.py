@@ -79,17 +79,20 @@ def run_bench(
     compute = roofline.compare_to_floor(
         cpu, list(fp32_files), roofline.count_macs(float_model, example), roofline.gemm_peak_gmacs(bench.threads)
     )
-    compute["roofline"] = roofline.measure_roofline(float_model, int8, bench.threads, bench.runs, bench.warmup, compute["gemm_peak_gmacs"]["int8"]["best"])
-    compute["int8_over_roofline"] = cpu["int8"]["latency_ms"] / compute["roofline"]["floor_ms"]
-    compute["artifact_model"] = artifact_calls(timed) | {
-        "as_called_over_roofline": timed["artifact"]["latency_ms"] / compute["roofline"]["floor_ms"]
-    }
     # where ONNX Runtime's and OpenVINO's batch-1 time goes, for every ONNX and OpenVINO IR file timed above
     ort_profile = {
         name: profile_onnx(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".onnx"
     }
     openvino_profile = {
         name: profile_openvino(path, bench.threads, bench.runs, bench.warmup) for name, path in files.items() if path.suffix == ".xml"
+    }
+    parts = roofline.measure_parts(float_model, bench.threads, bench.runs, bench.warmup)
+    measured, source = roofline.measured_layers(int8, parts, bench.runs, bench.warmup,
+                                                ort_profile.get("int8", {}).get("node_us"))
+    compute["roofline"] = parts.floor(roofline.RUNTIMES.get(int8.suffix), compute["gemm_peak_gmacs"]["int8"]["best"], measured, source)
+    compute["int8_over_roofline"] = cpu["int8"]["latency_ms"] / compute["roofline"]["floor_ms"]
+    compute["artifact_model"] = artifact_calls(timed) | {
+        "as_called_over_roofline": timed["artifact"]["latency_ms"] / compute["roofline"]["floor_ms"]
     }
     int8_onnx = int8 if int8.suffix == ".onnx" else None
     gpu = gpu_timing.bench_gpu(float_model, int8_onnx, bench.warmup, bench.runs, bench.throughput_batch_size)
@@ -163,17 +166,22 @@ def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str
                 bench.throughput_batch_size, bench.throughput_runs,
             )
     macs, peaks = roofline.count_macs(float_model, torch.zeros(1, 3, 32, 32)), roofline.gemm_peak_gmacs(bench.threads)
+    parts = roofline.measure_parts(float_model, bench.threads, bench.runs, bench.warmup)
     return {
         **timing, "macs_per_sample": macs, "gemm_peak_gmacs": peaks, "floor_ms": roofline.floor_ms(macs, peaks),
-        "profiles": profile_backends(params, int8, timing["recipes"]),
+        "profiles": profile_backends(params, int8, timing["recipes"], parts, peaks["int8"]["best"]),
         "environment": host.environment(bench.threads),
     }
 
 
-def profile_backends(params: Params, int8: Mapping[str, Path], timed: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+def profile_backends(
+    params: Params, int8: Mapping[str, Path], timed: Mapping[str, Mapping[str, float]], parts: roofline.RooflineParts,
+    gemm_peak_gmacs: float,
+) -> dict[str, Any]:
     """Where each backend's batch-1 time goes: its fastest recipe (by ``timed`` latency) profiled by the backend's
     profiler (``Quantizer.profiler``), after the timing, so profiling never disturbs it; a
-    backend without one says so (``profiler: null``)."""
+    backend without one says so (``profiler: null``). Each against the per-layer roofline (``parts``), with its
+    per-layer times where its runtime reports them (OpenVINO, ONNX Runtime)."""
     by_backend: dict[str, list[str]] = {}
     for name, recipe in params.sweep.recipes.items():
         by_backend.setdefault(recipe.backend, []).append(name)
@@ -182,5 +190,8 @@ def profile_backends(params: Params, int8: Mapping[str, Path], timed: Mapping[st
         fastest = min(names, key=lambda name: timed[name]["latency_ms"])
         profile = profiler(backend)
         measured = profile(int8[fastest], params.bench.threads, params.bench.runs, params.bench.warmup) if profile else {}
-        profiles[backend] = {"recipe": fastest, "file": int8[fastest].name, "profiler": profile.func.__name__ if profile else None} | measured
+        layers, source = roofline.measured_layers(int8[fastest], parts, params.bench.runs, params.bench.warmup, measured.get("node_us"))
+        floor = parts.floor(roofline.RUNTIMES.get(int8[fastest].suffix), gemm_peak_gmacs, layers, source)
+        profiles[backend] = {"recipe": fastest, "file": int8[fastest].name, "profiler": profile.func.__name__ if profile else None,
+                             "roofline": floor} | measured
     return profiles
