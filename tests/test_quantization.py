@@ -269,9 +269,10 @@ def test_openvino_runs_int8_kernels_that_round_as_their_float_simulation(float_m
     # runs quantize alike, is within one step of its float simulation with next to no rounding ties broken apart.
     if deployed.recipe.backend != "openvino":
         pytest.skip("OpenVINO's CPU plugin chooses INT8 kernels per layer at compile time")
-    runtime = [op.get_rt_info() for op in deployed.model.compiled.get_runtime_model().get_ordered_ops()]
-    precisions = [info["runtimePrecision"].astype(str) for info in runtime if info["layerType"].astype(str) == "Convolution"]
-    assert len(precisions) == 20 and set(precisions) <= {"u8", "i8"}, precisions
+    for compiled in (deployed.model.calls.single, deployed.model.calls.batched):  # static batch 1, and dynamic
+        runtime = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+        precisions = [info["runtimePrecision"].astype(str) for info in runtime if info["layerType"].astype(str) == "Convolution"]
+        assert len(precisions) == 20 and set(precisions) <= {"u8", "i8"}, precisions
     model = ov.Core().read_model(str(deployed.path))
     quantizers = [n for n in model.get_ordered_ops() if n.get_type_name() == "FakeQuantize"][:2]  # the input's, the stem's
     model.add_outputs([quantizer.output(0) for quantizer in quantizers])

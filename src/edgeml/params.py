@@ -220,7 +220,7 @@ class SweepParams:
     """Quantization recipes compared side by side; each overrides :class:`QuantizeParams` defaults."""
 
     recipes: dict[str, QuantizeParams]
-    # The sweep_timing stage times every recipe in one process, taking turns this many rounds; the spread
+    # The sweep_timing stage times every recipe, each in its own process, taking turns this many rounds; the spread
     # of a recipe's speed-up across rounds sets the band within which speed-ups count as ties.
     timing_rounds: int = 10
 

@@ -1,5 +1,5 @@
 """The quantization sweep's decision: one selection rule on validation numbers and on the timings of
-every recipe measured in one process (:func:`edgeml.bench.cpu.time_recipes`), rendered as
+every recipe timed in one run, each in its own process, (:func:`edgeml.bench.cpu.time_recipes`), rendered as
 metrics/quant_sweep.{md,json}.
 
 Recipes timed in separate stages minutes apart let machine drift decide between recipes that build
@@ -191,7 +191,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         f"Goals (✗ = missed): ≥{goals['size_ratio']}x smaller, ≤{goals['top1_drop_points']} validation top-1 points and "
         f"≤{goals['auroc_drop_points']} validation AUROC points lost for every logit detector, "
         f"≥{goals['speedup']}x faster at batch 1 than the fastest FP32 path. Every recipe and FP32 path was timed in "
-        f"one process, taking turns over {summary['timing_rounds']} rounds; spread: ± half the interquartile "
+        f"its own process, taking turns over {summary['timing_rounds']} rounds; spread: ± half the interquartile "
         f"range of a recipe's per-round speed-ups. Best: **{summary['best']}** ({summary['best_rule']}; among the "
         f"recipes the artifact can be built from). {unpackaged}Every quality number here is on "
         f"validation data (top-1: the held-out training split; AUROC: its first images vs the near and far OOD validation sets, their mean); "

@@ -153,7 +153,7 @@ def artifact_calls(timed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def time_sweep(params: Params, fp32: Path, int8: Mapping[str, Path]) -> dict[str, Any]:
     """Every sweep recipe's INT8 file (``int8``, by recipe) and both FP32 paths of the checkpoint ``fp32``
-    timed in one process, taking turns over ``sweep.timing_rounds`` rounds, against the compute floor."""
+    timed in one run, each in its own process, taking turns over ``sweep.timing_rounds`` rounds, against the compute floor."""
     bench, recipes = params.bench, params.sweep.recipes
     float_model = load_checkpoint(fp32)
     with tempfile.TemporaryDirectory() as tmp:

@@ -128,7 +128,10 @@ def summary_lines(bench: dict, evaluate: dict, ood: dict, choices: dict, package
         f"- Top-1 on the CIFAR-10 test set: FP32 {100 * evaluate['fp32_top1']:.2f}%, INT8 {100 * evaluate['int8_top1']:.2f}%; "
         f"INT8 file {bench['fp32']['size_mb'] / bench['int8']['size_mb']:.2f}x smaller, "
         f"{bench['fp32']['cpu_latency_ms'] / bench['int8']['cpu_latency_ms']:.2f}x faster at batch 1 than the fastest FP32 "
-        f"path on this CPU ({bench['fp32']['path']}).",
+        f"path on this CPU ({bench['fp32']['path']}; medians, each in its own process)"
+        + (f"; INT8 runs at {bench['compute']['int8_over_roofline']:.2f}x its per-layer roofline floor "
+           f"({bench['compute']['roofline']['floor_ms']:.3f} ms, [performance](docs/performance.md))"
+           if "roofline" in bench.get("compute", {}) else "") + ".",
         f"- MSP vs `{headline_set}`, AUROC: FP32 {msp['fp32']:.2f} → INT8 {msp['int8']:.2f} "
         f"({msp['int8'] - msp['fp32']:+.2f} points; the paper lost {paper_loss:.1f}).",
         f"- Across {len(drops) // len(sets)} detectors x {len(sets)} OOD sets, the largest AUROC loss from quantization is "
@@ -490,6 +493,9 @@ def roofline_markdown(bench: dict) -> str:
     made of and the runtime's own per-layer times against it (``bench["compute"]["roofline"]``), and how far the
     packaged model, as `edgeml predict` calls it, is from the same file called bare."""
     compute, env = bench["compute"], bench["environment"]
+    title = "#### The INT8 model against its per-layer roofline"
+    if "roofline" not in compute:
+        return f"{title}\n\nNot measured: this bench.json predates the per-layer roofline; run `dvc repro bench`.\n"
     roof, called = compute["roofline"], compute["artifact_model"]
     measured = roof["measured_layers_us"] is not None or any(row.get("measured_us") for row in roof["layers"])
     header = ["layer (batch 1)", "count", "M MACs", "INT8 weights KB", "GEMM floor µs", "own GEMM µs", "weight reads µs",
@@ -519,7 +525,7 @@ def roofline_markdown(bench: dict) -> str:
                           + ", ".join(f"{name} {stats['median']:.3f}" for name, stats in settings.items())
                           + "; the artifact runs with the defaults (the bench's threads, OpenVINO's pinning).")
     return "\n".join([
-        f"#### The INT8 model against its per-layer roofline ({env['cpu']['model']}, {bench['settings']['threads']} threads)",
+        f"{title} ({env['cpu']['model']}, {bench['settings']['threads']} threads)",
         "",
         table(header, rows),
         "",
