@@ -230,7 +230,7 @@ def per_layer_table(profiles: dict[str, Any]) -> list[str]:
             own = roof["layers"][i]
             cells.append(f"{own['measured_us']:.0f} ({own['measured_over_roofline']:.1f}x)" if own.get("measured_us") else "")
         rows.append([row["layer"], str(row["count"]), f"{row['roofline_us']:.1f}", row["bound"], *cells])
-    rows.append(["**all layers** (+ one call)", "", f"{first['layers_roofline_us']:.1f}", "",
+    rows.append(["**all layers**", "", f"{first['layers_roofline_us']:.1f}", "",
                  *(f"{roof['measured_layers_us']:.0f} ({roof['measured_layers_us'] / roof['layers_roofline_us']:.1f}x)"
                    if roof["measured_layers_us"] else "" for roof in measured.values())])
     sources = "; ".join(f"{backend}: {roof['layer_times']}" for backend, roof in measured.items())

@@ -562,7 +562,7 @@ def _counts(nodes: dict[str, int]) -> str:
 
 def _workers_label(workers: int) -> str:
     """How the soak decoded, as the command's option reads."""
-    return "in turn (`--workers 0`)" if workers == 0 else f"{workers} threads (`--workers {workers}`)"
+    return "in turn (`--workers 0`)" if workers == 0 else f"{workers} thread{'s' if workers > 1 else ''} (`--workers {workers}`)"
 
 
 def _file_kind(kind: str) -> str:
