@@ -130,7 +130,7 @@ def summary_lines(bench: dict, evaluate: dict, ood: dict, choices: dict, package
         f"{bench['fp32']['cpu_latency_ms'] / bench['int8']['cpu_latency_ms']:.2f}x faster at batch 1 than the fastest FP32 "
         f"path on this CPU ({bench['fp32']['path']}; medians, each in its own process)"
         + (f"; INT8 runs at {bench['compute']['int8_over_roofline']:.2f}x its per-layer roofline floor "
-           f"({bench['compute']['roofline']['floor_ms']:.3f} ms, [performance](docs/performance.md))"
+           f"({bench['compute']['roofline']['floor_ms']:.3f} ms, docs/performance.md)"
            if "roofline" in bench.get("compute", {}) else "") + ".",
         f"- MSP vs `{headline_set}`, AUROC: FP32 {msp['fp32']:.2f} → INT8 {msp['int8']:.2f} "
         f"({msp['int8'] - msp['fp32']:+.2f} points; the paper lost {paper_loss:.1f}).",
