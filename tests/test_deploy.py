@@ -99,6 +99,53 @@ def test_single_images_give_what_a_batch_gives(artifact, float_model_and_images)
         np.testing.assert_allclose(np.concatenate([s[output] for s in singles]), batched[output], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_a_stream_of_batches_gives_what_single_calls_give_in_order(artifact, float_model_and_images):
+    """OpenVINO IR runs a stream of batches several at a time (an AsyncInferQueue on its throughput streams);
+    every runner's outputs come back in order, each batch's as one call gives it, however the stream ends."""
+    path, _, _ = artifact
+    loaded = EdgeModel.load(path.parent)
+    nhwc = float_model_and_images[1].permute(0, 2, 3, 1).numpy()
+    batches = [nhwc[i : i + size] for i, size in ((0, 5), (5, 1), (6, 8), (14, 3), (17, 5), (22, 2))]
+    expected = [loaded.runner(batch) for batch in batches]
+    for stream in (batches, batches[:1], []):
+        got = list(loaded.runner.pipelined(iter(stream)))
+        assert len(got) == len(stream)
+        for (probabilities, scores), (want_probabilities, want_scores) in zip(got, expected):
+            np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+    abandoned = loaded.runner.pipelined(iter(batches))
+    next(abandoned)
+    abandoned.close()  # calls still in flight finish before their inputs are freed: no crash, and the runner goes on
+    np.testing.assert_allclose(loaded.runner(batches[0])[1], expected[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_pairs_each_file_with_its_own_record_when_whole_batches_are_unreadable(artifact, float_model_and_images, tmp_path):
+    path, _, _ = artifact
+    loaded = EdgeModel.load(path.parent)
+    nhwc = float_model_and_images[1].permute(0, 2, 3, 1).numpy()[:7]
+    files = []
+    for i, image in enumerate(nhwc):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(png(image))
+        if i in (1, 4):  # with batches of 2: one batch all unreadable, one half
+            for j in range(2 if i == 1 else 1):
+                files.append(tmp_path / f"{i}-bad{j}.png")
+                files[-1].write_text("no image")
+    files.append(tmp_path / "last-bad.png")
+    files[-1].write_text("no image")
+    expected = {str(tmp_path / f"{i}.png"): record for i, record in enumerate(loaded.predict_images(nhwc))}
+    for workers in (0, 1, 2):
+        records = list(loaded.predict(files, batch_size=2, workers=workers))
+        assert [r["file"] for r in records] == [str(f) for f in files]
+        for record in records:
+            if "bad" in record["file"]:
+                assert "error" in record
+            else:
+                want = expected[record["file"]]
+                assert record["class"] == want["class"] and record["in_distribution"] == want["in_distribution"]
+                assert record["ood_score"] == pytest.approx(want["ood_score"], rel=1e-5, abs=1e-6)
+
+
 def test_the_bench_times_the_artifact_as_called_and_bare(artifact):
     """The bench's two timing workers for the packaged model load and run it (the bare call for OpenVINO IR only)."""
     path, _, _ = artifact

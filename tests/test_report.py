@@ -96,7 +96,7 @@ def test_predict_load_table_shows_each_file_kind_against_its_bound():
     assert "| 256x256 JPEG | 480 | 450 | 602 | 640 | 94% | 1.6 |" in text
     assert "decoded beforehand: 400 images/s at 1 thread, 700 images/s at 2 threads." in text
     assert "32x32 PNG: model 1 thread, 1 decoding 500 (71%)" in text
-    assert "| in turn (`--workers 0`) | 20,000 | 1,030 | 1 | empty | 528 | 3001 | 131 |" in text
+    assert "| in the calling thread (`--workers 0`) | 20,000 | 1,030 | 1 | empty | 528 | 3001 | 131 |" in text
     assert "| 2 threads (`--workers 2`) | 20,000 | 1,030 | 1 | empty | 659 | 3001 | 131 |" in text
     assert "Soak" not in tables.predict_load_markdown(load_bench(soak=False))
 

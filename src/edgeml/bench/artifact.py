@@ -27,7 +27,7 @@ def bench_artifact(
 
     Latency is per file at batch 1. Throughput (images/s, median of ``repeats``) and peak RSS are
     measured on ``images`` as 32x32 PNGs and enlarged to 256x256 JPEGs (a camera-like decoding
-    cost), decoding in turn (``sequential``: workers 0) and by the default pool of decoding threads
+    cost), decoding in the calling thread (``sequential``: workers 0; the model's calls still overlap it where the runner pipelines them) and by the default pool of decoding threads
     (``parallel``); RSS growth is the peak over the RSS before the run. Two figures bound it: the
     artifact's model alone on the decoded batches (``model_only``, what decoding ahead can approach
     at best, as both compete for the same cores) and the decoding cost per file on one thread."""

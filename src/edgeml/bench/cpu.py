@@ -54,13 +54,8 @@ def time_recipes(
     for ``rounds`` rounds of ``block`` runs; each recipe's speed-up over the fastest FP32 path (median over
     median), per round and overall, and its spread: the interquartile range of the per-round speed-ups over
     their median (a robust spread: one round disturbed by another process does not set it)."""
-    timers = {**fp32, **int8}
-    samples = latency_rounds_s(timers, 1, warmup, rounds, block)
+    samples, cpu = timed_cpu({**fp32, **int8}, warmup, rounds, block, batch_size, batch_runs)
     round_ms = {name: [1e3 * statistics.median(r) for r in per_round] for name, per_round in samples.items()}
-    stats = {name: latency_stats_ms([t for r in per_round for t in r]) for name, per_round in samples.items()}
-    batch_ms = cpu_latency_ms(timers, batch_size, max(2, warmup // 10), batch_runs, block=5, settle=3)
-    cpu = {name: {"latency_ms": stats[name]["median"], "latency_stats_ms": stats[name],
-                  "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)} for name in timers}
     fastest = min(fp32, key=lambda name: cpu[name]["latency_ms"])
     recipes = {}
     for name in int8:
@@ -131,14 +126,21 @@ def file_size_mb(path: str | Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def bench_cpu(timers: Mapping[str, Timer], warmup: int, runs: int, batch_size: int, batch_runs: int) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency (ms/sample: the median, and min, p10, median and p90) and throughput (images/s at
-    ``batch_size``) per model, the models taking turns (:func:`latency_rounds_s`)."""
-    samples = latency_rounds_s(timers, 1, warmup, -(-runs // 50))
+def timed_cpu(
+    timers: Mapping[str, Timer], warmup: int, rounds: int, block: int, batch_size: int, batch_runs: int,
+) -> tuple[dict[str, list[list[float]]], dict[str, dict[str, Any]]]:
+    """Per model, taking turns: the batch-1 seconds by round (:func:`latency_rounds_s`), and its record: batch-1
+    latency (ms/sample: the median, and min, p10, median and p90) and throughput (images/s at ``batch_size``)."""
+    samples = latency_rounds_s(timers, 1, warmup, rounds, block)
     batch_ms = cpu_latency_ms(timers, batch_size, max(2, warmup // 10), batch_runs, block=5, settle=3)
-    results = {}
+    records = {}
     for name, per_round in samples.items():
         stats = latency_stats_ms([t for r in per_round for t in r])
-        results[name] = {"latency_ms": stats["median"], "latency_stats_ms": stats,
+        records[name] = {"latency_ms": stats["median"], "latency_stats_ms": stats,
                          "throughput_images_per_s": batch_size / (batch_ms[name] / 1e3)}
-    return results
+    return samples, records
+
+
+def bench_cpu(timers: Mapping[str, Timer], warmup: int, runs: int, batch_size: int, batch_runs: int) -> dict[str, dict[str, Any]]:
+    """:func:`timed_cpu`'s records for about ``runs`` batch-1 runs per model, in rounds of 50."""
+    return timed_cpu(timers, warmup, -(-runs // 50), 50, batch_size, batch_runs)[1]

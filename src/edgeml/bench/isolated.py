@@ -181,6 +181,8 @@ def deployable(path: str, backend: str, threads: int) -> tuple[Model, MakeInput]
 
     model = load_deployable(Path(path), backend)
     generator = torch.Generator().manual_seed(0)
+    # plain contiguous NCHW, as a caller passes it (a channels-last batch of one sends the frozen FP32
+    # TorchScript model down a slow path, ~5x here)
     return _no_grad(model), lambda batch: torch.randn(batch, 3, 32, 32, generator=generator)
 
 

@@ -61,7 +61,7 @@ def gemm_peak_gmacs(threads: int, size: int = 2048, repeats: int = 10) -> dict[s
         "int8": {"torch": lambda: torch._int_mm(a8, b8)},
     }
     if "CPUExecutionProvider" in ort_providers():
-        for dtype, run in _ort_matmuls(size, threads).items():
+        for dtype, run in _ort_matmuls((size, size, size), threads).items():
             kernels[dtype]["onnxruntime"] = run
     peaks: dict[str, dict[str, float]] = {}
     for dtype, by_library in kernels.items():
@@ -73,12 +73,12 @@ def gemm_peak_gmacs(threads: int, size: int = 2048, repeats: int = 10) -> dict[s
     return peaks
 
 
-def _ort_matmuls(size: int, threads: int, shape: tuple[int, int, int] | None = None) -> dict[str, Callable[[], object]]:
-    """One-op ONNX Runtime models: FP32 MatMul and u8 x s8 MatMulInteger (MLAS kernels, as the ORT backend uses),
-    of ``size`` x ``size`` matrices or of ``shape`` (M, K, N), B a constant as a layer's weights are."""
+def _ort_matmuls(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[[], object]]:
+    """One-op ONNX Runtime models: FP32 MatMul and u8 x s8 MatMulInteger (MLAS kernels, as the ORT backend uses)
+    of ``shape`` (M, K, N), B a constant as a layer's weights are."""
     from onnx import TensorProto, helper
 
-    m, k, n = shape or (size, size, size)
+    m, k, n = shape
     rng = np.random.default_rng(0)
     specs = {
         "fp32": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
@@ -179,7 +179,7 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
 def int8_gemm_us(shapes: list[tuple[int, int, int]], threads: int, repeats: int = 200) -> dict[tuple[int, int, int], float]:
     """ONNX Runtime's u8 x s8 MatMulInteger of each shape (M, K, N), best of ``repeats``, in µs, the call
     included (:func:`one_op_model` measures that cost, to take off)."""
-    return {shape: 1e6 * best_seconds(_ort_matmuls(0, threads, shape)["int8"], repeats) for shape in sorted(set(shapes))}
+    return {shape: 1e6 * best_seconds(_ort_matmuls(shape, threads)["int8"], repeats) for shape in sorted(set(shapes))}
 
 
 def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 100) -> float:

@@ -365,7 +365,7 @@ def predict_load_markdown(bench: dict) -> str:
     artifact, env, settings = bench["artifact"], bench["environment"], bench["settings"]
     isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
     workers = artifact["decode_workers"]
-    header = ["files", "decoding, 1 thread (µs/file)", "decoding in turn (images/s)",
+    header = ["files", "decoding, 1 thread (µs/file)", "decoding in the calling thread (images/s)",
               f"`edgeml predict`: {workers} decoding thread{'s' if workers > 1 else ''} (images/s)", "bound (images/s)",
               "share of the bound", "RSS growth (MB)"]
     rows = [
@@ -562,7 +562,7 @@ def _counts(nodes: dict[str, int]) -> str:
 
 def _workers_label(workers: int) -> str:
     """How the soak decoded, as the command's option reads."""
-    return "in turn (`--workers 0`)" if workers == 0 else f"{workers} thread{'s' if workers > 1 else ''} (`--workers {workers}`)"
+    return "in the calling thread (`--workers 0`)" if workers == 0 else f"{workers} thread{'s' if workers > 1 else ''} (`--workers {workers}`)"
 
 
 def _file_kind(kind: str) -> str:

@@ -14,7 +14,7 @@ import json
 import os
 import xml.etree.ElementTree as ElementTree
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -261,9 +261,9 @@ class EdgeModel:
             ValueError: ``images`` is not such an array (see :func:`check_images`).
         """
         images = check_images(images)
-        if not len(images):
-            return []
-        probabilities, scores = self.runner(images)
+        return self._records(*self.runner(images)) if len(images) else []
+
+    def _records(self, probabilities: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
         threshold, classes = self.metadata["threshold"], self.metadata["classes"]
         return [
@@ -287,7 +287,7 @@ class EdgeModel:
         """One record per file, in order: its prediction, or an error naming the file and why it is
         not a usable image (the run goes on). ``workers`` threads decode the next ``workers`` batches
         while the model runs on one (0: decode in this thread), so memory stays bounded for any number
-        of files. Files over ``max_file_mb`` or images over ``max_megapixels``
+        of files; where the runner overlaps calls (OpenVINO IR), a few batches are in flight at once. Files over ``max_file_mb`` or images over ``max_megapixels``
         are refused before being read or decoded.
 
         Args:
@@ -308,29 +308,50 @@ class EdgeModel:
             raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
         read = functools.partial(_read_batch, max_file_mb=max_file_mb, max_megapixels=max_megapixels)
         batches = _batched(map(Path, files), batch_size)
-        if workers == 0:
-            for batch in batches:
-                yield from self._records(batch, read(batch))
-            return
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="edgeml-decode")
-        pending: collections.deque[tuple[list[Path], Future[Decoded]]] = collections.deque()
-        try:
-            for batch in batches:
-                pending.append((batch, pool.submit(read, batch)))
-                if len(pending) > workers:  # backpressure: no more batches ahead than there are workers
-                    done, decoded = pending.popleft()
-                    yield from self._records(done, decoded.result())
-            while pending:
-                done, decoded = pending.popleft()
-                yield from self._records(done, decoded.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        decoded: collections.deque[tuple[list[Path], Decoded]] = collections.deque()  # read, not yet given a record
 
-    def _records(self, files: list[Path], decoded: Decoded) -> Iterator[dict[str, Any]]:
-        images, errors = decoded
-        results = iter(self.predict_images(images) if images is not None else [])
-        for file, error in zip(files, errors):
-            yield {"file": str(file), **(next(results) if error is None else {"error": error})}
+        def images() -> Iterator[np.ndarray]:  # the model's input: each batch's readable images, decoded ahead
+            for batch, result in _decode_ahead(batches, read, workers):
+                decoded.append((batch, result))
+                if result[0] is not None:
+                    yield check_images(result[0])
+
+        for outputs in self.runner.pipelined(images()):
+            records = iter(self._records(*outputs))
+            while decoded:
+                batch, (found, errors) = decoded.popleft()
+                yield from _file_records(batch, errors, records if found is not None else iter(()))
+                if found is not None:
+                    break
+        for batch, (_, errors) in decoded:  # batches after the last image: errors only
+            yield from _file_records(batch, errors, iter(()))
+
+
+def _decode_ahead(batches: Iterable[list[Path]], read: Callable[[list[Path]], Decoded], workers: int) -> Iterator[tuple[list[Path], Decoded]]:
+    """Each batch of files with its decoded images, in order: ``workers`` threads decode the next ``workers``
+    batches while the caller uses one (0: decode in the calling thread, when asked)."""
+    if workers == 0:
+        yield from ((batch, read(batch)) for batch in batches)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="edgeml-decode")
+    pending: collections.deque[tuple[list[Path], Future[Decoded]]] = collections.deque()
+    try:
+        for batch in batches:
+            pending.append((batch, pool.submit(read, batch)))
+            if len(pending) > workers:  # backpressure: no more batches ahead than there are workers
+                done, result = pending.popleft()
+                yield done, result.result()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _file_records(files: list[Path], errors: list[Optional[str]], records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``{"file": path, **record}`` for each readable file (its record next in ``records``), the error for the rest."""
+    for file, error in zip(files, errors):
+        yield {"file": str(file), **(next(records) if error is None else {"error": error})}
 
 
 def check_images(images: Any) -> np.ndarray:
