@@ -26,6 +26,12 @@ def probe(log, runtime):
 
 def broken():
     raise RuntimeError("this model file is damaged")
+
+def environment(log, name):
+    def run(x):
+        with open(log, "a") as f:
+            f.write(os.environ.get(name, "unset") + "\\n")
+    return run, lambda batch: [0] * batch
 '''
 
 
@@ -49,6 +55,23 @@ def test_each_model_runs_alone_in_its_own_process(probe_module: Path):
     assert wave_pid != netrc_pid and str(os.getpid()) not in (wave_pid, netrc_pid)
     assert (wave_modules, netrc_modules) == ("wave", "netrc")  # neither sees the other's runtime
     assert len(logs["wave"].read_text().splitlines()) == 2 * (1 + 3)  # settle runs are run, not timed
+
+
+def test_a_worker_starts_with_the_environment_its_load_adds(probe_module: Path, monkeypatch: pytest.MonkeyPatch):
+    """What takes effect only at process start (glibc's malloc tunables, for huge pages) reaches that one worker."""
+    monkeypatch.setenv("EDGEML_PROBE_KEPT", "parent")
+    logs = {name: probe_module / f"{name}.log" for name in ("plain", "tuned", "kept")}
+    loads = {
+        "plain": Load("timing_probe:environment", {"log": str(logs["plain"]), "name": "GLIBC_TUNABLES"}),
+        "tuned": Load("timing_probe:environment", {"log": str(logs["tuned"]), "name": "GLIBC_TUNABLES"}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
+        "kept": Load("timing_probe:environment", {"log": str(logs["kept"]), "name": "EDGEML_PROBE_KEPT"}, {"OTHER": "1"}),
+    }
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    with Workers(loads) as workers:
+        for worker in workers.values():
+            worker.samples(batch=1, settle=0, runs=1)
+    assert {name: log.read_text().split() for name, log in logs.items()} == {
+        "plain": ["unset"], "tuned": ["glibc.malloc.hugetlb=1"], "kept": ["parent"]}
 
 
 def test_a_worker_that_cannot_load_names_its_model_and_why(probe_module: Path):

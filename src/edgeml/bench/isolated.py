@@ -64,10 +64,13 @@ class InProcess:
 
 @dataclasses.dataclass(frozen=True)
 class Load:
-    """How a worker builds its model: ``factory`` (``"module:function"``) called with ``kwargs`` (JSON values)."""
+    """How a worker builds its model: ``factory`` (``"module:function"``) called with ``kwargs`` (JSON values),
+    in a process whose environment has ``env`` added (what only takes effect at process start, such as glibc's
+    malloc tunables)."""
 
     factory: str
     kwargs: dict[str, Any]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class WorkerError(RuntimeError):
@@ -83,9 +86,9 @@ class InOwnProcess:
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "edgeml.bench.isolated"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, text=True,
+            stderr=self._stderr, text=True, env={**os.environ, **load.env},
         )
-        self._send(dataclasses.asdict(load))
+        self._send({"factory": load.factory, "kwargs": load.kwargs})
         self._ready = False
 
     def wait_ready(self) -> int:
