@@ -611,7 +611,6 @@ def headline(
         "cpu_speedup_batch64": round(
             bench["int8"]["cpu_throughput_images_per_s"] / bench["fp32"]["cpu_throughput_images_per_s"], 3
         ),
-        "int8_over_compute_floor": round(bench["compute"]["latency_over_floor"]["int8"], 3),
         **({"int8_over_roofline": round(bench["compute"]["int8_over_roofline"], 3),
             "artifact_model_over_bare": _rounded(bench["compute"]["artifact_model"]["as_called_over_bare"], 3),
             "artifact_model_over_roofline": round(bench["compute"]["artifact_model"]["as_called_over_roofline"], 3),
