@@ -248,42 +248,35 @@ def test_folder_search_lists_what_it_cannot_read(tmp_path, monkeypatch):
         read_image(tmp_path / "missing.png")
 
 
-def test_decoding_runs_ahead_by_a_bounded_number_of_batches(model, tmp_path):
-    (tmp_path / "x.png").write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
+def files_taken(model: EdgeModel, folder: Path, records: int) -> int:
+    """How many files ``predict`` (batches of 4, 2 decoding workers) takes from an endless stream to give ``records``."""
+    (folder / "x.png").write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
     taken = 0
 
     def endless():
         nonlocal taken
         while True:
             taken += 1
-            yield tmp_path / "x.png"
+            yield folder / "x.png"
 
-    records = model.predict(endless(), batch_size=4, workers=2)
-    for _ in range(10):
-        next(records)
-    assert taken == 4 * (3 + 2)  # the three batches yielded from, and one decoding ahead per worker
-    records.close()
+    given = model.predict(endless(), batch_size=4, workers=2)
+    for _ in range(records):
+        next(given)
+    given.close()
+    return taken
+
+
+def test_decoding_runs_ahead_by_a_bounded_number_of_batches(model, tmp_path):
+    assert files_taken(model, tmp_path, 10) == 4 * (3 + 2)  # the three batches yielded from, and one decoding ahead per worker
 
 
 def test_an_ir_artifact_keeps_a_bounded_number_of_batches_in_flight(ir_artifact, tmp_path):
     """OpenVINO IR pipelines its calls: besides the batches decoding ahead, at most one per throughput
     stream in flight and the one it looks ahead by, however long the stream of files."""
-    (tmp_path / "x.png").write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
     model = EdgeModel.load(ir_artifact)
-    taken = 0
-
-    def endless():
-        nonlocal taken
-        while True:
-            taken += 1
-            yield tmp_path / "x.png"
-
-    records = model.predict(endless(), batch_size=4, workers=2)
-    for _ in range(40):
-        next(records)
+    taken = files_taken(model, tmp_path, 40)
     streams = model.runner.calls.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
     assert 4 * 10 < taken <= 4 * (10 + 2 + streams + 1)  # ten batches given out, two decoding ahead
-    records.close()
 
 
 @pytest.mark.parametrize(
