@@ -88,8 +88,23 @@ def test_artifact_round_trips(artifact, float_model_and_images):
     assert [r["in_distribution"] for r in records] == (scores >= threshold).tolist()
 
 
+def test_records_decide_at_the_scores_precision_and_name_the_first_of_tied_classes(openvino_artifact):
+    """A record's decision is the one the pipeline's metrics count (NumPy compares float32 scores with the
+    threshold rounded to float32): a score equal to the rounded threshold is in distribution, even where the
+    exact threshold lies above it; the next float below is not. Tied probabilities name the first class."""
+    loaded = EdgeModel.load(openvino_artifact[0].parent)
+    loaded.metadata["threshold"] = 0.5 + 2**-30  # rounds down to 0.5 in float32
+    scores = np.array([0.5, np.nextafter(np.float32(0.5), np.float32(0)), 0.75], np.float32)
+    probabilities = np.tile(np.array([0.1, 0.45, 0.45] + [0.0] * 7, np.float32), (3, 1))
+    records = loaded._records(probabilities, scores)
+    assert [r["in_distribution"] for r in records] == (scores >= loaded.metadata["threshold"]).tolist() == [True, False, True]
+    assert [r["class"] for r in records] == [CIFAR10_CLASSES[1]] * 3
+    assert [r["confidence"] for r in records] == [0.45] * 3 and records[2]["ood_score"] == 0.75
+
+
 def test_single_images_give_what_a_batch_gives(artifact, float_model_and_images):
-    """Batch-1 calls run a separately compiled graph (OpenVINO: static, zero-copy; pt2e: static, C++ wrapper)."""
+    """Batch-1 calls run a separately compiled graph (OpenVINO: static, on arrays bound to its request once, so
+    each call's outputs must be copies; pt2e: static, C++ wrapper)."""
     path, _, _ = artifact
     loaded = EdgeModel.load(path.parent)
     nhwc = float_model_and_images[1].permute(0, 2, 3, 1).numpy()[:8]  # a strided view, as callers may pass

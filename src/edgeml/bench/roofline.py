@@ -194,7 +194,7 @@ def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 100) -> float:
 
 def one_op_model(runtime: str, threads: int) -> tuple[Callable[[Any], object], Callable[[int], Any]]:
     """A timing-worker factory (:mod:`edgeml.bench.isolated`): one ReLU on a [1, 3, 32, 32] input in ``runtime``
-    (openvino: static, zero-copy; onnxruntime), called as the project calls its models: the cost of a call."""
+    (openvino: static batch 1, as an artifact is called; onnxruntime), called as the project calls its models: the cost of a call."""
     if runtime == "openvino":
         import openvino as ov
         import openvino.opset13 as ops

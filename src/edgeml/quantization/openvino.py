@@ -169,8 +169,8 @@ def _constant(value: ov.Output) -> np.ndarray:
 
 class OpenVinoModule(nn.Module):
     """An OpenVINO CPU model behind the ``nn.Module`` call the pipeline uses (tensor in, tensors out), compiled
-    and called as the runtime calls an artifact (:class:`edgeml.runtime.runners.OpenVinoCalls`: static batch 1,
-    zero-copy); threads default to torch's current setting, so one ``torch.set_num_threads`` governs every
+    and called as the runtime calls an artifact (:class:`edgeml.runtime.runners.OpenVinoCalls`: static batch 1
+    on arrays bound once); threads default to torch's current setting, so one ``torch.set_num_threads`` governs every
     backend. Call it from one thread at a time."""
 
     def __init__(self, path: str | Path, threads: Optional[int] = None):
