@@ -181,3 +181,25 @@ def test_file_size_counts_the_weights_file_of_a_two_file_format(tmp_path):
     (tmp_path / "int8.onnx").write_bytes(b"o" * 3000)
     assert cpu_timing.file_size_mb(tmp_path / "int8.xml") == 2.001  # OpenVINO IR: topology + weights
     assert cpu_timing.file_size_mb(tmp_path / "int8.onnx") == 0.003
+
+
+def test_the_artifacts_calls_count_their_median_process_and_keep_each_ones_median():
+    """The artifact and its bare call are each timed in several processes (their medians differ by process): the
+    median process's statistics count, every process's median is kept; other workers and settings stay apart."""
+    from edgeml.bench.suite import artifact_calls
+
+    def record(median: float) -> dict:
+        return {"latency_stats_ms": {"min": median - 0.1, "p10": median - 0.05, "median": median, "p90": median + 0.1}}
+
+    timed = {"int8": record(9.0), "artifact#0": record(1.0), "artifact#1": record(3.0), "artifact#2": record(2.0),
+             "artifact_bare#0": record(1.0), "artifact_bare#1": record(1.2), "artifact_bare#2": record(0.8),
+             "artifact_bare 1 thread#0": record(4.0)}
+    calls = artifact_calls(timed, floor_ms=0.5, fastest_fp32_ms=8.0)
+    assert calls["as_called_ms"] == {**timed["artifact#2"]["latency_stats_ms"], "process_medians": [1.0, 2.0, 3.0]}
+    assert calls["bare_ms"]["median"] == 1.0 and calls["bare_ms"]["process_medians"] == [0.8, 1.0, 1.2]
+    assert calls["as_called_over_bare"] == pytest.approx(2.0) and calls["as_called_over_roofline"] == pytest.approx(4.0)
+    assert calls["as_called_speedup_vs_fastest_fp32"] == pytest.approx(4.0)
+    assert set(calls["bare_settings_ms"]) == {"default", "1 thread"} and calls["bare_settings_ms"]["1 thread"]["median"] == 4.0
+    without_bare = artifact_calls({"artifact#0": record(1.0)}, floor_ms=0.5, fastest_fp32_ms=8.0)
+    assert without_bare["as_called_over_bare"] is None and without_bare["bare_settings_ms"] == {}
+    assert without_bare["bare_ms"].startswith("not measured")
