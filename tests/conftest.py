@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -12,11 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 from edgeml.data.readers import CIFAR10_CLASSES
 from edgeml.model.inference import normalize
 from edgeml.model.resnet import build_resnet18
+
+# Property tests draw the same examples on every run (CI included), so a run's result never depends on its seed;
+# HYPOTHESIS_PROFILE=explore draws new examples on each run, to hunt for what the fixed ones miss.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -286,6 +286,15 @@ def test_the_fuzz_reaches_every_committed_key():
         assert key in PATHS
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug, found by the fuzz test below with random examples: Weights checks its own sha256 and names it "
+    "train.weights.sha256 wherever it sits. The fix changes edgeml/params.py, in 16 stages' closures, so it lands "
+    "with the next complete pipeline run"))
+def test_a_bad_finetune_weights_digest_is_named_by_its_own_key():
+    with pytest.raises(ParamsError, match=r"^finetune\.weights\.sha256: expected 64 hex digits, got ''"):
+        parse(with_change("finetune.weights.sha256", ""))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzzed_params_fail_only_with_a_params_error_naming_the_key(data):
