@@ -25,6 +25,7 @@ ALLOWED = {
     "salient_shuffle": "training images, salient pixels shuffled (ASCOOD)",
     "strong_pixmix": "training images mixed with generated pictures",
     "procedural": "fractals, gratings, 1/f fields",
+    "fractal_sketch": "FractalDB-style IFS points on a plain ground",
 }
 SOURCES = [Path(outliers.__file__), Path(generated.__file__), Path(outliers.__file__).with_name("finetune.py")]
 
@@ -103,16 +104,38 @@ def test_no_outlier_code_reaches_the_validation_or_test_generators():
 
 
 def test_no_training_outlier_looks_like_a_shapes_val_image(pictures):
-    """shapes_val images are flat colour regions: most neighbouring pixels are exactly equal. No outlier
-    generator makes such images (a generator drifting towards that family fails here)."""
-    def flat_share(images: torch.Tensor) -> float:
-        return (images[..., 1:] == images[..., :-1]).all(1).float().mean().item()
+    """shapes_val images are flat colour regions over a two-colour gradient: most neighbouring pixels are
+    exactly equal, and the gradient gives them many colours. Every generator but the sketches makes images
+    that are mostly not flat; a sketch is flat but has exactly two colours, its ground and its figure, which
+    almost no shapes_val image has. A generator drifting towards that family fails here."""
+    def flat_share(images: torch.Tensor) -> torch.Tensor:
+        return (images[..., 1:] == images[..., :-1]).all(1).float().flatten(1).mean(1)
 
-    shapes = torch.from_numpy(synthetic_shapes(64, 0)).permute(0, 3, 1, 2)
-    assert flat_share(shapes) > 0.6
-    maker = outliers.OutlierMaker({name: 1 for name in outliers.GENERATORS}, pictures, encoding=None)
-    made = maker(smooth_images(256, seed=5), torch.Generator().manual_seed(0))
-    assert flat_share(made) < 0.35
+    def colours(images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([len(image.flatten(1).unique(dim=1).T) for image in images])
+
+    shapes = torch.from_numpy(synthetic_shapes(256, 0)).permute(0, 3, 1, 2)
+    assert flat_share(shapes).mean() > 0.6
+    assert (colours(shapes) <= 2).float().mean() < 0.05
+    images = smooth_images(256, seed=5)
+    for name, generator in outliers.GENERATORS.items():
+        made = generator(images, pictures, torch.Generator().manual_seed(0))
+        if name == "fractal_sketch":
+            assert (colours(made) == 2).all(), name
+        else:
+            assert flat_share(made).mean() < 0.35, name
+
+
+def test_sketches_are_a_figure_in_one_colour_on_a_plain_ground_with_contrast():
+    sketches = generated.sketches(200, np.random.default_rng(0)).astype(float) / 255
+    luma = sketches @ np.array([0.299, 0.587, 0.114])
+    flat = sketches.reshape(200, -1, 3)
+    for image, lumas in zip(flat, luma.reshape(200, -1)):
+        values, counts = np.unique(image, axis=0, return_counts=True)
+        assert len(values) == 2
+        assert lumas.max() - lumas.min() >= 0.3 - 1 / 255
+    ground_share = np.array([np.unique(image, axis=0, return_counts=True)[1].max() / len(image) for image in flat])
+    assert np.median(ground_share) > 0.6  # mostly ground: a figure, not a texture
 
 
 def jpeg_folder(tmp_path: Path, fmt: str) -> Path:

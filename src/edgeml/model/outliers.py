@@ -7,7 +7,8 @@ so every generator here starts from what the model sees in training, and the rul
 
 - allowed: outliers made from the training images (pixels of salient regions shuffled, after ASCOOD,
   Regmi et al. 2024; jigsaw permutations; strong PixMix mixes with generated pictures) and
-  procedural pictures (the fractals, gratings and 1/f fields of :mod:`edgeml.model.pictures`);
+  procedural pictures (the fractals, gratings and 1/f fields of :mod:`edgeml.model.pictures`, and
+  FractalDB-style fractal sketches on a plain ground);
 - forbidden: anything built to look like a test set (digits, letters, strokes or glyphs, clothing
   silhouettes, photographs), i.i.d. per-pixel noise (ODIN's gaussian and uniform test sets are exactly
   that), and the far-validation generator's family (:func:`edgeml.data.ood_sets.synthetic_shapes`),
@@ -111,6 +112,14 @@ def procedural(images: torch.Tensor, pictures: torch.Tensor, g: torch.Generator)
     return pictures[torch.randint(len(pictures), (len(images),), generator=g)].clone()
 
 
+def fractal_sketch(images: torch.Tensor, pictures: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A new FractalDB-style render per training image (:func:`edgeml.model.pictures.sketches`): an IFS
+    fractal's points in one colour on a plain ground. Every other family fills the whole frame with
+    texture; this one teaches that a figure on an empty ground is not, by itself, a CIFAR-10 object."""
+    seed = int(torch.randint(2**62, (1,), generator=g))
+    return torch.from_numpy(pictures_module.sketches(len(images), np.random.default_rng(seed))).permute(0, 3, 1, 2).contiguous()
+
+
 Generator = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 GENERATORS: dict[str, Generator] = {
     "jigsaw": jigsaw,
@@ -118,6 +127,7 @@ GENERATORS: dict[str, Generator] = {
     "salient_shuffle": salient_shuffle,
     "strong_pixmix": strong_pixmix,
     "procedural": procedural,
+    "fractal_sketch": fractal_sketch,
 }
 
 

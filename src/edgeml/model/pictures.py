@@ -57,10 +57,10 @@ def _blur(fields: np.ndarray) -> np.ndarray:
     return sum(padded[:, i : i + SIZE, j : j + SIZE] for i in range(3) for j in range(3)) / 9
 
 
-def fractals(n: int, rng: np.random.Generator, chains: int = 256, steps: int = 64, burn_in: int = 8) -> np.ndarray:
-    """IFS fractals (Barnsley's chaos game): 2-4 contractive affine maps ``R(t1) diag(s) R(t2) p + b``,
-    singular values in [0.3, 0.8], each chosen with probability proportional to its |det|; the
-    visited points' log density on a 32x32 grid, blurred and coloured. (n, H, W) fields -> (n, 3, H, W)."""
+def _ifs_cells(n: int, rng: np.random.Generator, chains: int, steps: int, burn_in: int) -> np.ndarray:
+    """The chaos game of n random IFS (Barnsley): 2-4 contractive affine maps ``R(t1) diag(s) R(t2) p + b``,
+    singular values in [0.3, 0.8], each chosen with probability proportional to its |det|. Returns the
+    flat cell index (in an n x 32 x 32 grid) of every point visited after ``burn_in`` steps."""
     maps = 4
     count = rng.integers(2, maps + 1, n)
     t1, t2 = rng.uniform(0, 2 * np.pi, (2, n, maps))
@@ -81,10 +81,35 @@ def fractals(n: int, rng: np.random.Generator, chains: int = 256, steps: int = 6
     cloud = np.concatenate(visited, 1)  # (n, points, 2)
     low, high = np.percentile(cloud, 1, axis=1, keepdims=True), np.percentile(cloud, 99, axis=1, keepdims=True)
     cells = np.clip(((cloud - low) / np.maximum(high - low, 1e-9) * SIZE).astype(int), 0, SIZE - 1)
-    flat = (np.arange(n)[:, None] * SIZE * SIZE + cells[..., 1] * SIZE + cells[..., 0]).ravel()
-    density = np.log1p(np.bincount(flat, minlength=n * SIZE * SIZE).reshape(n, SIZE, SIZE))
+    return (np.arange(n)[:, None] * SIZE * SIZE + cells[..., 1] * SIZE + cells[..., 0]).ravel()
+
+
+def fractals(n: int, rng: np.random.Generator, chains: int = 256, steps: int = 64, burn_in: int = 8) -> np.ndarray:
+    """IFS fractals: the chaos game's (:func:`_ifs_cells`) log point density, blurred and coloured:
+    smooth surfaces. (n, 3, H, W) floats."""
+    density = np.log1p(np.bincount(_ifs_cells(n, rng, chains, steps, burn_in), minlength=n * SIZE * SIZE).reshape(n, SIZE, SIZE))
     density = _blur(_blur(density))
     return _colourise(density / np.maximum(density.max(axis=(1, 2), keepdims=True), 1e-9), rng)
+
+
+def sketches(n: int, rng: np.random.Generator, chains: int = 16, steps: int = 28, burn_in: int = 8) -> np.ndarray:
+    """IFS fractals rendered as FractalDB renders them (Kataoka et al., "Pre-training without Natural
+    Images", ACCV 2020): the visited points drawn sharp in one colour on a plain ground of another, half of
+    them bold (each point a plus of 5 pixels); figure and ground differ by at least 0.3 in luma. Unlike :func:`fractals`, a
+    figure on an empty ground, the layout of no CIFAR-10 image. (n, H, W, 3) uint8."""
+    drawn = np.bincount(_ifs_cells(n, rng, chains, steps, burn_in), minlength=n * SIZE * SIZE).reshape(n, SIZE, SIZE) > 0
+    bold = rng.uniform(0, 1, n) < 0.5
+    padded = np.pad(drawn, ((0, 0), (1, 1), (1, 1)))
+    dilated = np.any([padded[:, i : i + SIZE, j : j + SIZE] for i, j in ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2))], axis=0)
+    drawn = np.where(bold[:, None, None], dilated, drawn)
+    ground, figure = rng.uniform(0, 1, (2, n, 3))
+    luma = np.array([0.299, 0.587, 0.114])
+    faint = np.abs((figure - ground) @ luma) < 0.3
+    while faint.any():  # redrawn until every figure stands out (any ground has colours 0.3 of luma away)
+        figure[faint] = rng.uniform(0, 1, (faint.sum(), 3))
+        faint = np.abs((figure - ground) @ luma) < 0.3
+    image = np.where(drawn[..., None], figure[:, None, None], ground[:, None, None])
+    return np.round(image * 255).astype(np.uint8)
 
 
 def gratings(n: int, rng: np.random.Generator) -> np.ndarray:
