@@ -114,6 +114,16 @@ def test_single_images_give_what_a_batch_gives(artifact, float_model_and_images)
         np.testing.assert_allclose(np.concatenate([s[output] for s in singles]), batched[output], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_a_batch_1_array_of_another_dtype_is_refused_not_cast(openvino_artifact):
+    """The batch-1 call copies into an array bound to its request: a float image must raise, as OpenVINO does
+    for a batch, not be cast to uint8 silently (0.5 would become 0)."""
+    runner = EdgeModel.load(openvino_artifact[0].parent).runner
+    image = np.full((1, 32, 32, 3), 128, np.uint8)
+    assert runner(image)[0].shape == (1, 10)
+    with pytest.raises(TypeError):
+        runner(image.astype(np.float32) / 255)
+
+
 def test_a_stream_of_batches_gives_what_single_calls_give_in_order(artifact, float_model_and_images):
     """OpenVINO IR runs a stream of batches several at a time (an AsyncInferQueue on its throughput streams);
     every runner's outputs come back in order, each batch's as one call gives it, however the stream ends."""

@@ -286,13 +286,17 @@ def test_the_fuzz_reaches_every_committed_key():
         assert key in PATHS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, found by the fuzz test below with random examples: Weights checks its own sha256 and names it "
-    "train.weights.sha256 wherever it sits. The fix changes edgeml/params.py, in 16 stages' closures, so it lands "
-    "with the next complete pipeline run"))
-def test_a_bad_finetune_weights_digest_is_named_by_its_own_key():
-    with pytest.raises(ParamsError, match=r"^finetune\.weights\.sha256: expected 64 hex digits, got ''"):
-        parse(with_change("finetune.weights.sha256", ""))
+@pytest.mark.parametrize("key, value, message", [
+    ("finetune.weights.sha256", "", r"^finetune\.weights\.sha256: expected 64 hex digits, got ''"),
+    ("train.weights.sha256", "abc", r"^train\.weights\.sha256: expected 64 hex digits, got 'abc'"),
+    ("train.logitnorm_tau", 0, r"^train\.logitnorm_tau: must be > 0"),
+    ("finetune.recipes.oe_mixed.energy_percentiles", [99, 50], r"^finetune\.recipes\.oe_mixed\.energy_percentiles: expected"),
+])
+def test_a_dataclass_own_check_is_named_by_the_key_where_it_sits(key, value, message):
+    """Found by the fuzz test below with random examples: Weights once named its digest train.weights.sha256
+    wherever it sat."""
+    with pytest.raises(ParamsError, match=message):
+        parse(with_change(key, value))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

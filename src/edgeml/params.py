@@ -125,7 +125,7 @@ class Weights:
 
     def __post_init__(self) -> None:
         if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
-            raise ParamsError(f"train.weights.sha256: expected 64 hex digits, got {self.sha256!r}")
+            raise ParamsError(f"sha256: expected 64 hex digits, got {self.sha256!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         if self.logitnorm_tau <= 0:
-            raise ParamsError(f"train.logitnorm_tau: must be > 0, got {self.logitnorm_tau!r}")
+            raise ParamsError(f"logitnorm_tau: must be > 0, got {self.logitnorm_tau!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,7 +545,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                     bounds.check(kwargs[name], sub_key)
             elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ParamsError(f"{sub_key}: missing")
-        return hint(**kwargs)
+        try:
+            return hint(**kwargs)
+        except ParamsError as error:  # a dataclass's own check names its field; the key says where it sits
+            raise ParamsError(f"{key}.{error}" if key else str(error)) from None
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

@@ -133,18 +133,18 @@ def run_bench(
 # faster, measured. Each is (factory kwargs, environment). Huge pages: glibc's malloc asks for transparent huge
 # pages on its large blocks (the compiled weights among them) where THP is "madvise", as here: fewer TLB misses
 # on the 8 MB of layer4 weights each call reads.
-# The artifact's median varies from process to process more than a bare call's does (measured here, 6 processes
-# each, blocks of 50 taking turns: 0.877-0.940 ms as called, 0.845-0.859 ms bare; two bench runs of the same code
-# read +2.4% and +14.8% over bare), so each of the two is timed in this many processes, and the median one counts.
-CALL_PROCESSES = 3
-PROCESS_MARK = "#"  # worker names: "artifact#0", "artifact_bare#1", "artifact_bare 1 thread#0"
-
 OPENVINO_SETTINGS = {
     " 1 thread": ({"threads": 1}, {}),
     " pinned": ({"pinning": True}, {}),
     " not pinned": ({"pinning": False}, {}),
     " huge pages": ({}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
 }
+
+# The artifact's median varies from process to process more than a bare call's does (measured here, 6 processes
+# each, blocks of 50 taking turns: 0.877-0.940 ms as called, 0.845-0.859 ms bare; two bench runs of the same code
+# read +2.4% and +14.8% over bare), so each of the two is timed in this many processes, and the median one counts.
+CALL_PROCESSES = 3
+PROCESS_MARK = "#"  # worker names: "artifact#0", "artifact_bare#1", "artifact_bare 1 thread#0"
 
 
 def deployable_load(path: Path, backend: str, threads: int) -> Load:
