@@ -203,3 +203,21 @@ def test_the_artifacts_calls_count_their_median_process_and_keep_each_ones_media
     without_bare = artifact_calls({"artifact#0": record(1.0)}, floor_ms=0.5, fastest_fp32_ms=8.0)
     assert without_bare["as_called_over_bare"] is None and without_bare["bare_settings_ms"] == {}
     assert without_bare["bare_ms"].startswith("not measured")
+
+
+def test_interleaved_timing_takes_turns_and_keeps_each_functions_own_median(monkeypatch):
+    """Each round runs every function once, in turn, so a drift in the machine's speed falls on all alike."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(cpu_timing.time, "perf_counter", lambda: clock[0])
+
+    def taking(name: str, seconds: list[float]):
+        durations = iter(seconds)
+
+        def fn() -> None:
+            calls.append(name)
+            clock[0] += next(durations)
+        return fn
+
+    medians = cpu_timing.interleaved_median_seconds({"a": taking("a", [5.0, 1.0, 2.0]), "b": taking("b", [0.1, 0.3, 0.2])}, 3)
+    assert calls == ["a", "b"] * 3
+    assert medians == pytest.approx({"a": 2.0, "b": 0.2})

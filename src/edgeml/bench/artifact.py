@@ -5,39 +5,43 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from edgeml.bench.cpu import file_size_mb, median_seconds
+from edgeml.bench.cpu import file_size_mb, interleaved_median_seconds, median_seconds
 from edgeml.bench.memory import PeakRSS
 from edgeml.runtime.artifact import DECODE_WORKERS, EdgeModel
 from edgeml.runtime.images import read_image
 
-if TYPE_CHECKING:  # pytorch-ood is needed only where detectors are timed
-    pass
+# Rounds of the throughput figures: each round times every figure once, in turn (the model alone, decoding, each
+# schedule), so the share of the bound compares runs made under the same conditions.
+ROUNDS = 5
 
 
 def bench_artifact(
-    artifact: str | Path, images: np.ndarray, workdir: Path, threads: int, batch_size: int, repeats: int
+    artifact: str | Path, images: np.ndarray, workdir: Path, threads: int, batch_size: int, rounds: int = ROUNDS
 ) -> dict[str, object]:
     """The whole `edgeml predict` path on real files: load, then file -> decode -> model -> decision.
 
-    Latency is per file at batch 1. Throughput (images/s, median of ``repeats``) and peak RSS are
-    measured on ``images`` as 32x32 PNGs and enlarged to 256x256 JPEGs (a camera-like decoding
-    cost), decoding in the calling thread (``sequential``: workers 0; the model's calls still overlap it where the runner pipelines them) and by the default pool of decoding threads
-    (``parallel``); RSS growth is the peak over the RSS before the run. Two figures bound it: the
-    artifact's model alone on the decoded batches (``model_only``, what decoding ahead can approach
-    at best, as both compete for the same cores) and the decoding cost per file on one thread."""
+    Latency is per file at batch 1. Throughput (images/s, median of ``rounds``) is measured on ``images`` as
+    32x32 PNGs and enlarged to 256x256 JPEGs (a camera-like decoding cost), decoding in the calling thread
+    (``sequential``: workers 0; the model's calls still overlap it where the runner pipelines them) and by the
+    default pool of decoding threads (``parallel``). Two figures bound it: the artifact's model alone on the
+    decoded batches (``model_only``, what decoding ahead can approach at best, as both compete for the same
+    cores) and the decoding cost per file on one thread; they are timed in the same rounds as the schedules.
+    Peak RSS (and its growth over the RSS before) comes from one more run of each schedule, before the timed
+    rounds and untimed (its sampling thread would take the GIL from the run it measures); it also warms each
+    schedule up (the throughput-compiled model is compiled on its first stream)."""
     png_files, jpeg_files = [], []
     for i, image in enumerate(images):
         png_files.append(workdir / f"{i:05d}.png")
         Image.fromarray(image).save(png_files[-1])
         jpeg_files.append(workdir / f"{i:05d}.jpg")
         Image.fromarray(image).resize((256, 256), Image.BILINEAR).save(jpeg_files[-1], quality=90)
-    load_s = median_seconds(lambda: EdgeModel.load(artifact, threads=threads), repeats)
+    load_s = median_seconds(lambda: EdgeModel.load(artifact, threads=threads), rounds)
     model = EdgeModel.load(artifact, threads=threads)
     list(model.predict(png_files[:10], batch_size=1))  # warm-up
     latencies = []
@@ -47,24 +51,43 @@ def bench_artifact(
         latencies.append(time.perf_counter() - start)
     batches = [np.stack([read_image(f) for f in png_files[i : i + batch_size]]) for i in range(0, len(png_files), batch_size)]
     by_threads = {n: model if n == threads else EdgeModel.load(artifact, threads=n) for n in sorted({1, threads})}
-    model_only = {n: len(png_files) / median_seconds(lambda: [m.predict_images(batch) for batch in batches], repeats)
-                  for n, m in by_threads.items()}
+    schedules = {"sequential": (threads, 0), "parallel": (threads, DECODE_WORKERS), **({
+        f"model {n} thread{'s' if n > 1 else ''}, {workers} decoding": (n, workers)
+        for n in by_threads for workers in range(1, threads + 1) if (n, workers) != (threads, DECODE_WORKERS)} if threads > 1 else {})}
+    kinds = {"png_32": png_files, "jpeg_256": jpeg_files}
+
+    def run(kind: str, mode: str) -> Callable[[], object]:
+        n, workers = schedules[mode]
+        return lambda: list(by_threads[n].predict(kinds[kind], batch_size, workers))
+
+    for m in by_threads.values():
+        m.predict_images(batches[0])  # warm-up: the dynamic-batch model is compiled on its first batch
+    peak_rss = {}
+    for kind in kinds:
+        for mode in schedules:
+            with PeakRSS() as rss:
+                run(kind, mode)()
+            peak_rss[(kind, mode)] = rss
+    seconds = interleaved_median_seconds(
+        {("model_only", n): (lambda m=m: [m.predict_images(batch) for batch in batches]) for n, m in by_threads.items()}
+        | {("decode", kind): (lambda files=files: [read_image(f) for f in files]) for kind, files in kinds.items()}
+        | {(kind, mode): run(kind, mode) for kind in kinds for mode in schedules},
+        rounds,
+    )
+    model_only = {n: len(png_files) / seconds[("model_only", n)] for n in by_threads}
     throughput: dict[str, dict[str, object]] = {}
-    for kind, files in {"png_32": png_files, "jpeg_256": jpeg_files}.items():
-        decode_s = median_seconds(lambda: [read_image(f) for f in files], repeats) / len(files)
+    for kind, files in kinds.items():
+        decode_s = seconds[("decode", kind)] / len(files)
         bound = predict_bound(model_only, decode_s, threads)
         throughput[kind] = {"decode_us_per_file": 1e6 * decode_s, "bound_images_per_s": bound}
-        schedules = {"sequential": (threads, 0), "parallel": (threads, DECODE_WORKERS), **({
-            f"model {n} thread{'s' if n > 1 else ''}, {workers} decoding": (n, workers)
-            for n in by_threads for workers in range(1, threads + 1) if (n, workers) != (threads, DECODE_WORKERS)} if threads > 1 else {})}
         for mode, (n, workers) in schedules.items():
-            with PeakRSS() as rss:
-                seconds = median_seconds(lambda: list(by_threads[n].predict(files, batch_size, workers)), repeats)
+            rss = peak_rss[(kind, mode)]
+            images_per_s = len(files) / seconds[(kind, mode)]
             throughput[kind][mode] = {
                 "model_threads": n, "decode_workers": workers,
-                "images_per_s": len(files) / seconds,
-                "share_of_model_only": len(files) / seconds / model_only[threads],
-                "share_of_bound": len(files) / seconds / bound,
+                "images_per_s": images_per_s,
+                "share_of_model_only": images_per_s / model_only[threads],
+                "share_of_bound": images_per_s / bound,
                 "peak_rss_mb": rss.peak_mb,
                 "rss_growth_mb": None if rss.peak_mb is None else rss.peak_mb - rss.start_mb,
             }

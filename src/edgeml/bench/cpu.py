@@ -76,12 +76,19 @@ def _iqr(values: list[float]) -> float:
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_median_seconds({"": fn}, repeats)[""]
+
+
+def interleaved_median_seconds(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Each function's median seconds over ``rounds`` rounds, every round running each function once, in turn:
+    a drift in the machine's speed then falls on all of them alike, and their ratios hold."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def detector_cost_us(model: nn.Module, detectors: dict[str, "Detector"], runs: int) -> dict[str, float]:

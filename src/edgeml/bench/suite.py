@@ -110,7 +110,7 @@ def run_bench(
     images = arrays["test_x"][: bench.artifact_images]
     with tempfile.TemporaryDirectory() as workdir:
         artifact = predict_bench.bench_artifact(
-            packaged, images, Path(workdir), bench.threads, bench.throughput_batch_size, repeats=3
+            packaged, images, Path(workdir), bench.threads, bench.throughput_batch_size
         )
         folder = Path(workdir, "soak")
         loadtest.write_mixed_files(folder, bench.soak_files)
