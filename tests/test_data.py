@@ -171,7 +171,7 @@ def test_noise_sets_follow_odin():
     np.testing.assert_array_equal(gaussian, noise_images("gaussian_noise", 200, seed=0))
 
 
-def test_synthetic_shapes_are_flat_coloured_regions_unlike_noise_or_grayscale():
+def test_synthetic_shapes_are_flat_regions_in_colour_and_in_gray_unlike_noise():
     shapes = synthetic_shapes(300, seed=0)
     noise = noise_images("uniform_noise", 300, seed=0)
     assert shapes.shape == (300, 32, 32, 3) and shapes.dtype == np.uint8
@@ -181,7 +181,11 @@ def test_synthetic_shapes_are_flat_coloured_regions_unlike_noise_or_grayscale():
 
     # flat regions and gradients: neighbours differ by a few levels, i.i.d. noise by ~85
     assert step(shapes) < 10 < 60 < step(noise)
-    assert (shapes[..., 0] != shapes[..., 1]).mean() > 0.5  # colour, not gray copied to RGB
+    coloured, gray = shapes[0::2], shapes[1::2]
+    assert (coloured[..., 0] != coloured[..., 1]).mean() > 0.9  # even images in colour ...
+    assert (gray == gray[..., :1]).all()  # ... odd ones in gray levels only
+    assert gray.std(axis=(1, 2, 3)).mean() > 0.5 * coloured.std(axis=(1, 2, 3)).mean()  # as much structure
+    assert (gray < 16).mean() < 0.15  # gray levels drawn uniformly: not figures on a black ground
     assert shapes.std(axis=(1, 2, 3)).min() > 0  # every image has some structure
     np.testing.assert_array_equal(synthetic_shapes(40, seed=0), shapes[:40])  # the first k of any count agree
     assert not np.array_equal(synthetic_shapes(40, seed=1), shapes[:40])

@@ -115,8 +115,8 @@ def test_distillation_costs_only_where_the_model_leaves_the_start_models_predict
 
 def test_a_negative_distillation_weight_is_refused_naming_its_key():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["finetune"]["recipes"]["oe_mixed_distill"]["distill"] = -1.0
-    with pytest.raises(ParamsError, match=r"finetune.recipes.oe_mixed_distill.distill: .*-1"):
+    raw["finetune"]["recipes"]["oe_sketch_distill"]["distill"] = -1.0
+    with pytest.raises(ParamsError, match=r"finetune.recipes.oe_sketch_distill.distill: .*-1"):
         parse(raw)
 
 

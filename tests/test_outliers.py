@@ -26,6 +26,7 @@ ALLOWED = {
     "strong_pixmix": "training images mixed with generated pictures",
     "procedural": "fractals, gratings, 1/f fields",
     "fractal_sketch": "FractalDB-style IFS points on a plain ground",
+    "achromatic": "generated pictures and sketches, colour removed",
 }
 SOURCES = [Path(outliers.__file__), Path(generated.__file__), Path(outliers.__file__).with_name("finetune.py")]
 
@@ -104,10 +105,10 @@ def test_no_outlier_code_reaches_the_validation_or_test_generators():
 
 
 def test_no_training_outlier_looks_like_a_shapes_val_image(pictures):
-    """shapes_val images are flat colour regions over a two-colour gradient: most neighbouring pixels are
-    exactly equal, and the gradient gives them many colours. Every generator but the sketches makes images
-    that are mostly not flat; a sketch is flat but has exactly two colours, its ground and its figure, which
-    almost no shapes_val image has. A generator drifting towards that family fails here."""
+    """shapes_val images are flat regions over a two-tone gradient: most neighbouring pixels are exactly
+    equal, and the gradient gives them many colours. A training outlier is a sketch, flat but with exactly
+    two colours (its ground and its figure), which almost no shapes_val image has, or else mostly not flat.
+    A generator drifting towards that family fails here, in colour or in gray."""
     def flat_share(images: torch.Tensor) -> torch.Tensor:
         return (images[..., 1:] == images[..., :-1]).all(1).float().flatten(1).mean(1)
 
@@ -120,10 +121,8 @@ def test_no_training_outlier_looks_like_a_shapes_val_image(pictures):
     images = smooth_images(256, seed=5)
     for name, generator in outliers.GENERATORS.items():
         made = generator(images, pictures, torch.Generator().manual_seed(0))
-        if name == "fractal_sketch":
-            assert (colours(made) == 2).all(), name
-        else:
-            assert flat_share(made).mean() < 0.35, name
+        sketch = colours(made) == 2
+        assert sketch.all() if name == "fractal_sketch" else flat_share(made[~sketch]).mean() < 0.35, name
 
 
 def test_sketches_are_a_figure_in_one_colour_on_a_plain_ground_with_contrast():
@@ -146,6 +145,20 @@ def jpeg_folder(tmp_path: Path, fmt: str) -> Path:
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, fmt, **({"quality": 75} if fmt == "JPEG" else {}))
         files[f"cifar10-jpeg/train/airplane/{i:04d}.{'jpg' if fmt == 'JPEG' else 'png'}"] = buffer.getvalue()
     return write_tar(tmp_path / f"cifar-{fmt}.tar.gz", files)
+
+
+def test_achromatic_outliers_are_the_generated_pictures_and_sketches_in_gray(pictures):
+    """Gray on all three channels, the luma of a procedural picture (one of ``pictures``) or of a sketch
+    (two gray levels, the figure's contrast kept), both kinds present."""
+    made = outliers.achromatic(smooth_images(200, seed=2), pictures, torch.Generator().manual_seed(0))
+    assert (made == made[:, :1]).all()
+    luma = (pictures.float() * outliers.LUMA.view(1, 3, 1, 1)).sum(1).round().clamp(0, 255).to(torch.uint8)
+    from_pool = torch.tensor([any(torch.equal(image[0], p) for p in luma) for image in made])
+    two_tone = torch.tensor([len(image[0].unique()) == 2 for image in made])
+    assert (from_pool ^ two_tone).all() and 0.35 < from_pool.float().mean() < 0.65
+    for image in made[two_tone]:
+        low, high = image[0].unique().float() / 255
+        assert high - low >= 0.3 - 2 / 255
 
 
 def test_the_encoding_is_read_from_the_training_images_of_the_source_used(tmp_path):

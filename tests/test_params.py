@@ -142,7 +142,7 @@ CLASS_PATHS = {
     "FetchParams": "fetch", "PrepareParams": "prepare", "OODSetSpec": "prepare.ood_sets.gaussian",
     "ModelParams": "model", "TrainParams": "train", "QuantizeParams": "quantize", "OODParams": "ood",
     "PackageParams": "package", "BenchParams": "bench", "SweepParams": "sweep", "ReportParams": "report",
-    "FinetuneParams": "finetune", "FinetuneRecipe": "finetune.recipes.oe_mixed_distill",
+    "FinetuneParams": "finetune", "FinetuneRecipe": "finetune.recipes.oe_sketch_distill",
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeml import paths
 from edgeml.bench.environment import cpu_info
 from edgeml.data.splits import id_split, load_ood_validation
 from edgeml.io import read_json, write_json
@@ -138,7 +139,9 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     work.mkdir(parents=True, exist_ok=True)
     # what every run shares (not the recipes, nor the full run's length, nor threads, which change only the speed)
     shared = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "recipe", "weights", "epochs", "threads")}
-    base = finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding)
+    # ... and the OOD validation images they are judged on: a regenerated set must not reuse old results
+    validation_sets = {name: sha256_file(paths.ood_set(name)) for name in params.ood.validation_sets.values()}
+    base = finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding, validation_sets)
 
     def run_id(name: str, *extra: Any) -> str:
         return finetune.fingerprint(base, name, dataclasses.asdict(settings.recipes[name]), *extra)

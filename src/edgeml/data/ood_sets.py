@@ -29,18 +29,21 @@ def noise_images(kind: str, count: int, seed: int, size: int = IMAGE_SIZE) -> np
 
 
 def synthetic_shapes(count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Far-OOD validation images: one to four flat-coloured ellipses, rectangles and half-planes over a
-    two-colour linear gradient. Far from CIFAR-10 (no texture, no object, sharp edges between flat
-    regions) and like no OOD test set: not i.i.d. pixel noise (gaussian, uniform), not grayscale strokes
-    or garments on black (mnist, fashion_mnist), not photographs (Tiny ImageNet). Image i depends on
-    (seed, i) only, so the first k images of any count are the same images."""
+    """Far-OOD validation images: one to four flat ellipses, rectangles and half-planes over a two-tone
+    linear gradient, in colour (even i) or in gray levels only (odd i). Far from CIFAR-10 (no texture, no
+    object, sharp edges between flat regions) and like no OOD test set: not i.i.d. pixel noise (gaussian,
+    uniform), not strokes or garments on black (mnist, fashion_mnist), not photographs (Tiny ImageNet).
+    The gray half keeps the set from measuring colour alone: a model fine-tuned on coloured outliers
+    refuses far fewer of the same shapes in gray. Image i depends on (seed, i) only, so the first k
+    images of any count are the same images."""
     ys, xs = np.mgrid[0:size, 0:size] / (size - 1)
     images = np.empty((count, size, size, 3), np.uint8)
     for i in range(count):
         rng = np.random.default_rng([seed, i])
+        channels = 1 if i % 2 else 3  # a gray level broadcasts to the three channels
         angle = rng.uniform(0, 2 * np.pi)
         ramp = (np.cos(angle) * (xs - 0.5) + np.sin(angle) * (ys - 0.5)) / np.sqrt(0.5) + 0.5  # 0..1 across the image
-        start, end = rng.uniform(0, 1, (2, 3))
+        start, end = rng.uniform(0, 1, (2, channels))
         image = start + np.clip(ramp, 0, 1)[..., None] * (end - start)
         for _ in range(rng.integers(1, 5)):
             kind = rng.integers(3)
@@ -53,7 +56,7 @@ def synthetic_shapes(count: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarra
             else:
                 normal = rng.uniform(0, 2 * np.pi)
                 mask = np.cos(normal) * (xs - cx) + np.sin(normal) * (ys - cy) > 0
-            image[mask] = rng.uniform(0, 1, 3)
+            image[mask] = rng.uniform(0, 1, channels)
         images[i] = np.round(image * 255)
     return images
 

@@ -8,7 +8,7 @@ so every generator here starts from what the model sees in training, and the rul
 - allowed: outliers made from the training images (pixels of salient regions shuffled, after ASCOOD,
   Regmi et al. 2024; jigsaw permutations; strong PixMix mixes with generated pictures) and
   procedural pictures (the fractals, gratings and 1/f fields of :mod:`edgeml.model.pictures`, and
-  FractalDB-style fractal sketches on a plain ground);
+  FractalDB-style fractal sketches on a plain ground), in colour or with their colour removed;
 - forbidden: anything built to look like a test set (digits, letters, strokes or glyphs, clothing
   silhouettes, photographs), i.i.d. per-pixel noise (ODIN's gaussian and uniform test sets are exactly
   that), and the far-validation generator's family (:func:`edgeml.data.ood_sets.synthetic_shapes`),
@@ -36,6 +36,7 @@ from edgeml.model import pictures as pictures_module
 
 PATCH = 8  # jigsaw patch side: a 4x4 grid of 32x32 images
 STRONG_BETA = 3.0  # PixMix's official mixing severity
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's convert("L")
 
 
 def _rand(n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -120,6 +121,19 @@ def fractal_sketch(images: torch.Tensor, pictures: torch.Tensor, g: torch.Genera
     return torch.from_numpy(pictures_module.sketches(len(images), np.random.default_rng(seed))).permute(0, 3, 1, 2).contiguous()
 
 
+def achromatic(images: torch.Tensor, pictures: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A generated picture or a fractal sketch, half each, with its colour removed (ITU-R 601 luma on all
+    three channels). Every other family is in colour, and a model fine-tuned on them alone learns that odd
+    colour marks an outlier: it refuses far fewer of the far-validation shapes in gray than in colour.
+    Inputs without colour (grayscale and infrared cameras, scans) are a shift a deployed model meets."""
+    sketch = torch.rand(len(images), generator=g) < 0.5
+    made = procedural(images, pictures, g)
+    if sketch.any():
+        made[sketch] = fractal_sketch(images[sketch], pictures, g)
+    luma = (made.float() * LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return luma.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
 Generator = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 GENERATORS: dict[str, Generator] = {
     "jigsaw": jigsaw,
@@ -128,6 +142,7 @@ GENERATORS: dict[str, Generator] = {
     "strong_pixmix": strong_pixmix,
     "procedural": procedural,
     "fractal_sketch": fractal_sketch,
+    "achromatic": achromatic,
 }
 
 
