@@ -140,7 +140,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     # what every run shares (not the recipes, nor the full run's length, nor threads, which change only the speed)
     shared = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "recipe", "weights", "epochs", "threads")}
     # ... and the OOD validation images they are judged on: a regenerated set must not reuse old results
-    validation_sets = {name: sha256_file(paths.ood_set(name)) for name in params.ood.validation_sets.values()}
+    validation_sets = {name: sha256_file(paths.ood_set(name)) for _, name in params.ood.validation_sets.items()}
     base = finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding, validation_sets)
 
     def run_id(name: str, *extra: Any) -> str:
