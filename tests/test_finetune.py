@@ -144,6 +144,27 @@ def test_an_unknown_generator_is_refused_before_any_work():
         finetuning.check_recipes(P)
 
 
+def test_the_shared_run_id_follows_the_validation_files_and_the_settings_not_the_run_length(tmp_path, monkeypatch):
+    """A regenerated validation set (same params, new images) must not reuse cached search results; the
+    full run's length and the thread count, which change no search run, keep the id."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    params = parse(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    names = [name for _, name in params.ood.validation_sets.items()]
+    (tmp_path / "data/prepared/ood").mkdir(parents=True)
+    for name in names:
+        np.savez(f"data/prepared/ood/{name}.npz", x=np.zeros((2, 32, 32, 3), np.uint8))
+    key = finetuning.shared_run_id(params, "0" * 64, None)
+    longer = dataclasses.replace(params, finetune=dataclasses.replace(params.finetune, epochs=params.finetune.epochs + 1, threads=1))
+    assert finetuning.shared_run_id(longer, "0" * 64, None) == key
+    assert finetuning.shared_run_id(params, "1" * 64, None) != key
+    stronger = dataclasses.replace(params, finetune=dataclasses.replace(params.finetune, lr=params.finetune.lr * 2))
+    assert finetuning.shared_run_id(stronger, "0" * 64, None) != key
+    np.savez(f"data/prepared/ood/{names[1]}.npz", x=np.ones((2, 32, 32, 3), np.uint8))
+    assert finetuning.shared_run_id(params, "0" * 64, None) != key
+
+
 def test_installing_published_weights_checks_their_start_and_their_own_digest(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)

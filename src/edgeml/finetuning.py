@@ -89,6 +89,16 @@ def steps_per_epoch(params: Params, images: int) -> int:
     return steps
 
 
+def shared_run_id(params: Params, start_sha: str, encoding: Any) -> str:
+    """What every run shares, fingerprinted: the settings (not the recipes, nor the full run's length, nor
+    threads, which change only the speed), the start weights, the outliers' encoding, the code, and the OOD
+    validation files the runs are judged on, so a regenerated validation set never reuses old results."""
+    settings = params.finetune
+    shared = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "recipe", "weights", "epochs", "threads")}
+    validation_files = {name: sha256_file(paths.ood_set(name)) for _, name in params.ood.validation_sets.items()}
+    return finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding, validation_files)
+
+
 def search(
     start: nn.Module, params: Params, data_for: Callable[[str], finetune.Data], evaluate: Callable[[nn.Module], dict[str, Any]],
     run_id: Callable[[str], str], work: Path,
@@ -137,11 +147,7 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     images, labels = to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
     evaluate = validator(params, arrays, prepared, bf16)
     work.mkdir(parents=True, exist_ok=True)
-    # what every run shares (not the recipes, nor the full run's length, nor threads, which change only the speed)
-    shared = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "recipe", "weights", "epochs", "threads")}
-    # ... and the OOD validation images they are judged on: a regenerated set must not reuse old results
-    validation_sets = {name: sha256_file(paths.ood_set(name)) for _, name in params.ood.validation_sets.items()}
-    base = finetune.fingerprint(shared, dataclasses.asdict(params.ood), start_sha, encoding, validation_sets)
+    base = shared_run_id(params, start_sha, encoding)
 
     def run_id(name: str, *extra: Any) -> str:
         return finetune.fingerprint(base, name, dataclasses.asdict(settings.recipes[name]), *extra)
