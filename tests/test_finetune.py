@@ -211,7 +211,8 @@ def test_publishing_points_params_at_the_published_weights_and_keeps_the_rest():
 
 def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
     def result(top1: float, auroc: float) -> dict:
-        return {"top1": top1, "auroc": auroc, "detector": "energy", "aurocs": {"msp": auroc - 0.01, "energy": auroc}}
+        return {"top1": top1, "auroc": auroc, "detector": "energy", "aurocs": {"msp": auroc - 0.01, "energy": auroc},
+                "auroc_by_group": {"msp": {"near": 0.5, "far": 0.5}, "energy": {"near": auroc - 0.02, "far": auroc + 0.02}}}
 
     recipe = dataclasses.asdict(RECIPE)
     record = {
@@ -225,7 +226,7 @@ def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
         "cpu": {"model": "Xeon", "isa": {"amx_bf16": True, "asimd": False}},
     }
     text = finetuning.search_table(record)
-    assert "| kept **chosen** | oe | 0.5 | jigsaw 1, procedural 1 | 91.40 | 94.00 | 95.00 | energy 95.00 |" in text
+    assert "| kept **chosen** | oe | 0.5 | jigsaw 1, procedural 1 | 91.40 | 94.00 | 95.00 | energy 95.00 (93.00, 97.00) |" in text
     assert "| lossy (top-1 out) |" in text and "Rule: the rule." in text
     assert "1 epochs in 6.5 min on Xeon (amx_bf16; 2 threads, bf16 autocast on)" in text
-    assert "| 1 | 360 | 250 | 28 | 91.20 | energy 95.60 |" in text
+    assert "| 1 | 360 | 250 | 28 | 91.20 | energy 95.60 (93.60, 97.60) |" in text
