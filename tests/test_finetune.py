@@ -49,9 +49,11 @@ def run(model, checkpoint: Path, recipe: FinetuneRecipe = RECIPE, kill_at_epoch:
     return finetune.run(model, tiny_data(), recipe, params or tiny_params(), 3, 2, checkpoint, "run-1", evaluate, "test")
 
 
-@pytest.mark.parametrize("recipe", [RECIPE, dataclasses.replace(RECIPE, distill=1.0)], ids=["oe", "oe+distill"])
+@pytest.mark.parametrize("recipe", [RECIPE, dataclasses.replace(RECIPE, distill=1.0), dataclasses.replace(RECIPE, normalized_features=True)],
+                         ids=["oe", "oe+distill", "oe+t2fnorm"])
 def test_a_killed_fine_tune_resumes_to_the_same_weights(tmp_path, recipe):
-    """With distillation the teacher must be the start weights on resume too, not the checkpoint's."""
+    """With distillation the teacher must be the start weights on resume too, not the checkpoint's; with
+    T2FNorm the feature scale must be the start model's, not the resumed one's."""
     torch.manual_seed(0)
     start = build_resnet18("cifar")
     whole = build_resnet18("cifar")
@@ -90,6 +92,33 @@ def test_frozen_layers_and_batch_norm_statistics_stay_the_start_models(tmp_path)
         assert torch.equal(before[name], after[name]) == frozen, name
 
 
+def test_t2fnorm_trains_on_scaled_unit_features_and_leaves_the_deployed_forward_pass_raw():
+    torch.manual_seed(0)
+    model = build_resnet18("cifar").eval()
+    x = finetune.normalize(smooth_images(6))
+    body = torch.nn.Sequential(*list(model.children())[:-1], torch.nn.Flatten())
+    with torch.no_grad():
+        features = body(x)
+        raw = model(x)
+        with finetune.normalized_features(model, 3.0):
+            trained = model(x)
+        after = model(x)
+    unit = features / features.norm(dim=1, keepdim=True)
+    assert torch.allclose(trained, model.fc(3.0 * unit), atol=1e-5)
+    assert torch.allclose(raw, model.fc(features), atol=1e-5) and torch.equal(after, raw)
+    assert not torch.allclose(trained, raw, atol=1e-3)  # the scale is not the features' own norm
+    assert finetune.feature_norm(model, smooth_images(6)) == pytest.approx(features.norm(dim=1).mean().item(), rel=1e-4)
+
+
+def test_a_t2fnorm_run_records_the_start_models_feature_scale(tmp_path):
+    torch.manual_seed(0)
+    model = build_resnet18("cifar")
+    recipe = dataclasses.replace(RECIPE, normalized_features=True)
+    history = run(model, tmp_path / "c.pt", recipe)
+    assert history[-1]["feature_scale"] > 0
+    assert not model.fc._forward_pre_hooks  # the deployed model keeps the raw forward pass
+
+
 def test_the_outlier_losses():
     confident = torch.tensor([[20.0, 0, 0], [0, 20.0, 0]])
     uniform = torch.zeros(2, 3)
@@ -115,8 +144,8 @@ def test_distillation_costs_only_where_the_model_leaves_the_start_models_predict
 
 def test_a_negative_distillation_weight_is_refused_naming_its_key():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["finetune"]["recipes"]["oe_sketch_distill"]["distill"] = -1.0
-    with pytest.raises(ParamsError, match=r"finetune.recipes.oe_sketch_distill.distill: .*-1"):
+    raw["finetune"]["recipes"]["oe_gray_distill"]["distill"] = -1.0
+    with pytest.raises(ParamsError, match=r"finetune.recipes.oe_gray_distill.distill: .*-1"):
         parse(raw)
 
 

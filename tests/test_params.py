@@ -142,7 +142,7 @@ CLASS_PATHS = {
     "FetchParams": "fetch", "PrepareParams": "prepare", "OODSetSpec": "prepare.ood_sets.gaussian",
     "ModelParams": "model", "TrainParams": "train", "QuantizeParams": "quantize", "OODParams": "ood",
     "PackageParams": "package", "BenchParams": "bench", "SweepParams": "sweep", "ReportParams": "report",
-    "FinetuneParams": "finetune", "FinetuneRecipe": "finetune.recipes.oe_sketch_distill",
+    "FinetuneParams": "finetune", "FinetuneRecipe": "finetune.recipes.oe_gray_distill",
 }
 
 
@@ -290,7 +290,7 @@ def test_the_fuzz_reaches_every_committed_key():
     ("finetune.weights.sha256", "", r"^finetune\.weights\.sha256: expected 64 hex digits, got ''"),
     ("train.weights.sha256", "abc", r"^train\.weights\.sha256: expected 64 hex digits, got 'abc'"),
     ("train.logitnorm_tau", 0, r"^train\.logitnorm_tau: must be > 0"),
-    ("finetune.recipes.oe_sketch_distill.energy_percentiles", [99, 50], r"^finetune\.recipes\.oe_sketch_distill\.energy_percentiles: expected"),
+    ("finetune.recipes.oe_gray_distill.energy_percentiles", [99, 50], r"^finetune\.recipes\.oe_gray_distill\.energy_percentiles: expected"),
 ])
 def test_a_dataclass_own_check_is_named_by_the_key_where_it_sits(key, value, message):
     """Found by the fuzz test below with random examples: Weights once named its digest train.weights.sha256

@@ -44,9 +44,9 @@ def tiny_params(mirror: Path) -> dict:
     params["train"].update(epochs=1, batch_size=16, lr=0.01, threads=1, weights=None)
     params["finetune"].update(weights=None, search_steps=2, epochs=1, id_batch=8, outlier_batch=8, pictures=16, threads=1,
                               top1_tolerance=1.0)  # a 1-epoch model's top-1 is noise: every recipe is kept
-    # the committed OE recipe with sketches, and an energy-margin one beside it (the other outlier loss)
-    sketch = params["finetune"]["recipes"]["oe_sketch_distill"]
-    params["finetune"]["recipes"] = {"oe_sketch_distill": sketch, "energy_mixed": sketch | {"loss": "energy", "weight": 0.1, "distill": 0.0}}
+    # the committed OE recipe, and an energy-margin one beside it (the other outlier loss)
+    gray = params["finetune"]["recipes"]["oe_gray_distill"]
+    params["finetune"]["recipes"] = {"oe_gray_distill": gray, "energy_mixed": gray | {"loss": "energy", "weight": 0.1, "distill": 0.0}}
     params["quantize"]["calibration_size"] = 16
     params["sweep"]["recipes"] = {  # one per deployable format
         "fbgemm_histogram": {"backend": "fbgemm", "calibration_size": 16},
@@ -89,12 +89,12 @@ def test_dvc_repro_end_to_end(project: Path):
         "openood_test": 30, "openood_val": 10,
     }
     finetuned = json.loads((project / "metrics/finetune.json").read_text())
-    assert finetuned["origin"] == "fine-tuned" and set(finetuned["search"]["results"]) == {"oe_sketch_distill", "energy_mixed"}
+    assert finetuned["origin"] == "fine-tuned" and set(finetuned["search"]["results"]) == {"oe_gray_distill", "energy_mixed"}
     assert finetuned["recipe"]["name"] in finetuned["search"]["results"] and len(finetuned["epochs"]) == 1
     assert finetuned["start"]["sha256"] == hashlib.sha256((project / "models/pretrained.pt").read_bytes()).hexdigest()
     assert finetuned["sha256"] == hashlib.sha256((project / "models/fp32.pt").read_bytes()).hexdigest()
     search_md = (project / "metrics/finetune_search.md").read_text()
-    assert "| oe_sketch_distill" in search_md and "oe + distill 1" in search_md and "| energy_mixed" in search_md and "**chosen**" in search_md
+    assert "| oe_gray_distill" in search_md and "oe + distill 1" in search_md and "| energy_mixed" in search_md and "**chosen**" in search_md
     evaluate = json.loads((project / "metrics/evaluate.json").read_text())
     assert evaluate["test_samples"] == 40 and abs(40 * evaluate["int8_top1"] - round(40 * evaluate["int8_top1"])) < 1e-4
     ood = json.loads((project / "metrics/ood.json").read_text())

@@ -14,6 +14,12 @@ with Nesterov momentum, lr 1e-3 annealed by a cosine. The outliers here come fro
 - plus, with ``distill > 0``, KL(start model || model) on the ID half: Learning without Forgetting's
   term (Li and Hoiem, ECCV 2016; Hinton et al. 2015 at temperature 1), with the start weights as the
   frozen teacher, so that the outlier term does not buy its AUROC with top-1.
+- with ``normalized_features``, T2FNorm (Regmi et al., "T2FNorm: Train-time Feature Normalization for
+  OOD Detection in Image Classification", CVPRW 2024; OpenOOD's ``T2FNormNet``): every loss sees logits of
+  the L2-normalised penultimate features, while the deployed model, unchanged, scores the raw ones, whose
+  norm the losses no longer reward and which shrinks on inputs unlike the training images. The scale
+  the normalised features get is the start model's mean feature norm, so the fine-tune starts from
+  logits of the size the start model had (the paper's 1/tau, for a model trained from scratch, is 10).
 
 What makes it fit 2 cores: bf16 autocast where the CPU has bf16 units, channels-last, the stem and
 layer1 frozen (no weight gradients, and no input gradients below layer2), and every batch-norm layer
@@ -24,6 +30,7 @@ A run is checkpointed after every epoch (and every search recipe), and resumes w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -31,7 +38,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,6 +95,31 @@ def energy_margins(model: nn.Module, images: torch.Tensor, percentiles: tuple[fl
         values = torch.cat([energy(model(normalize(images[i : i + batch_size]))).float() for i in range(0, len(images), batch_size)])
     low, high = np.percentile(values.numpy(), percentiles)
     return float(low), float(high)
+
+
+def feature_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> float:
+    """The mean L2 norm of the model's penultimate features (the ``fc`` layer's input) on uint8 NCHW images."""
+    norms: list[torch.Tensor] = []
+    hook = model.fc.register_forward_pre_hook(lambda _module, args: norms.append(args[0].float().norm(dim=1)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                model(normalize(images[i : i + batch_size]))
+    finally:
+        hook.remove()
+    return torch.cat(norms).mean().item()
+
+
+@contextlib.contextmanager
+def normalized_features(model: nn.Module, scale: float) -> Iterator[None]:
+    """Within: the ``fc`` layer sees its input L2-normalised and multiplied by ``scale`` (T2FNorm's training
+    forward pass); after: the model as it was."""
+    hook = model.fc.register_forward_pre_hook(lambda _module, args: (F.normalize(args[0], dim=1) * scale,))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def id_loss(recipe: FinetuneRecipe, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,7 +214,7 @@ def run(
     optimizer = torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, nesterov=True, weight_decay=params.weight_decay)
     total_steps = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    margins = (0.0, 0.0)
+    margins, scale = (0.0, 0.0), 0.0
     history: list[dict[str, Any]] = []
     teacher = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=torch.channels_last) if recipe.distill > 0 else None
     state = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.exists() else None
@@ -191,11 +223,15 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        history, margins = state["history"], tuple(state["margins"])
+        history, margins, scale = state["history"], tuple(state["margins"]), state["feature_scale"]
         print(f"{desc}: resuming from {checkpoint} after epoch {len(history)}/{epochs}", file=sys.stderr)
-    elif recipe.loss == "energy":
-        sample = torch.randperm(len(data.images), generator=generator)[:2000]
-        margins = energy_margins(model, data.images[sample], recipe.energy_percentiles)
+    elif recipe.loss == "energy" or recipe.normalized_features:
+        sample = data.images[torch.randperm(len(data.images), generator=generator)[:2000]]
+        if recipe.loss == "energy":
+            margins = energy_margins(model, sample, recipe.energy_percentiles)
+        if recipe.normalized_features:
+            scale = feature_norm(model, sample)
+    training_forward = (lambda: normalized_features(model, scale)) if recipe.normalized_features else contextlib.nullcontext
     model.to(memory_format=torch.channels_last)
     batch = params.id_batch + params.outlier_batch
     progress = Progress(total_steps * batch, len(history) * steps_per_epoch * batch, desc)
@@ -209,7 +245,7 @@ def run(
             made = data.maker(data.images[source_index], generator)
             x = normalize(augment(torch.cat([data.images[id_index], made]), generator))
             labels = data.labels[id_index]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_forward():
                 logits = model(x).float()
             in_logits, out_logits = logits[: params.id_batch], logits[params.id_batch :]
             classification = id_loss(recipe, in_logits, labels)
@@ -243,13 +279,15 @@ def run(
         with atomic_path(checkpoint) as tmp:
             torch.save({"run_id": run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history,
-                        "margins": list(margins)}, tmp)
+                        "margins": list(margins), "feature_scale": scale}, tmp)
     progress.close()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.to(memory_format=torch.contiguous_format).eval()
     if recipe.loss == "energy":
         history[-1]["energy_margins"] = list(margins)
+    if recipe.normalized_features:
+        history[-1]["feature_scale"] = scale
     return history
 
 

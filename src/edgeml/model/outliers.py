@@ -36,7 +36,7 @@ from edgeml.model import pictures as pictures_module
 
 PATCH = 8  # jigsaw patch side: a 4x4 grid of 32x32 images
 STRONG_BETA = 3.0  # PixMix's official mixing severity
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's convert("L")
+LUMA = torch.tensor(pictures_module.LUMA, dtype=torch.float32)
 
 
 def _rand(n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -118,7 +118,7 @@ def fractal_sketch(images: torch.Tensor, pictures: torch.Tensor, g: torch.Genera
     fractal's points in one colour on a plain ground. Every other family fills the whole frame with
     texture; this one teaches that a figure on an empty ground is not, by itself, a CIFAR-10 object."""
     seed = int(torch.randint(2**62, (1,), generator=g))
-    return torch.from_numpy(pictures_module.sketches(len(images), np.random.default_rng(seed))).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(pictures_module.sketches(len(images), np.random.default_rng(seed))).permute(0, 3, 1, 2)
 
 
 def achromatic(images: torch.Tensor, pictures: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 SIZE = 32
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights of R, G, B, as Pillow's convert("L")
 
 
 # ---- the mixing rule (pixmix_utils.py get_ab / add / multiply) ----
@@ -94,20 +95,19 @@ def fractals(n: int, rng: np.random.Generator, chains: int = 256, steps: int = 6
 
 def sketches(n: int, rng: np.random.Generator, chains: int = 16, steps: int = 28, burn_in: int = 8) -> np.ndarray:
     """IFS fractals rendered as FractalDB renders them (Kataoka et al., "Pre-training without Natural
-    Images", ACCV 2020): the visited points drawn sharp in one colour on a plain ground of another, half of
-    them bold (each point a plus of 5 pixels); figure and ground differ by at least 0.3 in luma. Unlike :func:`fractals`, a
-    figure on an empty ground, the layout of no CIFAR-10 image. (n, H, W, 3) uint8."""
+    Images", ACCV 2020): the visited points drawn sharp in one colour on a plain ground of another, half
+    of them bold (each point a plus of 5 pixels); figure and ground differ by at least 0.3 in luma. Unlike
+    :func:`fractals`, a figure on an empty ground, the layout of no CIFAR-10 image. (n, H, W, 3) uint8."""
     drawn = np.bincount(_ifs_cells(n, rng, chains, steps, burn_in), minlength=n * SIZE * SIZE).reshape(n, SIZE, SIZE) > 0
     bold = rng.uniform(0, 1, n) < 0.5
     padded = np.pad(drawn, ((0, 0), (1, 1), (1, 1)))
     dilated = np.any([padded[:, i : i + SIZE, j : j + SIZE] for i, j in ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2))], axis=0)
     drawn = np.where(bold[:, None, None], dilated, drawn)
     ground, figure = rng.uniform(0, 1, (2, n, 3))
-    luma = np.array([0.299, 0.587, 0.114])
-    faint = np.abs((figure - ground) @ luma) < 0.3
+    faint = np.abs((figure - ground) @ LUMA) < 0.3
     while faint.any():  # redrawn until every figure stands out (any ground has colours 0.3 of luma away)
         figure[faint] = rng.uniform(0, 1, (faint.sum(), 3))
-        faint = np.abs((figure - ground) @ luma) < 0.3
+        faint = np.abs((figure - ground) @ LUMA) < 0.3
     image = np.where(drawn[..., None], figure[:, None, None], ground[:, None, None])
     return np.round(image * 255).astype(np.uint8)
 
