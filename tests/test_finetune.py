@@ -92,7 +92,7 @@ def test_frozen_layers_and_batch_norm_statistics_stay_the_start_models(tmp_path)
         assert torch.equal(before[name], after[name]) == frozen, name
 
 
-def test_t2fnorm_trains_on_scaled_unit_features_and_leaves_the_deployed_forward_pass_raw():
+def test_t2fnorm_trains_on_logits_over_the_feature_norm_and_leaves_the_deployed_forward_pass_raw():
     torch.manual_seed(0)
     model = build_resnet18("cifar").eval()
     x = finetune.normalize(smooth_images(6))
@@ -103,10 +103,11 @@ def test_t2fnorm_trains_on_scaled_unit_features_and_leaves_the_deployed_forward_
         with finetune.normalized_features(model, 3.0):
             trained = model(x)
         after = model(x)
-    unit = features / features.norm(dim=1, keepdim=True)
-    assert torch.allclose(trained, model.fc(3.0 * unit), atol=1e-5)
+    norms = features.norm(dim=1, keepdim=True)
+    assert torch.allclose(trained, model.fc(features) * 3.0 / norms, atol=1e-5)
     assert torch.allclose(raw, model.fc(features), atol=1e-5) and torch.equal(after, raw)
     assert not torch.allclose(trained, raw, atol=1e-3)  # the scale is not the features' own norm
+    assert torch.equal(trained.argmax(1), raw.argmax(1))  # training and deployed forward passes predict alike
     assert finetune.feature_norm(model, smooth_images(6)) == pytest.approx(features.norm(dim=1).mean().item(), rel=1e-4)
 
 
@@ -116,7 +117,7 @@ def test_a_t2fnorm_run_records_the_start_models_feature_scale(tmp_path):
     recipe = dataclasses.replace(RECIPE, normalized_features=True)
     history = run(model, tmp_path / "c.pt", recipe)
     assert history[-1]["feature_scale"] > 0
-    assert not model.fc._forward_pre_hooks  # the deployed model keeps the raw forward pass
+    assert not model.fc._forward_hooks  # the deployed model keeps the raw forward pass
 
 
 def test_the_outlier_losses():

@@ -48,6 +48,15 @@ def test_readme_keeps_the_headline_and_the_predict_example():
         assert f"<!-- BEGIN {report} -->" in README
 
 
+@pytest.mark.parametrize("page", [REPO / "README.md", REPO / "docs/review.md"], ids=lambda p: p.name)
+def test_the_roc_plots_shown_are_msp_and_the_packaged_detector(page):
+    """The example plots the paper's baseline beside the detector the artifact carries, whichever the
+    package stage chose; a new choice asks for the page to follow."""
+    packaged = json.loads((REPO / "metrics/package.json").read_text())["detector"]
+    shown = re.search(r"dvc plots show (.*)", page.read_text()).group(1).split("#")[0].split()
+    assert shown == ["roc_msp_tin_crop", f"roc_{packaged}_tin_crop"], f"{page.name}: show roc_{packaged}_tin_crop (metrics/package.json)"
+
+
 def test_readme_is_short():
     size = len(README.encode())
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes (> {README_MAX_BYTES}): move detail to docs/"

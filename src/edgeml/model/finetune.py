@@ -16,10 +16,12 @@ with Nesterov momentum, lr 1e-3 annealed by a cosine. The outliers here come fro
   frozen teacher, so that the outlier term does not buy its AUROC with top-1.
 - with ``normalized_features``, T2FNorm (Regmi et al., "T2FNorm: Train-time Feature Normalization for
   OOD Detection in Image Classification", CVPRW 2024; OpenOOD's ``T2FNormNet``): every loss sees logits of
-  the L2-normalised penultimate features, while the deployed model, unchanged, scores the raw ones, whose
-  norm the losses no longer reward and which shrinks on inputs unlike the training images. The scale
-  the normalised features get is the start model's mean feature norm, so the fine-tune starts from
-  logits of the size the start model had (the paper's 1/tau, for a model trained from scratch, is 10).
+  L2-normalised penultimate features, while the deployed model, unchanged, scores the raw ones, whose
+  norm the losses no longer reward and which shrinks on inputs unlike the training images. Here the
+  logits ``W h + b`` are divided by ``|h|`` (the paper's network has no bias, where the two agree), so the
+  training forward pass predicts exactly the class the deployed one does; they are multiplied by the
+  start model's mean feature norm, so the fine-tune starts from logits of the size the start model had
+  (the paper's 1/tau, for a model trained from scratch, is 10).
 
 What makes it fit 2 cores: bf16 autocast where the CPU has bf16 units, channels-last, the stem and
 layer1 frozen (no weight gradients, and no input gradients below layer2), and every batch-norm layer
@@ -113,9 +115,9 @@ def feature_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 500) 
 
 @contextlib.contextmanager
 def normalized_features(model: nn.Module, scale: float) -> Iterator[None]:
-    """Within: the ``fc`` layer sees its input L2-normalised and multiplied by ``scale`` (T2FNorm's training
-    forward pass); after: the model as it was."""
-    hook = model.fc.register_forward_pre_hook(lambda _module, args: (F.normalize(args[0], dim=1) * scale,))
+    """Within: the logits are the ``fc`` layer's, times ``scale`` over the norm of its input (T2FNorm's training
+    forward pass, bias included); after: the model as it was."""
+    hook = model.fc.register_forward_hook(lambda _module, args, out: out * (scale / args[0].norm(dim=1, keepdim=True).clamp_min(1e-6)))
     try:
         yield
     finally:
