@@ -249,7 +249,7 @@ def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
         "start": {"validation": result(0.916, 0.88)},
         "settings": {"top1_tolerance": 0.005},
         "search": {"steps": 250, "rule": "the rule", "results": {"kept": result(0.914, 0.95), "lossy": result(0.90, 0.97)}},
-        "recipes_tried": {"kept": recipe, "lossy": recipe},
+        "recipes_tried": {"kept": recipe, "lossy": recipe | {"distill": 2.0, "normalized_features": True}},
         "recipe": {"name": "kept"},
         "epochs": [{"epoch": 1, "seconds": 360.0, "images_per_second": 250.0, "validation_seconds": 28.0, **result(0.912, 0.956)}],
         "wall_seconds": 388.0, "threads": 2, "bf16_autocast": True,
@@ -257,6 +257,6 @@ def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
     }
     text = finetuning.search_table(record)
     assert "| kept **chosen** | oe | 0.5 | jigsaw 1, procedural 1 | 91.40 | 94.00 | 95.00 | energy 95.00 (93.00, 97.00) |" in text
-    assert "| lossy (top-1 out) |" in text and "Rule: the rule." in text
+    assert "| lossy (top-1 out) | oe + distill 2, T2FNorm | 0.5 |" in text and "Rule: the rule." in text
     assert "1 epochs in 6.5 min on Xeon (amx_bf16; 2 threads, bf16 autocast on)" in text
     assert "| 1 | 360 | 250 | 28 | 91.20 | energy 95.60 (93.60, 97.60) |" in text

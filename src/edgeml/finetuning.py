@@ -232,7 +232,8 @@ def search_table(record: Mapping[str, Any]) -> str:
         recipe = record["recipes_tried"][name]
         mix = ", ".join(f"{k} {v:g}" for k, v in recipe["outliers"].items())
         mark = " **chosen**" if name == record["recipe"]["name"] else ("" if result["top1"] >= tolerance else " (top-1 out)")
-        terms = recipe["loss"] + ("+logitnorm" if recipe["id_loss"] == "logitnorm" else "") + (f" + distill {recipe['distill']:g}" if recipe.get("distill") else "")
+        terms = (recipe["loss"] + ("+logitnorm" if recipe["id_loss"] == "logitnorm" else "") + (f" + distill {recipe['distill']:g}" if recipe.get("distill") else "")
+                 + (", T2FNorm" if recipe.get("normalized_features") else ""))
         rows.append(f"| {name}{mark} | {terms} | {recipe['weight']:g} | {mix} | "
                     f"{result['top1'] * 100:.2f} | " + " | ".join(f"{result['aurocs'][n] * 100:.2f}" for n in names)
                     + f" | {_best(result)} |")
