@@ -108,7 +108,9 @@ def test_t2fnorm_trains_on_logits_over_the_feature_norm_and_leaves_the_deployed_
     assert torch.allclose(raw, model.fc(features), atol=1e-5) and torch.equal(after, raw)
     assert not torch.allclose(trained, raw, atol=1e-3)  # the scale is not the features' own norm
     assert torch.equal(trained.argmax(1), raw.argmax(1))  # training and deployed forward passes predict alike
-    assert finetune.feature_norm(model, smooth_images(6)) == pytest.approx(features.norm(dim=1).mean().item(), rel=1e-4)
+    logits, start_norms = finetune.start_pass(model, smooth_images(6), batch_size=4)  # two batches, in order
+    assert torch.allclose(logits, raw, atol=1e-5) and torch.allclose(start_norms, norms.squeeze(1), rtol=1e-4)
+    assert not model.fc._forward_pre_hooks
 
 
 def test_a_t2fnorm_run_records_the_start_models_feature_scale(tmp_path):
@@ -118,6 +120,20 @@ def test_a_t2fnorm_run_records_the_start_models_feature_scale(tmp_path):
     history = run(model, tmp_path / "c.pt", recipe)
     assert history[-1]["feature_scale"] > 0
     assert not model.fc._forward_hooks  # the deployed model keeps the raw forward pass
+
+
+@pytest.mark.parametrize("normalized", [False, True], ids=["plain", "t2fnorm"])
+def test_the_teacher_is_seen_through_the_models_own_training_forward_pass(tmp_path, normalized):
+    """With the weights held still (lr 0) the model is its teacher, so distillation must cost nothing, also with
+    T2FNorm: a teacher scored by its raw logits would set the normalised student a target it cannot reach."""
+    recipe = dataclasses.replace(RECIPE, normalized_features=normalized)
+    losses = {}
+    for distill in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_resnet18("cifar")
+        history = run(model, tmp_path / f"{distill}.pt", dataclasses.replace(recipe, distill=distill), params=tiny_params(lr=0.0))
+        losses[distill] = [e["id_loss"] for e in history]
+    assert losses[1.0] == pytest.approx(losses[0.0], abs=1e-5)
 
 
 def test_the_outlier_losses():
@@ -150,12 +166,13 @@ def test_a_negative_distillation_weight_is_refused_naming_its_key():
         parse(raw)
 
 
-def test_energy_margins_are_the_start_models_percentiles():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    images = smooth_images(50)
-    low, high = finetune.energy_margins(model, images, [50.0, 99.0])
-    energies = finetune.energy(model(finetune.normalize(images))).detach().numpy()
-    assert low == pytest.approx(float(torch.tensor(energies).median()), abs=0.5) and low < high <= energies.max() + 1e-5
+def test_energy_margins_are_percentiles_of_the_start_models_energies():
+    # a logit row of ten equal values c has energy -logsumexp = -(c + log 10)
+    levels = torch.arange(101, dtype=torch.float32)
+    logits = levels[:, None].expand(101, 10)
+    low, high = finetune.energy_margins(logits, [50.0, 99.0])
+    log10 = torch.log(torch.tensor(10.0)).item()
+    assert low == pytest.approx(-(50 + log10), abs=1e-4) and high == pytest.approx(-(1 + log10), abs=1e-4)
 
 
 def test_the_recipe_rule_keeps_top1_then_takes_the_best_auroc():

@@ -166,7 +166,7 @@ class FinetuneRecipe:
     logitnorm_tau: float = 0.04
     energy_percentiles: list[float] = dataclasses.field(default_factory=lambda: [50.0, 99.0])  # m_in, m_out: of the start model's ID energies
     distill: float = 0.0  # weight of KL(start model || model) on the ID half: keeps what the start model knew
-    normalized_features: bool = False  # T2FNorm: train on L2-normalised features; the deployed model keeps raw ones
+    normalized_features: bool = False  # T2FNorm: the losses see logits over the feature norm; the deployed model, raw ones
 
     def __post_init__(self) -> None:
         if len(self.energy_percentiles) != 2 or not 0 <= self.energy_percentiles[0] < self.energy_percentiles[1] <= 100:

@@ -13,7 +13,8 @@ with Nesterov momentum, lr 1e-3 annealed by a cosine. The outliers here come fro
 - either with ``id_loss: logitnorm`` (Wei et al., ICML 2022) instead of cross-entropy on the ID half;
 - plus, with ``distill > 0``, KL(start model || model) on the ID half: Learning without Forgetting's
   term (Li and Hoiem, ECCV 2016; Hinton et al. 2015 at temperature 1), with the start weights as the
-  frozen teacher, so that the outlier term does not buy its AUROC with top-1.
+  frozen teacher, so that the outlier term does not buy its AUROC with top-1; the teacher is seen through the
+  same forward pass as the model (with T2FNorm, the normalised one), so the term starts at zero.
 - with ``normalized_features``, T2FNorm (Regmi et al., "T2FNorm: Train-time Feature Normalization for
   OOD Detection in Image Classification", CVPRW 2024; OpenOOD's ``T2FNormNet``): every loss sees logits of
   L2-normalised penultimate features, while the deployed model, unchanged, scores the raw ones, whose
@@ -40,7 +41,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,27 +91,24 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(logits, dim=1)
 
 
-def energy_margins(model: nn.Module, images: torch.Tensor, percentiles: tuple[float, float], batch_size: int = 500) -> tuple[float, float]:
-    """(m_in, m_out): the given percentiles of the model's energies on uint8 NCHW ID training images."""
-    model.eval()
-    with torch.no_grad():
-        values = torch.cat([energy(model(normalize(images[i : i + batch_size]))).float() for i in range(0, len(images), batch_size)])
-    low, high = np.percentile(values.numpy(), percentiles)
-    return float(low), float(high)
-
-
-def feature_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> float:
-    """The mean L2 norm of the model's penultimate features (the ``fc`` layer's input) on uint8 NCHW images."""
+def start_pass(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched no-grad pass of the start model over uint8 NCHW images: its logits, and the L2 norms of its
+    penultimate features (the ``fc`` layer's input), which the energy margins and T2FNorm's scale are taken from."""
     norms: list[torch.Tensor] = []
     hook = model.fc.register_forward_pre_hook(lambda _module, args: norms.append(args[0].float().norm(dim=1)))
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                model(normalize(images[i : i + batch_size]))
+            logits = torch.cat([model(normalize(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)])
     finally:
         hook.remove()
-    return torch.cat(norms).mean().item()
+    return logits, torch.cat(norms)
+
+
+def energy_margins(logits: torch.Tensor, percentiles: Sequence[float]) -> tuple[float, float]:
+    """(m_in, m_out): the given percentiles of the energies of ID training images' logits."""
+    low, high = np.percentile(energy(logits).numpy(), percentiles)
+    return float(low), float(high)
 
 
 @contextlib.contextmanager
@@ -228,12 +226,16 @@ def run(
         history, margins, scale = state["history"], tuple(state["margins"]), state["feature_scale"]
         print(f"{desc}: resuming from {checkpoint} after epoch {len(history)}/{epochs}", file=sys.stderr)
     elif recipe.loss == "energy" or recipe.normalized_features:
-        sample = data.images[torch.randperm(len(data.images), generator=generator)[:2000]]
+        start_logits, start_norms = start_pass(model, data.images[torch.randperm(len(data.images), generator=generator)[:2000]])
         if recipe.loss == "energy":
-            margins = energy_margins(model, sample, recipe.energy_percentiles)
+            margins = energy_margins(start_logits, recipe.energy_percentiles)
         if recipe.normalized_features:
-            scale = feature_norm(model, sample)
-    training_forward = (lambda: normalized_features(model, scale)) if recipe.normalized_features else contextlib.nullcontext
+            scale = start_norms.mean().item()
+
+    def training_forward(network: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """The losses' forward pass, for the model and for its teacher alike (T2FNorm's, or the plain one)."""
+        return normalized_features(network, scale) if recipe.normalized_features else contextlib.nullcontext()
+
     model.to(memory_format=torch.channels_last)
     batch = params.id_batch + params.outlier_batch
     progress = Progress(total_steps * batch, len(history) * steps_per_epoch * batch, desc)
@@ -247,12 +249,12 @@ def run(
             made = data.maker(data.images[source_index], generator)
             x = normalize(augment(torch.cat([data.images[id_index], made]), generator))
             labels = data.labels[id_index]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_forward():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_forward(model):
                 logits = model(x).float()
             in_logits, out_logits = logits[: params.id_batch], logits[params.id_batch :]
             classification = id_loss(recipe, in_logits, labels)
             if teacher is not None:
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_forward(teacher):
                     teacher_logits = teacher(x[: params.id_batch]).float()
                 classification = classification + recipe.distill * distillation_loss(in_logits, teacher_logits)
             exposure = outlier_loss(recipe, in_logits, out_logits, margins)
