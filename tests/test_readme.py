@@ -51,10 +51,17 @@ def test_readme_keeps_the_headline_and_the_predict_example():
 @pytest.mark.parametrize("page", [REPO / "README.md", REPO / "docs/review.md"], ids=lambda p: p.name)
 def test_the_roc_plots_shown_are_msp_and_the_packaged_detector(page):
     """The example plots the paper's baseline beside the detector the artifact carries, whichever the
-    package stage chose; a new choice asks for the page to follow."""
+    package stage chose; `scripts/sync_readme.py` makes the page follow a new choice."""
     packaged = json.loads((REPO / "metrics/package.json").read_text())["detector"]
     shown = re.search(r"dvc plots show (.*)", page.read_text()).group(1).split("#")[0].split()
-    assert shown == ["roc_msp_tin_crop", f"roc_{packaged}_tin_crop"], f"{page.name}: show roc_{packaged}_tin_crop (metrics/package.json)"
+    assert shown == ["roc_msp_tin_crop", f"roc_{packaged}_tin_crop"], f"{page.name}: run `python scripts/sync_readme.py`"
+
+
+def test_sync_moves_the_roc_example_to_a_newly_packaged_detector():
+    packaged = sync_readme().packaged_detector()
+    other = "msp" if packaged != "msp" else "energy"
+    stale = f"dvc plots show roc_msp_tin_crop roc_{other}_tin_crop   # comment kept\n"
+    assert sync_readme().sync(stale) == f"dvc plots show roc_msp_tin_crop roc_{packaged}_tin_crop   # comment kept\n"
 
 
 def test_readme_is_short():
