@@ -168,12 +168,15 @@ def test_the_goals_say_met_or_by_how_much_they_fall_short():
     ood = metrics(0.96, 0.955, 0.955)
     package = {"detector": "energy", "test_tpr": 0.95, "test_fpr": {"tin_crop": 0.30, "mnist": 0.1}}
     evaluate = {"fp32_top1": 0.91, "int8_top1": 0.9085}
-    text = "\n".join(tables.goals_section(evaluate, ood, package, {"wall_seconds": 3000, "recipe": {"name": "oe"}}, ["tin_crop"]))
+    finetune = {"wall_seconds": 3000, "threads": 2, "recipe": {"name": "oe"},
+                "cpu": {"model": "Some CPU", "isa": {"avx2": True, "amx_int8": False, "avx512_vnni": True}}}
+    text = "\n".join(tables.goals_section(evaluate, ood, package, finetune, ["tin_crop"]))
     assert "| `tin_crop` accepted by the artifact | 30.00 | ≤ 25 | ✗ short by 5.00 |" in text
     assert "| `mnist` accepted by the artifact | 10.00 | ≤ 20 | ✓ |" in text
     assert "| MSP AUROC vs `tin_crop`, INT8 | 95.50 | ≥ 95.3 | ✓ |" in text
     assert "| INT8 top-1 loss (points) | 0.15 | ≤ 0.3 | ✓ |" in text
-    assert "| Final fine-tune, minutes on this CPU | 50.00 | ≤ 60 | ✓ |" in text
+    assert "| Final fine-tune, minutes on 2 threads of the CPU that made it | 50.00 | ≤ 60 | ✓ |" in text
+    assert "recipe `oe` (); made on Some CPU, avx2, avx512_vnni;" in text  # the machine that made it, not the one reading
 
 
 def roofline_bench(bare: bool) -> dict:

@@ -224,8 +224,13 @@ def goal_rows(evaluate: dict, ood: dict, package: dict, finetune: dict, near: li
              ("INT8 top-1 loss (points)", pct(evaluate["fp32_top1"] - evaluate["int8_top1"]), "<=", 0.3),
              (f"INT8 AUROC loss of {detector.upper()}, worst set (points)", max(drops), "<=", 0.5)]
     if "wall_seconds" in finetune:
-        rows.append(("Final fine-tune, minutes on this CPU", finetune["wall_seconds"] / 60, "<=", 60.0))
+        rows.append((f"Final fine-tune, minutes on {finetune['threads']} threads of the CPU that made it", finetune["wall_seconds"] / 60, "<=", 60.0))
     return rows
+
+
+def cpu_label(cpu: dict) -> str:
+    """A recorded CPU (:func:`edgeml.bench.environment.cpu_info`) as a reader compares machines: model and ISA."""
+    return ", ".join([cpu["model"], *(flag for flag, present in cpu["isa"].items() if present)])
 
 
 def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near: list[str]) -> list[str]:
@@ -236,14 +241,15 @@ def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near
         rows.append([label, f"{value:.2f}", f"{op.replace('>=', '≥').replace('<=', '≤')} {goal:g}",
                      "✓" if met else f"✗ short by {abs(value - goal):.2f}"])
     origin = finetune.get("recipe", {})
+    made_on = cpu_label(finetune["cpu"]) if "cpu" in finetune else "a CPU not recorded"
     return [
         "",
         "#### Saying \"I don't know\": goals (test data, reported, never used to choose)",
         "",
         table(["", "measured", "goal", ""], rows),
         "",
-        f"Model: the cross-entropy weights fine-tuned on this CPU with outliers made in code, recipe `{origin.get('name')}` "
-        f"({origin.get('rule', '')}); every recipe tried, with its validation numbers: `metrics/finetune_search.md`.",
+        f"Model: the cross-entropy weights fine-tuned with outliers made in code, recipe `{origin.get('name')}` "
+        f"({origin.get('rule', '')}); made on {made_on}; every recipe tried, with its validation numbers: `metrics/finetune_search.md`.",
     ]
 
 
@@ -363,7 +369,6 @@ def predict_load_markdown(bench: dict) -> str:
     """`edgeml predict` on image files: throughput against the model alone, decoding cost, memory, and
     the soak of the command on many mixed files (README's Robustness section shows it)."""
     artifact, env, settings = bench["artifact"], bench["environment"], bench["settings"]
-    isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
     workers = artifact["decode_workers"]
     header = ["files", "decoding, 1 thread (µs/file)", "decoding in the calling thread (images/s)",
               f"`edgeml predict`: {workers} decoding thread{'s' if workers > 1 else ''} (images/s)", "bound (images/s)",
@@ -377,7 +382,7 @@ def predict_load_markdown(bench: dict) -> str:
     scaling = artifact.get("model_only_images_per_s_by_threads", {})
     schedules = [mode for mode in next(iter(artifact["throughput"].values())) if mode.startswith("model ")]
     lines = [
-        f"#### `edgeml predict` on image files ({env['cpu']['model']}, {isa}; {env['threads']} threads, "
+        f"#### `edgeml predict` on image files ({cpu_label(env['cpu'])}; {env['threads']} threads, "
         f"batch {settings['throughput_batch_size']})",
         "",
         table(header, rows),
