@@ -68,6 +68,9 @@ def test_headline_metrics_are_few_flat_and_numeric():
     assert quality["packaged_ood_accept_mean"] == pytest.approx(30.0)
     assert timing["cpu_speedup_batch1"] == 3.0 and timing["cpu_speedup_batch64"] == 4.0 and timing["gpu_ms_fp32"] is None
     assert (timing["predict_images_per_s"], timing["predict_peak_rss_mb"]) == (612.3, 130.1)  # the soak, decoding in parallel
+    msp_packaged, _ = tables.headline(bench, evaluate, ood, choices, package | {"detector": "msp"}, groups, "tin_crop")
+    assert msp_packaged.keys() == quality.keys()  # whichever detector ships, `dvc metrics diff` compares the same keys
+    assert msp_packaged["packaged_auroc_tin_crop_int8"] == quality["msp_auroc_tin_crop_int8"]
 
 
 def load_bench(soak: bool) -> dict:

@@ -598,7 +598,7 @@ def headline(
         "size_ratio": round(bench["fp32"]["size_mb"] / bench["int8"]["size_mb"], 3),
     }
     for detector, prefix in (("msp", "msp"), (packaged, "packaged")):  # the paper's baseline, then what ships
-        for key, metric in (("auroc", "auroc"), ("det_err", "detection_error"))[: 2 if detector == "msp" else 1]:
+        for key, metric in (("auroc", "auroc"), ("det_err", "detection_error"))[: 2 if prefix == "msp" else 1]:
             for model in MODELS:
                 quality[f"{prefix}_{key}_{headline_set}_{model}"] = pct(ood[model][detector][headline_set][metric])
         for group in groups:
