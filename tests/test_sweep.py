@@ -143,7 +143,7 @@ def test_render_sweep_marks_the_best_recipe_and_missed_goals():
 
     summary = {"goals": sweep.SWEEP_GOALS, "best": "fast", "best_rule": "fastest", "best_measured": "slow",
                "timing_rounds": 6, "recipes": {"fast": recipe(3.3, 0.5), "slow": {**recipe(2.0, 0.5), "packaged": False}}, "arm_notes": {},
-               "environment": {"threads": 2, "cpu": {"model": "EPYC", "isa": {"avx2": True}}},
+               "environment": {"threads": 2, "cpu": {"model": "EPYC", "isa": {"avx2": True, "amx_int8": False}}},
                "compute": {"macs_per_sample": 5.6e8, "gemm_peak_gmacs": {"fp32": {"best": 90.0}, "int8": {"best": 300.0}}}}
     lines = sweep.render_sweep(summary).splitlines()
     assert "| **fast** | fbgemm | 11.30 (4.00x) | 1.500 | 5.000 (torchscript) | 3.30x (±5%) | 1.8 | 700 " \
@@ -152,6 +152,7 @@ def test_render_sweep_marks_the_best_recipe_and_missed_goals():
            "| 91.70 → 91.60 (-0.10) | 0.50 (energy) |" in lines
     assert lines[lines.index("| recipe | msp | energy |") + 1:][:3] == ["|---|---|---|", "| fast | 89.90 (-0.10) | 90.50 (-0.50) |",
                                                                       "| slow | 89.90 (-0.10) | 90.50 (-0.50) |"]
+    assert any(line.startswith("CPU: EPYC (avx2), 2 threads. Compute floor") for line in lines)  # the flags it has, only
     note = next(line for line in lines if line.startswith("Goals"))
     assert "‡ The package stage cannot build the artifact" in note and "‡ included, the best is slow" in note
     # an ARM-oriented backend (Quantizer.arm_note) is marked in its rows and explained once

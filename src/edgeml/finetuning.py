@@ -32,6 +32,7 @@ from edgeml.model.resnet import load_checkpoint, save_checkpoint
 from edgeml.ood import protocol
 from edgeml.ood.detectors import Evidence, ModelContext, detector_class, fit_set
 from edgeml.params import Params, ParamsError
+from edgeml.reporting.markdown import cpu_label
 from edgeml.runtime.artifact import sha256_file
 
 
@@ -253,12 +254,10 @@ def full_run_table(record: Mapping[str, Any]) -> str:
     """The chosen recipe's full run, epoch by epoch: where its time went and what validation said."""
     rows = [f"| {e['epoch']} | {e['seconds']:.0f} | {e['images_per_second']:.0f} | {e['validation_seconds']:.0f} | "
             f"{100 * e['top1']:.2f} | {_best(e)} |" for e in record["epochs"]]
-    cpu = record["cpu"]
-    isa = ", ".join(flag for flag, present in cpu["isa"].items() if present)
     return "\n".join([
         "", f"## The chosen recipe in full: `{record['recipe']['name']}`", "",
-        f"{len(record['epochs'])} epochs in {record['wall_seconds'] / 60:.1f} min on {cpu['model']} ({isa}; {record['threads']} threads, "
-        f"bf16 autocast {'on' if record['bf16_autocast'] else 'off'}), validation after each epoch included.", "",
+        f"{len(record['epochs'])} epochs in {record['wall_seconds'] / 60:.1f} min on {cpu_label(record['cpu'])}, {record['threads']} threads, "
+        f"bf16 autocast {'on' if record['bf16_autocast'] else 'off'}, validation after each epoch included.", "",
         "| epoch | training s | images/s | validation s | validation top-1 | best carriable detector, validation AUROC (near, far) |",
         "|---|---|---|---|---|---|", *rows,
     ]) + "\n"

@@ -13,7 +13,7 @@ import re
 from typing import Any, NamedTuple
 
 from edgeml.errors import EdgeMLError
-from edgeml.reporting.markdown import table
+from edgeml.reporting.markdown import cpu_label, table
 
 # A recipe's goals, each against its FP32 twin: size and speed measured in the same run (speed-up over the
 # fastest FP32 path, batch 1), quality on validation data (top-1 on the held-out training split, AUROC
@@ -203,10 +203,9 @@ def render_sweep(summary: dict[str, Any]) -> str:
     ]
     env, compute = summary["environment"], summary["compute"]
     peaks = compute["gemm_peak_gmacs"]
-    isa = ", ".join(flag for flag, present in env["cpu"]["isa"].items() if present)
     lines += [
         "",
-        f"CPU: {env['cpu']['model']} ({isa}), {env['threads']} threads. Compute floor = "
+        f"CPU: {cpu_label(env['cpu'])}, {env['threads']} threads. Compute floor = "
         f"{compute['macs_per_sample'] / 1e6:.1f} M MACs per image / GEMM peak (FP32 {peaks['fp32']['best']:.0f}, "
         f"INT8 {peaks['int8']['best']:.0f} GMAC/s measured here). Size is the deployable file on disk (TorchScript "
         f".pt, torch.export .pt2, ONNX, OpenVINO IR or ExecuTorch .pte); FP32 size is the TorchScript file.",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.reporting.markdown import table
+from edgeml.reporting.markdown import cpu_label, table
 
 MODELS = ("fp32", "int8")
 
@@ -228,11 +228,6 @@ def goal_rows(evaluate: dict, ood: dict, package: dict, finetune: dict, near: li
     return rows
 
 
-def cpu_label(cpu: dict) -> str:
-    """A recorded CPU (:func:`edgeml.bench.environment.cpu_info`) as a reader compares machines: model and ISA."""
-    return ", ".join([cpu["model"], *(flag for flag, present in cpu["isa"].items() if present)])
-
-
 def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near: list[str]) -> list[str]:
     """The goals with the measured value, met or short by how much (the recipes tried: metrics/finetune_search.md)."""
     rows = []
@@ -241,7 +236,6 @@ def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near
         rows.append([label, f"{value:.2f}", f"{op.replace('>=', '≥').replace('<=', '≤')} {goal:g}",
                      "✓" if met else f"✗ short by {abs(value - goal):.2f}"])
     origin = finetune.get("recipe", {})
-    made_on = cpu_label(finetune["cpu"]) if "cpu" in finetune else "a CPU not recorded"
     return [
         "",
         "#### Saying \"I don't know\": goals (test data, reported, never used to choose)",
@@ -249,7 +243,7 @@ def goals_section(evaluate: dict, ood: dict, package: dict, finetune: dict, near
         table(["", "measured", "goal", ""], rows),
         "",
         f"Model: the cross-entropy weights fine-tuned with outliers made in code, recipe `{origin.get('name')}` "
-        f"({origin.get('rule', '')}); made on {made_on}; every recipe tried, with its validation numbers: `metrics/finetune_search.md`.",
+        f"({origin.get('rule', '')}); made on {cpu_label(finetune['cpu'])}; every recipe tried, with its validation numbers: `metrics/finetune_search.md`.",
     ]
 
 
@@ -382,7 +376,7 @@ def predict_load_markdown(bench: dict) -> str:
     scaling = artifact.get("model_only_images_per_s_by_threads", {})
     schedules = [mode for mode in next(iter(artifact["throughput"].values())) if mode.startswith("model ")]
     lines = [
-        f"#### `edgeml predict` on image files ({cpu_label(env['cpu'])}; {env['threads']} threads, "
+        f"#### `edgeml predict` on image files ({cpu_label(env['cpu'])}, {env['threads']} threads, "
         f"batch {settings['throughput_batch_size']})",
         "",
         table(header, rows),
