@@ -59,11 +59,12 @@ def test_the_roofline_takes_the_larger_floor_per_layer_and_adds_one_call():
 
     wide = Layer("early", m=1024, k=576, n=64, weights=36_864, key=(64, 32, 32, 64, 3))  # 37.7 M MACs, 36.9 KB
     deep = [Layer(f"late{i}", m=16, k=4608, n=512, weights=2_359_296, key=(512, 4, 4, 512, 3)) for i in range(2)]
-    gemm_us = {(1024, 576, 64): 35.0, (16, 4608, 512): 30.0}  # each with a 5 µs call
-    result = layer_roofline([wide, *deep], gemm_us, gemm_call_us=5.0, bandwidth_gbs=50.0, call_us=20.0,
+    gemm_us = {(1024, 576, 64): {"onnxruntime": 30.0, "torch": 33.0}, (16, 4608, 512): {"onnxruntime": 31.0, "torch": 25.0}}
+    result = layer_roofline([wide, *deep], gemm_us, bandwidth_gbs=50.0, call_us=20.0,
                             gemm_peak_gmacs=2000.0, measured_us={(64, 32, 32, 64, 3): [60.0], (512, 4, 4, 512, 3): [100.0, 110.0]})
     early, late = result["layers"]
-    assert early["compute_us"] == pytest.approx(30.0) and early["bound"] == "compute"  # 35 - 5 > 37.7M / 2000 G = 18.9
+    assert early["compute_us"] == pytest.approx(30.0) and early["bound"] == "compute"  # 30 > 37.7M / 2000 G = 18.9
+    assert (early["gemm_library"], late["gemm_library"]) == ("onnxruntime", "torch")  # each shape's fastest library
     assert early["measured_over_roofline"] == pytest.approx(2.0)
     assert late["count"] == 2 and late["weight_read_us"] == pytest.approx(2 * 2_359_296 / 50e3)  # 94.4 µs of reads
     assert late["compute_us"] == pytest.approx(50.0) and late["bound"] == "weight reads"
@@ -71,7 +72,7 @@ def test_the_roofline_takes_the_larger_floor_per_layer_and_adds_one_call():
     assert result["floor_ms"] == pytest.approx((30.0 + 2 * 2_359_296 / 50e3 + 20.0) / 1e3)
     assert result["gemm_floor_ms"] == pytest.approx((wide.macs + 2 * deep[0].macs) / 2000e3 / 1e3)
     # a layer the runtime did not report leaves the model's measured sum unknown rather than short
-    partial = layer_roofline([wide, *deep], gemm_us, 5.0, 50.0, 20.0, 2000.0, {(64, 32, 32, 64, 3): [60.0]})
+    partial = layer_roofline([wide, *deep], gemm_us, 50.0, 20.0, 2000.0, {(64, 32, 32, 64, 3): [60.0]})
     assert partial["layers"][1]["measured_us"] is None and partial["measured_layers_us"] is None
 
 
@@ -91,3 +92,13 @@ def test_onnx_nodes_are_charged_to_the_layer_whose_module_path_names_them():
     assert by_key[(64, 32, 32, 3, 3)] == [9.0] and by_key[(64, 32, 32, 64, 3)] == [5.0]
     assert by_key[(128, 16, 16, 64, 1)] == [3.0] and by_key[(10, 0, 0, 512, 0)] == [1.0]
     assert sorted(by_key[(512, 4, 4, 512, 3)]) == [20.0, 30.0]  # layer4's 3x3 512->512 convs that were profiled
+
+
+def test_each_int8_gemm_shape_is_timed_in_every_library_with_its_call_taken_off():
+    pytest.importorskip("onnxruntime")
+    from edgeml.bench.roofline import GEMM_LIBRARIES, int8_gemm_us
+
+    timed = int8_gemm_us([(16, 64, 32), (16, 64, 32), (4, 32, 8)], threads=1, repeats=3)
+    assert set(timed) == {(4, 32, 8), (16, 64, 32)}  # each shape once
+    for by_library in timed.values():
+        assert set(by_library) == set(GEMM_LIBRARIES) and all(us >= 0.0 for us in by_library.values())

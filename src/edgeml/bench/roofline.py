@@ -3,9 +3,13 @@
 The GEMM floor divides the MACs per image by one large GEMM's peak, where each weight byte is used thousands
 of times. At batch 1 the late layers use each weight byte only H x W times (16 in layer4, on a 4x4 map): they
 are bound by reading weights, not by multiply-adds. The per-layer roofline is a floor that applies: for each
-layer, the larger of its own GEMM's time at its batch-1 shape (MACs / the peak at that shape) and its INT8
-weight bytes over the read bandwidth of a buffer as large as all the weights; summed, plus the cost of one
-call of the runtime (a one-op model). Williams, Waterman and Patterson, "Roofline" (CACM 2009).
+layer, the larger of its own GEMM's time at its batch-1 shape (the fastest INT8 GEMM library here, its call
+taken off) and its INT8 weight bytes over the read bandwidth of a buffer as large as all the weights; summed,
+plus the cost of one call of the runtime (a one-op model). Williams, Waterman and Patterson, "Roofline" (CACM 2009).
+
+One library is not enough: on an AMD EPYC with AVX512-VNNI and no AMX, ONNX Runtime's MatMulInteger ran layer3's
+and layer4's shapes slower than OpenVINO's own convolutions did, and the whole model ran at 0.92x a "floor" made
+of it alone; PyTorch's ``_int_mm`` was up to 2x faster there on other shapes.
 """
 
 from __future__ import annotations
@@ -176,10 +180,27 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
     return min(median_seconds(run, 1) for _ in range(repeats))
 
 
-def int8_gemm_us(shapes: list[tuple[int, int, int]], threads: int, repeats: int = 200) -> dict[tuple[int, int, int], float]:
-    """ONNX Runtime's u8 x s8 MatMulInteger of each shape (M, K, N), best of ``repeats``, in µs, the call
-    included (:func:`one_op_model` measures that cost, to take off)."""
-    return {shape: 1e6 * best_seconds(_ort_matmuls(shape, threads)["int8"], repeats) for shape in sorted(set(shapes))}
+CALL_SHAPE = (1, 8, 8)  # a GEMM with next to no work: what one call of a library costs
+GEMM_LIBRARIES = {"onnxruntime": "ONNX Runtime's MatMulInteger", "torch": "PyTorch's `torch._int_mm`"}  # :func:`int8_gemms`, as reports name them
+
+
+def int8_gemms(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[[], object]]:
+    """An INT8 GEMM (8-bit inputs, int32 sums) of ``shape`` (M, K, N) in each library here: ONNX Runtime's
+    MatMulInteger (MLAS, as the ORT backend runs it) and PyTorch's ``torch._int_mm``, B a constant as a layer's weights are."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    m, k, n = shape
+    a = torch.randint(0, 128, (m, k), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
+    return {"onnxruntime": _ort_matmuls(shape, threads)["int8"], "torch": lambda: torch._int_mm(a, b)}
+
+
+def int8_gemm_us(shapes: list[tuple[int, int, int]], threads: int, repeats: int = 200) -> dict[tuple[int, int, int], dict[str, float]]:
+    """Each shape's INT8 GEMM time per library (:func:`int8_gemms`), best of ``repeats``, in µs, less the same
+    library's time at :data:`CALL_SHAPE` (its cost of a call, which the roofline counts once, for the runtime)."""
+    call = {library: 1e6 * best_seconds(run, repeats) for library, run in int8_gemms(CALL_SHAPE, threads).items()}
+    return {shape: {library: max(1e6 * best_seconds(run, repeats) - call[library], 0.0) for library, run in int8_gemms(shape, threads).items()}
+            for shape in sorted(set(shapes))}
 
 
 def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 100) -> float:
@@ -248,12 +269,12 @@ def openvino_layer_us(path: str | Path, threads: int, runs: int, warmup: int) ->
 
 
 def layer_roofline(
-    layers: list[Layer], gemm_us: dict[tuple[int, int, int], float], gemm_call_us: float, bandwidth_gbs: float,
+    layers: list[Layer], gemm_us: dict[tuple[int, int, int], dict[str, float]], bandwidth_gbs: float,
     call_us: float, gemm_peak_gmacs: float, measured_us: dict[tuple[int, ...], list[float]] | None = None,
 ) -> dict[str, Any]:
     """The per-layer roofline of INT8 ``layers``, grouped by shape: each group's GEMM floor (MACs / the large GEMM's
-    peak ``gemm_peak_gmacs``), its compute floor (its own GEMM's time ``gemm_us`` less the ``gemm_call_us`` of
-    calling it, never below the GEMM floor), its weight-read floor (bytes / ``bandwidth_gbs``), the roofline
+    peak ``gemm_peak_gmacs``), its compute floor (its own GEMM's time in the fastest library of ``gemm_us``, calls
+    taken off, never below the GEMM floor), its weight-read floor (bytes / ``bandwidth_gbs``), the roofline
     (the larger of the two) and, where ``measured_us`` has them, a runtime's node times; the sum of the
     roofline and ``call_us`` (the runtime's cost of one call) is the floor of the whole model."""
     groups: dict[tuple[int, ...], list[Layer]] = {}
@@ -263,12 +284,14 @@ def layer_roofline(
     for key, members in groups.items():
         first, macs = members[0], sum(layer.macs for layer in members)
         gemm_floor_us = macs / (gemm_peak_gmacs * 1e3)
-        compute_us = max(len(members) * (gemm_us[(first.m, first.k, first.n)] - gemm_call_us), gemm_floor_us)
+        by_library = gemm_us[(first.m, first.k, first.n)]
+        library = min(by_library, key=by_library.__getitem__)
+        compute_us = max(len(members) * by_library[library], gemm_floor_us)
         read_us = sum(layer.weights for layer in members) / (bandwidth_gbs * 1e3)
         row = {
             "layer": first.label, "count": len(members), "layers": [layer.name for layer in members],
             "macs": macs, "weight_bytes": sum(layer.weights for layer in members),
-            "gemm_floor_us": gemm_floor_us, "compute_us": compute_us, "weight_read_us": read_us, "roofline_us": max(compute_us, read_us),
+            "gemm_floor_us": gemm_floor_us, "gemm_library": library, "compute_us": compute_us, "weight_read_us": read_us, "roofline_us": max(compute_us, read_us),
             "bound": "weight reads" if read_us > compute_us else "compute",
         }
         if measured_us is not None:
@@ -295,7 +318,7 @@ class RooflineParts:
     """What the per-layer roofline is made of, measured on this machine (:func:`measure_parts`)."""
 
     layers: list[Layer]
-    gemm_us: dict[tuple[int, int, int], float]
+    gemm_us: dict[tuple[int, int, int], dict[str, float]]
     read_bandwidth_gbs: dict[str, float]
     call_us: dict[str, float]
     threads: int
@@ -308,18 +331,20 @@ class RooflineParts:
               layer_times: str = "") -> dict[str, Any]:
         """:func:`layer_roofline` with the call cost of ``runtime`` (None: a runtime without a one-op model, cost 0)
         and its per-layer times ``measured_us`` (from ``layer_times``, said in the result)."""
-        result = layer_roofline(self.layers, self.gemm_us, self.call_us["onnxruntime"], self.read_bandwidth_gbs[str(self.threads)],
+        result = layer_roofline(self.layers, self.gemm_us, self.read_bandwidth_gbs[str(self.threads)],
                                 self.call_us.get(runtime, 0.0), gemm_peak_gmacs, measured_us)
         return result | {
             "runtime": runtime or "not measured: no one-op model for this runtime (its call cost counts as 0)",
             "layer_times": layer_times if measured_us is not None else "not measured: no per-layer times from this runtime",
             "weight_bytes": self.weight_bytes, "read_bandwidth_gbs": self.read_bandwidth_gbs, "call_us_by_runtime": self.call_us,
             "gemm_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in self.gemm_us.items()},
+            "gemm_libraries": {library: GEMM_LIBRARIES[library] for library in next(iter(self.gemm_us.values()))},
+            "gemm_call_shape": list(CALL_SHAPE),
         }
 
 
 def measure_parts(float_model: nn.Module, threads: int, runs: int, warmup: int) -> RooflineParts:
-    """Measure here what the roofline of ``float_model``'s layers in INT8 needs: each layer shape's INT8 GEMM, the
+    """Measure here what the roofline of ``float_model``'s layers in INT8 needs: each layer shape's INT8 GEMMs, the
     read bandwidth of a buffer as large as the INT8 weights at 1 and ``threads`` threads, and each runtime's
     cost of a call (a one-op model in its own process, median of ``runs``)."""
     from edgeml.bench.isolated import Load, Workers
