@@ -277,3 +277,7 @@ def test_the_search_table_shows_every_recipe_the_rule_and_the_full_run():
     assert "| lossy (top-1 out) | oe + distill 2, T2FNorm | 0.5 |" in text and "Rule: the rule." in text
     assert "1 epochs in 6.5 min on Xeon (amx_bf16), 2 threads, bf16 autocast on," in text
     assert "| 1 | 360 | 250 | 28 | 91.20 | energy 95.60 (93.60, 97.60) |" in text
+    assert "validation top-1 91.20%, 0.40 points below the start model's 91.60%, within the 0.50 points the rule allows" in text
+    # a full run that ends further below the start than the search allowed says so
+    record["epochs"][-1]["top1"] = 0.9094
+    assert "validation top-1 90.94%, 0.66 points below the start model's 91.60%, more than the 0.50 points" in finetuning.search_table(record)

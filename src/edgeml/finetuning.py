@@ -254,10 +254,14 @@ def full_run_table(record: Mapping[str, Any]) -> str:
     """The chosen recipe's full run, epoch by epoch: where its time went and what validation said."""
     rows = [f"| {e['epoch']} | {e['seconds']:.0f} | {e['images_per_second']:.0f} | {e['validation_seconds']:.0f} | "
             f"{100 * e['top1']:.2f} | {_best(e)} |" for e in record["epochs"]]
+    start, end, allowed = record["start"]["validation"]["top1"], record["epochs"][-1]["top1"], record["settings"]["top1_tolerance"]
+    within = "within" if start - end <= allowed else "more than"
     return "\n".join([
         "", f"## The chosen recipe in full: `{record['recipe']['name']}`", "",
         f"{len(record['epochs'])} epochs in {record['wall_seconds'] / 60:.1f} min on {cpu_label(record['cpu'])}, {record['threads']} threads, "
         f"bf16 autocast {'on' if record['bf16_autocast'] else 'off'}, validation after each epoch included.", "",
         "| epoch | training s | images/s | validation s | validation top-1 | best carriable detector, validation AUROC (near, far) |",
-        "|---|---|---|---|---|---|", *rows,
+        "|---|---|---|---|---|---|", *rows, "",
+        f"The weights are the last epoch's: validation top-1 {100 * end:.2f}%, {100 * (start - end):.2f} points below the start "
+        f"model's {100 * start:.2f}%, {within} the {100 * allowed:.2f} points the rule allows (the rule judged each recipe's short run).",
     ]) + "\n"
