@@ -64,10 +64,14 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights(tmp_path, recipe):
     resumed.load_state_dict(start.state_dict())
     with pytest.raises(Killed):
         run(resumed, tmp_path / "resumed.pt", recipe, kill_at_epoch=3)
+    before_kill = torch.load(tmp_path / "resumed.pt", weights_only=True)["history"]
     after_kill = build_resnet18("cifar")
     after_kill.load_state_dict(start.state_dict())  # a new process starts from the start weights again
     history_resumed = run(after_kill, tmp_path / "resumed.pt", recipe)
     assert [e["epoch"] for e in history_resumed] == [1, 2, 3]
+    # the recorded time counts the epochs done before the kill, which this process never saw
+    assert history_resumed[:2] == before_kill
+    assert finetuning.full_run_seconds(history_resumed) > sum(e["seconds"] + e["validation_seconds"] for e in before_kill)
     for (name, a), b in zip(whole.state_dict().items(), after_kill.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,6 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
     def data_for(name: str) -> finetune.Data:
         return finetune.Data(images, labels, finetune.make_maker(settings.recipes[name], settings, encoding))
 
-    begin = time.perf_counter()
     start_file = work / "start_validation.json"
     cached = read_json(start_file) if start_file.exists() else {}
     start_validation = cached.get("validation") if cached.get("run_id") == base else None
@@ -171,28 +169,30 @@ def finetune_model(params: Params, arrays: Mapping[str, np.ndarray], start_path:
         record["recipes_tried"] = {name: dataclasses.asdict(recipe) for name, recipe in settings.recipes.items()}
     else:
         chosen, rule = settings.recipe, "named by finetune.recipe (no search)"
-    search_seconds = time.perf_counter() - begin
     model = copy.deepcopy(start)
-    full_start = time.perf_counter()
     epochs = finetune.run(model, data_for(chosen), settings.recipes[chosen], settings, settings.epochs,
                           steps_per_epoch(params, len(images)), work / "full.pt", run_id(chosen, "full", settings.epochs), evaluate, f"finetune {chosen}")
     save_checkpoint(model, params.model.stem, params.model.num_classes, dest)
-    train_seconds = sum(e["seconds"] for e in epochs)
     return record | {
         "origin": "fine-tuned",
         "recipe": {"name": chosen, "rule": rule, **dataclasses.asdict(settings.recipes[chosen])},
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("recipes", "weights", "recipe")},
         "epochs": epochs,
         "validation": {k: epochs[-1][k] for k in ("top1", "auroc", "detector", "aurocs")},
-        "train_seconds": train_seconds,  # the full run's training steps
-        "wall_seconds": time.perf_counter() - full_start,  # the full run, validation after each epoch included
-        "search_seconds": search_seconds,
+        "train_seconds": sum(e["seconds"] for e in epochs),  # the full run's training steps
+        "wall_seconds": full_run_seconds(epochs),
         "outlier_encoding": encoding.record() if encoding is not None else "none (the source stores raw pixels)",
         "bf16_autocast": bf16,
         "threads": settings.threads,
         "cpu": cpu_info(),
         "sha256": sha256_file(dest),
     }
+
+
+def full_run_seconds(epochs: list[Mapping[str, Any]]) -> float:
+    """The full run's time, validation after each epoch included, from its epochs' own records: a run resumed
+    after a kill counts the epochs done before it too (this process's clock would see only the last ones)."""
+    return sum(e["seconds"] + e["validation_seconds"] for e in epochs)
 
 
 def install(params: Params, start_path: Path, dest: Path, record_path: Path) -> dict[str, Any]:
