@@ -7,9 +7,9 @@ layer, the larger of its own GEMM's time at its batch-1 shape (the fastest INT8 
 taken off) and its INT8 weight bytes over the read bandwidth of a buffer as large as all the weights; summed,
 plus the cost of one call of the runtime (a one-op model). Williams, Waterman and Patterson, "Roofline" (CACM 2009).
 
-One library is not enough: on an AMD EPYC with AVX512-VNNI and no AMX, ONNX Runtime's MatMulInteger ran layer3's
-and layer4's shapes slower than OpenVINO's own convolutions did, and the whole model ran at 0.92x a "floor" made
-of it alone; PyTorch's ``_int_mm`` was up to 2x faster there on other shapes.
+A floor is the fastest GEMM measured here, not one library's: on an AMD EPYC with AVX512-VNNI and no AMX, a
+roofline made of ONNX Runtime's MatMulInteger alone once sat above OpenVINO's own convolutions (the whole model
+at 0.92x it). Each shape is timed in every library of :func:`int8_gemms` and the fastest counts.
 """
 
 from __future__ import annotations
