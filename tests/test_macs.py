@@ -59,11 +59,14 @@ def test_the_roofline_takes_the_larger_floor_per_layer_and_adds_one_call():
 
     wide = Layer("early", m=1024, k=576, n=64, weights=36_864, key=(64, 32, 32, 64, 3))  # 37.7 M MACs, 36.9 KB
     deep = [Layer(f"late{i}", m=16, k=4608, n=512, weights=2_359_296, key=(512, 4, 4, 512, 3)) for i in range(2)]
-    gemm_us = {(1024, 576, 64): {"onnxruntime": 30.0, "torch": 33.0}, (16, 4608, 512): {"onnxruntime": 31.0, "torch": 25.0}}
+    # per round: the floor takes a library's best round, and each shape's library is the one with the best round
+    gemm_us = {(1024, 576, 64): {"onnxruntime": [45.0, 30.0], "torch": [33.0, 34.0]}, (16, 4608, 512): {"onnxruntime": [31.0, 31.0], "torch": [25.0, 60.0]}}
     result = layer_roofline([wide, *deep], gemm_us, bandwidth_gbs=50.0, call_us=20.0,
                             gemm_peak_gmacs=2000.0, measured_us={(64, 32, 32, 64, 3): [60.0], (512, 4, 4, 512, 3): [100.0, 110.0]})
     early, late = result["layers"]
     assert early["compute_us"] == pytest.approx(30.0) and early["bound"] == "compute"  # 30 > 37.7M / 2000 G = 18.9
+    assert early["compute_slowest_round_us"] == pytest.approx(45.0) and early["gemm_rounds"] == 2
+    assert late["compute_slowest_round_us"] == pytest.approx(2 * 60.0)  # the chosen library's slowest round, per conv x 2
     assert (early["gemm_library"], late["gemm_library"]) == ("onnxruntime", "torch")  # each shape's fastest library
     assert early["measured_over_roofline"] == pytest.approx(2.0)
     assert late["count"] == 2 and late["weight_read_us"] == pytest.approx(2 * 2_359_296 / 50e3)  # 94.4 µs of reads
@@ -94,11 +97,25 @@ def test_onnx_nodes_are_charged_to_the_layer_whose_module_path_names_them():
     assert sorted(by_key[(512, 4, 4, 512, 3)]) == [20.0, 30.0]  # layer4's 3x3 512->512 convs that were profiled
 
 
-def test_each_int8_gemm_shape_is_timed_in_every_library_with_its_call_taken_off():
+def test_each_int8_gemm_shape_is_timed_in_every_library_each_round_with_its_call_taken_off():
     pytest.importorskip("onnxruntime")
-    from edgeml.bench.roofline import GEMM_LIBRARIES, int8_gemm_us
+    from edgeml.bench.roofline import GEMM_LIBRARIES, int8_gemm_rounds_us
 
-    timed = int8_gemm_us([(16, 64, 32), (16, 64, 32), (4, 32, 8)], threads=1, repeats=3)
+    timed = int8_gemm_rounds_us([(16, 64, 32), (16, 64, 32), (4, 32, 8)], threads=1, rounds=3, repeats=3)
     assert set(timed) == {(4, 32, 8), (16, 64, 32)}  # each shape once
     for by_library in timed.values():
-        assert set(by_library) == set(GEMM_LIBRARIES) and all(us >= 0.0 for us in by_library.values())
+        assert set(by_library) == set(GEMM_LIBRARIES)
+        assert all(len(rounds) == 3 and all(us >= 0.0 for us in rounds) for rounds in by_library.values())
+
+
+def test_the_shapes_take_turns_within_each_round(monkeypatch):
+    """A slow spell of the machine must reach every shape in the same round, not one shape's every round."""
+    from edgeml.bench import roofline
+
+    order: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(roofline, "int8_gemms", lambda shape, threads: {"lib": lambda shape=shape: order.append(shape)})
+    monkeypatch.setattr(roofline, "best_seconds", lambda run, repeats: (run(), 1e-6 * len(order))[1])
+    timed = roofline.int8_gemm_rounds_us([(4, 4, 4), (2, 2, 2)], threads=1, rounds=2, repeats=1)
+    assert order == [roofline.CALL_SHAPE, (2, 2, 2), (4, 4, 4)] * 2
+    # each round's time less that round's call: round 1 timed 2 and 3 after a call of 1, round 2 timed 5 and 6 after 4
+    assert timed == {(2, 2, 2): {"lib": pytest.approx([1.0, 1.0])}, (4, 4, 4): {"lib": pytest.approx([2.0, 2.0])}}

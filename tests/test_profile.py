@@ -182,7 +182,7 @@ def test_each_backend_is_profiled_on_its_fastest_recipe_and_one_without_a_profil
     int8 = {"ort_a": models["fp32"], "ort_b": models["int8"], "pt2e_a": tmp_path / "int8.pt2"}  # no .pt2 is read
     timed = {"ort_a": {"latency_ms": 2.0}, "ort_b": {"latency_ms": 1.0}, "pt2e_a": {"latency_ms": 3.0}}
     layer = Layer("conv", m=256, k=27, n=8, weights=216, key=(8, 16, 16, 3, 3))  # 55,296 MACs
-    parts = RooflineParts([layer], {(256, 27, 8): {"onnxruntime": 2.0, "torch": 3.0}}, {"1": 20.0}, {"onnxruntime": 5.0, "openvino": 10.0}, threads=1)
+    parts = RooflineParts([layer], {(256, 27, 8): {"onnxruntime": [2.0, 2.5], "torch": [3.0, 3.0]}}, {"1": 20.0}, {"onnxruntime": 5.0, "openvino": 10.0}, threads=1)
     profiles = profile_backends(params, int8, timed, parts, gemm_peak_gmacs=100.0)
     assert set(profiles) == {"onnxruntime", "pt2e_x86"}
     # the layer's own GEMM, 2 µs (its fastest library, call taken off), is above its GEMM floor (0.55 µs) and its reads (0.01 µs); + ORT's call

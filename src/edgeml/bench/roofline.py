@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from edgeml.bench.cpu import median_seconds
-from edgeml.bench.gpu import ort_providers
 from edgeml.runtime.runners import ort_session
 
 
@@ -58,15 +57,10 @@ def gemm_peak_gmacs(threads: int, size: int = 2048, repeats: int = 10) -> dict[s
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
-    a8 = torch.randint(0, 128, (size, size), dtype=torch.int8, generator=generator)
-    b8 = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
     kernels: dict[str, dict[str, Callable[[], object]]] = {
-        "fp32": {"torch": lambda: torch.mm(a, b)},
-        "int8": {"torch": lambda: torch._int_mm(a8, b8)},
+        "fp32": {"torch": lambda: torch.mm(a, b), "onnxruntime": _ort_matmul((size, size, size), threads, "fp32")},
+        "int8": int8_gemms((size, size, size), threads),
     }
-    if "CPUExecutionProvider" in ort_providers():
-        for dtype, run in _ort_matmuls((size, size, size), threads).items():
-            kernels[dtype]["onnxruntime"] = run
     peaks: dict[str, dict[str, float]] = {}
     for dtype, by_library in kernels.items():
         for library, run in by_library.items():
@@ -77,32 +71,29 @@ def gemm_peak_gmacs(threads: int, size: int = 2048, repeats: int = 10) -> dict[s
     return peaks
 
 
-def _ort_matmuls(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[[], object]]:
-    """One-op ONNX Runtime models: FP32 MatMul and u8 x s8 MatMulInteger (MLAS kernels, as the ORT backend uses)
-    of ``shape`` (M, K, N), B a constant as a layer's weights are."""
+def _ort_matmul(shape: tuple[int, int, int], threads: int, dtype: str) -> Callable[[], object]:
+    """A one-op ONNX Runtime model of ``shape`` (M, K, N), B a constant as a layer's weights are: FP32 MatMul
+    (``dtype`` "fp32") or u8 x s8 MatMulInteger ("int8"), the MLAS kernels the ORT backend uses."""
     from onnx import TensorProto, helper
 
     m, k, n = shape
     rng = np.random.default_rng(0)
-    specs = {
+    op, a_type, b_type, y_type, a, b = {
         "fp32": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
                  rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)),
         "int8": ("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32,
                  rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8)),
-    }
-    runs = {}
-    for dtype, (op, a_type, b_type, y_type, a, b) in specs.items():
-        graph = helper.make_graph(
-            [helper.make_node(op, ["A", "B"], ["Y"])], op,
-            [helper.make_tensor_value_info("A", a_type, [m, k])],
-            [helper.make_tensor_value_info("Y", y_type, [m, n])],
-            initializer=[helper.make_tensor("B", b_type, [k, n], b.tobytes(), raw=True)],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        session = ort_session(model.SerializeToString(), threads)
-        runs[dtype] = lambda session=session, a=a: session.run(None, {"A": a})
-    return runs
+    }[dtype]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["A", "B"], ["Y"])], op,
+        [helper.make_tensor_value_info("A", a_type, [m, k])],
+        [helper.make_tensor_value_info("Y", y_type, [m, n])],
+        initializer=[helper.make_tensor("B", b_type, [k, n], b.tobytes(), raw=True)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort_session(model.SerializeToString(), threads)
+    return lambda: session.run(None, {"A": a})
 
 
 def floor_ms(macs: int, peaks: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -181,6 +172,7 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 CALL_SHAPE = (1, 8, 8)  # a GEMM with next to no work: what one call of a library costs
+GEMM_ROUNDS = 5  # :func:`int8_gemm_rounds_us`: the floor takes each shape's best round, the report shows the slowest
 GEMM_LIBRARIES = {"onnxruntime": "ONNX Runtime's MatMulInteger", "torch": "PyTorch's `torch._int_mm`"}  # :func:`int8_gemms`, as reports name them
 
 
@@ -192,15 +184,25 @@ def int8_gemms(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[
     m, k, n = shape
     a = torch.randint(0, 128, (m, k), dtype=torch.int8, generator=generator)
     b = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
-    return {"onnxruntime": _ort_matmuls(shape, threads)["int8"], "torch": lambda: torch._int_mm(a, b)}
+    return {"onnxruntime": _ort_matmul(shape, threads, "int8"), "torch": lambda: torch._int_mm(a, b)}
 
 
-def int8_gemm_us(shapes: list[tuple[int, int, int]], threads: int, repeats: int = 200) -> dict[tuple[int, int, int], dict[str, float]]:
-    """Each shape's INT8 GEMM time per library (:func:`int8_gemms`), best of ``repeats``, in µs, less the same
-    library's time at :data:`CALL_SHAPE` (its cost of a call, which the roofline counts once, for the runtime)."""
-    call = {library: 1e6 * best_seconds(run, repeats) for library, run in int8_gemms(CALL_SHAPE, threads).items()}
-    return {shape: {library: max(1e6 * best_seconds(run, repeats) - call[library], 0.0) for library, run in int8_gemms(shape, threads).items()}
-            for shape in sorted(set(shapes))}
+def int8_gemm_rounds_us(shapes: list[tuple[int, int, int]], threads: int, rounds: int = GEMM_ROUNDS, repeats: int = 40
+                        ) -> dict[tuple[int, int, int], dict[str, list[float]]]:
+    """Each shape's INT8 GEMM time per library (:func:`int8_gemms`) in µs, once per round, less the same library's
+    time at :data:`CALL_SHAPE` in that round (its cost of a call, which the roofline counts once, for the runtime).
+    In a round every shape is timed in turn, best of ``repeats``: a slow spell of the machine then shows as one
+    slow round of every shape, not as one slow shape (one burst per shape once timed layer4's GEMM at 98 µs in one
+    bench and 173 µs in the next, on an AMD EPYC)."""
+    kernels = {shape: int8_gemms(shape, threads) for shape in [CALL_SHAPE, *sorted(set(shapes) - {CALL_SHAPE})]}
+    times: dict[tuple[int, int, int], dict[str, list[float]]] = {shape: {library: [] for library in by_library} for shape, by_library in kernels.items()}
+    for _ in range(rounds):
+        for shape, by_library in kernels.items():
+            for library, run in by_library.items():
+                times[shape][library].append(1e6 * best_seconds(run, repeats))
+    call = times.pop(CALL_SHAPE)
+    return {shape: {library: [max(us - call_us, 0.0) for us, call_us in zip(rounds_us, call[library])] for library, rounds_us in by_library.items()}
+            for shape, by_library in times.items()}
 
 
 def read_bandwidth_gbs(nbytes: int, threads: int, repeats: int = 100) -> float:
@@ -269,12 +271,12 @@ def openvino_layer_us(path: str | Path, threads: int, runs: int, warmup: int) ->
 
 
 def layer_roofline(
-    layers: list[Layer], gemm_us: dict[tuple[int, int, int], dict[str, float]], bandwidth_gbs: float,
+    layers: list[Layer], gemm_us: dict[tuple[int, int, int], dict[str, list[float]]], bandwidth_gbs: float,
     call_us: float, gemm_peak_gmacs: float, measured_us: dict[tuple[int, ...], list[float]] | None = None,
 ) -> dict[str, Any]:
     """The per-layer roofline of INT8 ``layers``, grouped by shape: each group's GEMM floor (MACs / the large GEMM's
-    peak ``gemm_peak_gmacs``), its compute floor (its own GEMM's time in the fastest library of ``gemm_us``, calls
-    taken off, never below the GEMM floor), its weight-read floor (bytes / ``bandwidth_gbs``), the roofline
+    peak ``gemm_peak_gmacs``), its compute floor (its own GEMM's best round in the fastest library of ``gemm_us``,
+    calls taken off, never below the GEMM floor; the same library's slowest round beside it), its weight-read floor (bytes / ``bandwidth_gbs``), the roofline
     (the larger of the two) and, where ``measured_us`` has them, a runtime's node times; the sum of the
     roofline and ``call_us`` (the runtime's cost of one call) is the floor of the whole model."""
     groups: dict[tuple[int, ...], list[Layer]] = {}
@@ -285,13 +287,14 @@ def layer_roofline(
         first, macs = members[0], sum(layer.macs for layer in members)
         gemm_floor_us = macs / (gemm_peak_gmacs * 1e3)
         by_library = gemm_us[(first.m, first.k, first.n)]
-        library = min(by_library, key=by_library.__getitem__)
-        compute_us = max(len(members) * by_library[library], gemm_floor_us)
+        library = min(by_library, key=lambda name: min(by_library[name]))
+        compute_us = max(len(members) * min(by_library[library]), gemm_floor_us)
         read_us = sum(layer.weights for layer in members) / (bandwidth_gbs * 1e3)
         row = {
             "layer": first.label, "count": len(members), "layers": [layer.name for layer in members],
             "macs": macs, "weight_bytes": sum(layer.weights for layer in members),
-            "gemm_floor_us": gemm_floor_us, "gemm_library": library, "compute_us": compute_us, "weight_read_us": read_us, "roofline_us": max(compute_us, read_us),
+            "gemm_floor_us": gemm_floor_us, "gemm_library": library, "compute_us": compute_us,
+            "compute_slowest_round_us": max(len(members) * max(by_library[library]), gemm_floor_us), "gemm_rounds": len(by_library[library]), "weight_read_us": read_us, "roofline_us": max(compute_us, read_us),
             "bound": "weight reads" if read_us > compute_us else "compute",
         }
         if measured_us is not None:
@@ -318,7 +321,7 @@ class RooflineParts:
     """What the per-layer roofline is made of, measured on this machine (:func:`measure_parts`)."""
 
     layers: list[Layer]
-    gemm_us: dict[tuple[int, int, int], dict[str, float]]
+    gemm_us: dict[tuple[int, int, int], dict[str, list[float]]]  # per round (:func:`int8_gemm_rounds_us`)
     read_bandwidth_gbs: dict[str, float]
     call_us: dict[str, float]
     threads: int
@@ -337,7 +340,7 @@ class RooflineParts:
             "runtime": runtime or "not measured: no one-op model for this runtime (its call cost counts as 0)",
             "layer_times": layer_times if measured_us is not None else "not measured: no per-layer times from this runtime",
             "weight_bytes": self.weight_bytes, "read_bandwidth_gbs": self.read_bandwidth_gbs, "call_us_by_runtime": self.call_us,
-            "gemm_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in self.gemm_us.items()},
+            "gemm_rounds_us_by_shape": {f"{m}x{k}x{n}": us for (m, k, n), us in self.gemm_us.items()},
             "gemm_libraries": {library: GEMM_LIBRARIES[library] for library in next(iter(self.gemm_us.values()))},
             "gemm_call_shape": list(CALL_SHAPE),
         }
@@ -352,7 +355,7 @@ def measure_parts(float_model: nn.Module, threads: int, runs: int, warmup: int) 
     layers = gemm_layers(float_model, torch.zeros(1, 3, 32, 32))
     weight_bytes = sum(layer.weights for layer in layers)
     bandwidth = {str(n): read_bandwidth_gbs(weight_bytes, n) for n in sorted({1, threads})}
-    gemm_us = int8_gemm_us([(layer.m, layer.k, layer.n) for layer in layers], threads)
+    gemm_us = int8_gemm_rounds_us([(layer.m, layer.k, layer.n) for layer in layers], threads)
     loads = {runtime: Load("edgeml.bench.roofline:one_op_model", {"runtime": runtime, "threads": threads}) for runtime in RUNTIMES.values()}
     with Workers(loads) as workers:
         for worker in workers.values():

@@ -497,11 +497,11 @@ def roofline_markdown(bench: dict) -> str:
         return f"{title}\n\nNot measured: this bench.json predates the per-layer roofline; run `dvc repro bench`.\n"
     roof, called = compute["roofline"], compute["artifact_model"]
     measured = roof["measured_layers_us"] is not None or any(row.get("measured_us") for row in roof["layers"])
-    header = ["layer (batch 1)", "count", "M MACs", "INT8 weights KB", "GEMM floor µs", "own GEMM µs (fastest library)", "weight reads µs",
+    header = ["layer (batch 1)", "count", "M MACs", "INT8 weights KB", "GEMM floor µs", f"own GEMM µs: best of {roof['layers'][0]['gemm_rounds']} rounds (library; slowest round)", "weight reads µs",
               "roofline µs", "bound by"] + ([f"{roof['runtime']} µs", "× roofline"] if measured else [])
     rows = [
         [row["layer"], str(row["count"]), f"{row['macs'] / 1e6:.1f}", f"{row['weight_bytes'] / 1e3:.0f}", f"{row['gemm_floor_us']:.1f}",
-         f"{row['compute_us']:.1f} ({row['gemm_library']})", f"{row['weight_read_us']:.1f}", f"**{row['roofline_us']:.1f}**", row["bound"]]
+         f"{row['compute_us']:.1f} ({row['gemm_library']}; {row['compute_slowest_round_us']:.1f})", f"{row['weight_read_us']:.1f}", f"**{row['roofline_us']:.1f}**", row["bound"]]
         + ([_rounded_text(row.get("measured_us"), 0), _rounded_text(row.get("measured_over_roofline"), 2, "x")] if measured else [])
         for row in roof["layers"]
     ]
@@ -539,7 +539,9 @@ def roofline_markdown(bench: dict) -> str:
         f"GEMM's peak) is {roof['gemm_floor_ms']:.3f} ms. The INT8 file (median, its own process) runs at "
         f"**{compute['int8_over_roofline']:.2f}x** the roofline floor. Measured here, this run: each layer shape's INT8 GEMM "
         f"(the fastest of {' and '.join(roof['gemm_libraries'].values())}, each less its own time at "
-        f"{'x'.join(map(str, roof['gemm_call_shape']))}, its cost of a call; never below the GEMM floor); read bandwidth of a {roof['weight_bytes'] / 1e6:.1f} MB buffer: {bandwidth}; the cost of one call "
+        f"{'x'.join(map(str, roof['gemm_call_shape']))}, its cost of a call; never below the GEMM floor; the shapes timed in "
+        f"turn, round after round, the floor taking each shape's best round, so the slowest round shows how much the "
+        f"machine's speed moved while it was timed); read bandwidth of a {roof['weight_bytes'] / 1e6:.1f} MB buffer: {bandwidth}; the cost of one call "
         f"(a one-ReLU model, in its own process): {calls}. Per-layer times: {roof['layer_times']} (median per node, "
         "whole microseconds).",
         "",
