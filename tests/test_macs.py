@@ -1,3 +1,4 @@
+import contextlib
 import pytest
 import torch
 
@@ -108,14 +109,26 @@ def test_each_int8_gemm_shape_is_timed_in_every_library_each_round_with_its_call
         assert all(len(rounds) == 3 and all(us >= 0.0 for us in rounds) for rounds in by_library.values())
 
 
-def test_the_shapes_take_turns_within_each_round(monkeypatch):
-    """A slow spell of the machine must reach every shape in the same round, not one shape's every round."""
-    from edgeml.bench import roofline
+def test_each_library_times_every_shape_in_its_own_process_in_turns(monkeypatch):
+    """A library is never timed beside another's threads, and a slow spell of the machine reaches every shape in
+    the same round rather than one shape in every round."""
+    from edgeml.bench import isolated, roofline
 
-    order: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(roofline, "int8_gemms", lambda shape, threads: {"lib": lambda shape=shape: order.append(shape)})
-    monkeypatch.setattr(roofline, "best_seconds", lambda run, repeats: (run(), 1e-6 * len(order))[1])
+    order: list[tuple[str, tuple[int, int, int]]] = []
+
+    class FakeWorker:
+        def __init__(self, load: isolated.Load):
+            self.library, self.shapes = load.kwargs["library"], [tuple(shape) for shape in load.kwargs["shapes"]]
+
+        def samples(self, batch: int, settle: int, runs: int) -> list[float]:
+            order.append((self.library, self.shapes[batch]))
+            return [1e-6 * len(order), 1e-6 * (len(order) + 5)]  # the best of the runs counts
+
+    monkeypatch.setattr(isolated, "Workers", lambda loads: contextlib.nullcontext({name: FakeWorker(load) for name, load in loads.items()}))
+    monkeypatch.setattr(roofline, "GEMM_LIBRARIES", {"a": "A", "b": "B"})
     timed = roofline.int8_gemm_rounds_us([(4, 4, 4), (2, 2, 2)], threads=1, rounds=2, repeats=1)
-    assert order == [roofline.CALL_SHAPE, (2, 2, 2), (4, 4, 4)] * 2
-    # each round's time less that round's call: round 1 timed 2 and 3 after a call of 1, round 2 timed 5 and 6 after 4
-    assert timed == {(2, 2, 2): {"lib": pytest.approx([1.0, 1.0])}, (4, 4, 4): {"lib": pytest.approx([2.0, 2.0])}}
+    one_round = [(library, shape) for library in "ab" for shape in (roofline.CALL_SHAPE, (2, 2, 2), (4, 4, 4))]
+    assert order == one_round * 2
+    # each time less its library's call in the same round: a's 2 and 3 after its call 1, b's 5 and 6 after 4, ...
+    assert timed == {(2, 2, 2): {"a": pytest.approx([1.0, 1.0]), "b": pytest.approx([1.0, 1.0])},
+                     (4, 4, 4): {"a": pytest.approx([2.0, 2.0]), "b": pytest.approx([2.0, 2.0])}}

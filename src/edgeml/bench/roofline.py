@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -172,34 +173,62 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 CALL_SHAPE = (1, 8, 8)  # a GEMM with next to no work: what one call of a library costs
+TURN_PAUSE_S = 0.1  # :func:`int8_gemm_rounds_us`: idle time before each library's turn
 GEMM_ROUNDS = 5  # :func:`int8_gemm_rounds_us`: the floor takes each shape's best round, the report shows the slowest
 GEMM_LIBRARIES = {"onnxruntime": "ONNX Runtime's MatMulInteger", "torch": "PyTorch's `torch._int_mm`"}  # :func:`int8_gemms`, as reports name them
 
 
-def int8_gemms(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[[], object]]:
-    """An INT8 GEMM (8-bit inputs, int32 sums) of ``shape`` (M, K, N) in each library here: ONNX Runtime's
-    MatMulInteger (MLAS, as the ORT backend runs it) and PyTorch's ``torch._int_mm``, B a constant as a layer's weights are."""
+def int8_gemm(library: str, shape: tuple[int, int, int], threads: int) -> Callable[[], object]:
+    """An INT8 GEMM (8-bit inputs, int32 sums) of ``shape`` (M, K, N) in ``library`` (:data:`GEMM_LIBRARIES`):
+    ONNX Runtime's MatMulInteger (MLAS, as the ORT backend runs it) or PyTorch's ``torch._int_mm``, B a constant
+    as a layer's weights are."""
+    if library == "onnxruntime":
+        return _ort_matmul(shape, threads, "int8")
+    if library != "torch":
+        raise ValueError(f"no INT8 GEMM library {library!r}; expected one of {sorted(GEMM_LIBRARIES)}")
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
     m, k, n = shape
     a = torch.randint(0, 128, (m, k), dtype=torch.int8, generator=generator)
     b = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
-    return {"onnxruntime": _ort_matmul(shape, threads, "int8"), "torch": lambda: torch._int_mm(a, b)}
+    return lambda: torch._int_mm(a, b)
+
+
+def int8_gemms(shape: tuple[int, int, int], threads: int) -> dict[str, Callable[[], object]]:
+    """:func:`int8_gemm` of ``shape`` in every library, by name."""
+    return {library: int8_gemm(library, shape, threads) for library in GEMM_LIBRARIES}
+
+
+def int8_gemm_worker(library: str, shapes: list[list[int]], threads: int) -> tuple[Callable[[Any], object], Callable[[int], Any]]:
+    """A timing-worker factory (:mod:`edgeml.bench.isolated`): ``library``'s INT8 GEMMs of ``shapes``, in a process
+    of their own. The worker's inputs are the GEMMs (the one asked for as batch ``i`` is ``shapes[i]``'s); its
+    model runs the one it is given."""
+    gemms = [int8_gemm(library, (m, k, n), threads) for m, k, n in shapes]
+    return (lambda gemm: gemm()), gemms.__getitem__
 
 
 def int8_gemm_rounds_us(shapes: list[tuple[int, int, int]], threads: int, rounds: int = GEMM_ROUNDS, repeats: int = 40
                         ) -> dict[tuple[int, int, int], dict[str, list[float]]]:
-    """Each shape's INT8 GEMM time per library (:func:`int8_gemms`) in µs, once per round, less the same library's
-    time at :data:`CALL_SHAPE` in that round (its cost of a call, which the roofline counts once, for the runtime).
-    In a round every shape is timed in turn, best of ``repeats``: a slow spell of the machine then shows as one
-    slow round of every shape, not as one slow shape (one burst per shape once timed layer4's GEMM at 98 µs in one
-    bench and 173 µs in the next, on an AMD EPYC)."""
-    kernels = {shape: int8_gemms(shape, threads) for shape in [CALL_SHAPE, *sorted(set(shapes) - {CALL_SHAPE})]}
-    times: dict[tuple[int, int, int], dict[str, list[float]]] = {shape: {library: [] for library in by_library} for shape, by_library in kernels.items()}
-    for _ in range(rounds):
-        for shape, by_library in kernels.items():
-            for library, run in by_library.items():
-                times[shape][library].append(1e6 * best_seconds(run, repeats))
+    """Each shape's INT8 GEMM time per library (:data:`GEMM_LIBRARIES`) in µs, once per round, less the same
+    library's time at :data:`CALL_SHAPE` in that round (its cost of a call, which the roofline counts once, for the
+    runtime). Each library runs in a worker process of its own and the workers take turns, each after a pause
+    that lets the other's threads go to sleep, timing every shape per round (``repeats`` untimed runs, then the
+    best of ``repeats``). Why (AMD EPYC, 2 cores, layer4's 16x4608x512): in one process, ONNX Runtime right after
+    ``torch._int_mm`` timed 178 µs in 2 of 12 tries, against 98-117 µs in all 24 timed alone. What is left is
+    the libraries' own: the same shape in the same worker still moved between about 100 and 180 µs from one
+    round to the next, so the floor takes each shape's best round and the report shows its slowest."""
+    from edgeml.bench.isolated import Load, Workers
+
+    ordered = [CALL_SHAPE, *sorted(set(shapes) - {CALL_SHAPE})]
+    loads = {library: Load("edgeml.bench.roofline:int8_gemm_worker", {"library": library, "shapes": [list(shape) for shape in ordered],
+                                                                       "threads": threads}) for library in GEMM_LIBRARIES}
+    times: dict[tuple[int, int, int], dict[str, list[float]]] = {shape: {library: [] for library in GEMM_LIBRARIES} for shape in ordered}
+    with Workers(loads) as workers:
+        for _ in range(rounds):
+            for library, worker in workers.items():
+                time.sleep(TURN_PAUSE_S)  # the worker before this one lets its threads go to sleep
+                for index, shape in enumerate(ordered):
+                    times[shape][library].append(1e6 * min(worker.samples(index, repeats, repeats)))
     call = times.pop(CALL_SHAPE)
     return {shape: {library: [max(us - call_us, 0.0) for us, call_us in zip(rounds_us, call[library])] for library, rounds_us in by_library.items()}
             for shape, by_library in times.items()}

@@ -539,9 +539,9 @@ def roofline_markdown(bench: dict) -> str:
         f"GEMM's peak) is {roof['gemm_floor_ms']:.3f} ms. The INT8 file (median, its own process) runs at "
         f"**{compute['int8_over_roofline']:.2f}x** the roofline floor. Measured here, this run: each layer shape's INT8 GEMM "
         f"(the fastest of {' and '.join(roof['gemm_libraries'].values())}, each less its own time at "
-        f"{'x'.join(map(str, roof['gemm_call_shape']))}, its cost of a call; never below the GEMM floor; the shapes timed in "
-        f"turn, round after round, the floor taking each shape's best round, so the slowest round shows how much the "
-        f"machine's speed moved while it was timed); read bandwidth of a {roof['weight_bytes'] / 1e6:.1f} MB buffer: {bandwidth}; the cost of one call "
+        f"{'x'.join(map(str, roof['gemm_call_shape']))}, its cost of a call; never below the GEMM floor; each library in a "
+        f"process of its own, the two taking turns, round after round: the floor takes each shape's best round, and the "
+        f"slowest round shows how much that GEMM's time moved while it was timed); read bandwidth of a {roof['weight_bytes'] / 1e6:.1f} MB buffer: {bandwidth}; the cost of one call "
         f"(a one-ReLU model, in its own process): {calls}. Per-layer times: {roof['layer_times']} (median per node, "
         "whole microseconds).",
         "",
